@@ -1,0 +1,13 @@
+// `l2l bench ...`: benchmarks whose results are saved with the machine they ran on.
+using System.CommandLine;
+
+namespace L2L.Cli.Commands;
+
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var command = new Command("bench", "Benchmarks (results carry the machine they ran on).");
+        return command;
+    }
+}

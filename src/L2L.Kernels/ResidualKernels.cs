@@ -1,0 +1,34 @@
+// Residual connections: the element-wise sum that joins a block's branch back into the stream.
+using ILGPU;
+
+namespace L2L.Kernels;
+
+/// <summary>
+/// Residual add. Explicitly grouped, with a grid-stride loop: thread <c>i</c> of the launched
+/// <c>stride = Grid.DimX * Group.DimX</c> threads handles elements <c>i, i + stride, ...</c>, so the
+/// CPU accelerator gets a loop of work per thread and any length works with any launch.
+/// The backward of <c>out = a + b</c> passes <c>dout</c> to both inputs and needs no kernel of its own
+/// beyond <see cref="AccumulateKernel"/> where the residual stream's gradient is summed.
+/// </summary>
+public static class ResidualKernels
+{
+    /// <summary>
+    /// <c>output = a + b</c>. Shapes: <c>output</c>, <c>a</c>, <c>b</c> all (N). <c>output</c> may alias <c>a</c> or <c>b</c>.
+    /// </summary>
+    public static void ResidualForwardKernel(ArrayView<float> output, ArrayView<float> a, ArrayView<float> b)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
+            output[i] = a[i] + b[i];
+    }
+
+    /// <summary>
+    /// <c>target += source</c>. Shapes: <c>target</c>, <c>source</c> (N).
+    /// </summary>
+    public static void AccumulateKernel(ArrayView<float> target, ArrayView<float> source)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < target.Length; i += stride)
+            target[i] += source[i];
+    }
+}
