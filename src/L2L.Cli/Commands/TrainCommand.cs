@@ -1,0 +1,154 @@
+// `l2l train`: trains a GPT-2-style model with the relay or conventional executor.
+using System.CommandLine;
+using L2L.Backends;
+using L2L.Model;
+using L2L.Model.Data;
+using L2L.Training;
+using L2L.Training.Optim;
+using Spectre.Console;
+
+namespace L2L.Cli.Commands;
+
+internal static class TrainCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model") { Description = $"Model preset: {string.Join(", ", GptConfig.PresetNames)}.", DefaultValueFactory = _ => "gpt2-tiny" };
+        var config = new Option<string?>("--config") { Description = "A config.json with Hugging Face GPT-2 keys (overrides --model)." };
+        var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
+        var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
+        var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per step (B).", DefaultValueFactory = _ => 16 };
+        var micro = new Option<int>("--micro-batches") { Description = "Micro-batches per step (U); must divide --batch.", DefaultValueFactory = _ => 4 };
+        var seq = new Option<int>("--seq") { Description = "Tokens per sequence (T).", DefaultValueFactory = _ => 64 };
+        var optimizer = new Option<string>("--optimizer") { Description = "sgd, adamw or lamb (lamb: relay only).", DefaultValueFactory = _ => "adamw" };
+        var lr = new Option<float>("--lr") { Description = "Peak learning rate.", DefaultValueFactory = _ => 3e-3f };
+        var wd = new Option<float>("--weight-decay") { Description = "Decoupled weight decay for 2-D weights and embeddings (not biases or LayerNorm).", DefaultValueFactory = _ => 0.0f };
+        var beta1 = new Option<float>("--beta1") { Description = "Adam beta1.", DefaultValueFactory = _ => 0.9f };
+        var beta2 = new Option<float>("--beta2") { Description = "Adam beta2.", DefaultValueFactory = _ => 0.999f };
+        var eps = new Option<float>("--eps") { Description = "Adam epsilon (added after the square root).", DefaultValueFactory = _ => 1e-8f };
+        var warmup = new Option<int>("--warmup") { Description = "Linear warmup steps.", DefaultValueFactory = _ => 0 };
+        var schedule = new Option<string>("--schedule") { Description = "constant or cosine (cosine decays to 10% of --lr at --steps).", DefaultValueFactory = _ => "constant" };
+        var executor = new Option<string>("--executor") { Description = "relay (L2L) or conventional (all on the device).", DefaultValueFactory = _ => "relay" };
+        var stash = new Option<string>("--stash") { Description = "Relay stash placement: device, or host (constant device memory).", DefaultValueFactory = _ => "device" };
+        var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
+        var seed = new Option<int>("--seed") { Description = "Seed for initialisation and shuffling.", DefaultValueFactory = _ => 1337 };
+        var shuffle = new Option<bool>("--shuffle") { Description = "Take windows in a seeded random order." };
+        var save = new Option<string?>("--save") { Description = "Checkpoint directory written at the end (and every --save-every steps)." };
+        var saveEvery = new Option<int>("--save-every") { Description = "Also save every N steps (0: only at the end).", DefaultValueFactory = _ => 0 };
+        var resume = new Option<string?>("--resume") { Description = "Continue from this checkpoint directory (weights, optimizer state, step)." };
+        var log = new Option<string?>("--log") { Description = "Write one JSON object per step to this file." };
+        var plot = new Option<string?>("--plot") { Description = "Write a PNG plot of the loss curve to this file." };
+        var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
+        var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
+
+        var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
+        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, budget })
+            command.Options.Add(o);
+
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            var initDir = parse.GetValue(init);
+            var resumeDir = parse.GetValue(resume);
+            if (initDir is not null && resumeDir is not null)
+                throw new ArgumentException("Use either --init (weights only) or --resume (weights, optimizer state and step), not both.");
+            var explicitConfig = parse.GetValue(config) is { } path ? GptConfig.Load(path)
+                : parse.GetResult(model) is { Implicit: false } ? GptConfig.Preset(parse.GetValue(model)!) : null;
+            GptConfig cfg;
+            float[][]? weights = null;
+            TrainingState? state = null;
+            var checkpointDir = resumeDir ?? initDir;
+            if (checkpointDir is not null)
+            {
+                (cfg, weights) = Checkpoint.Load(checkpointDir, explicitConfig);
+                if (resumeDir is not null)
+                {
+                    if (!Checkpoint.HasTrainingState(resumeDir))
+                        throw new InvalidDataException($"'{resumeDir}' has no {Checkpoint.StateFile}; use --init to start from its weights with a fresh optimizer.");
+                    state = Checkpoint.LoadTrainingState(resumeDir, new ModelLayout(cfg));
+                }
+            }
+            else
+            {
+                cfg = explicitConfig ?? GptConfig.Preset(parse.GetValue(model)!);
+            }
+
+            var options = new TrainOptions
+            {
+                Config = cfg,
+                Steps = parse.GetValue(steps),
+                Batch = parse.GetValue(batch),
+                MicroBatches = parse.GetValue(micro),
+                SeqLen = parse.GetValue(seq),
+                Optimizer = new OptimizerSettings(ParseOptimizer(parse.GetValue(optimizer)!), parse.GetValue(lr), parse.GetValue(beta1), parse.GetValue(beta2), parse.GetValue(eps), parse.GetValue(wd)),
+                Schedule = Enums.Parse<ScheduleKind>(parse.GetValue(schedule)!, "--schedule"),
+                Warmup = parse.GetValue(warmup),
+                Executor = Enums.Parse<ExecutorKind>(parse.GetValue(executor)!, "--executor"),
+                Stash = Enums.Parse<StashPlacement>(parse.GetValue(stash)!, "--stash"),
+                Seed = parse.GetValue(seed),
+                Shuffle = parse.GetValue(shuffle),
+                OptimizerThreads = parse.GetValue(threads),
+                DeviceBudgetBytes = parse.GetValue(budget),
+            };
+            options.Validate();
+            var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
+
+            using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
+            AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
+            using var trainer = new Trainer(backend, options, source, weights, state);
+            var saveDir = parse.GetValue(save);
+            var every = parse.GetValue(saveEvery);
+            var metrics = new List<StepMetrics>();
+            var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+            void OnStep(StepMetrics m)
+            {
+                metrics.Add(m);
+                if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
+                    trainer.Save(saveDir);
+                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || m.Step == trainer.StepsDone && metrics.Count == 1))
+                    Console.WriteLine(Line(m));
+            }
+            var start = trainer.StepsDone;
+            if (interactive)
+            {
+                AnsiConsole.Progress()
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask("starting", maxValue: options.Steps - start);
+                        trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log));
+                    });
+            }
+            else
+            {
+                trainer.Run(OnStep, parse.GetValue(log));
+            }
+            if (metrics.Count > 0)
+                Console.WriteLine($"final: {Line(metrics[^1])}");
+            if (source is SyntheticCorpus corpus)
+                Console.WriteLine($"corpus entropy rate (the lowest achievable loss): {corpus.EntropyRateNats:F4} nats/token");
+            if (saveDir is not null)
+            {
+                trainer.Save(saveDir);
+                Console.WriteLine($"saved checkpoint to {saveDir}");
+            }
+            if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
+            {
+                LossPlot.Save(plotPath, metrics, (source as SyntheticCorpus)?.EntropyRateNats);
+                Console.WriteLine($"wrote {plotPath}");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");
+
+    private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
+        $"{o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
+        $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()})" : "") +
+        $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
+
+    private static string Line(StepMetrics m) =>
+        $"step {m.Step} loss {m.Loss:F4} lr {m.LearningRate:G3} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}";
+}

@@ -1,0 +1,160 @@
+// The GPT-2 layers as forward/backward over one micro-batch on the device: embedding, pre-LN block, tied head + loss.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Backends.Ops;
+
+namespace L2L.Model.Device;
+
+/// <summary>
+/// GPT-2's layers over one micro-batch, enqueued on a stream. Parameter gradients accumulate
+/// (+=) so micro-batches sum; activation gradients are assigned, except the residual stream's,
+/// which is updated in place. Every method only enqueues work: nothing here synchronizes, and
+/// nothing allocates device memory.
+/// </summary>
+public sealed class GptLayers
+{
+    private readonly GemmOps _gemm;
+    private readonly LayerNormOps _ln;
+    private readonly GeluOps _gelu;
+    private readonly AttentionOps _attention;
+    private readonly ResidualOps _residual;
+    private readonly EmbeddingOps _embedding;
+    private readonly CrossEntropyOps _crossEntropy;
+    private readonly ReduceOps _reduce;
+
+    /// <summary>Loads (once per backend) every kernel group the layers use.</summary>
+    public GptLayers(Backend backend, ModelLayout layout)
+    {
+        Layout = layout;
+        _gemm = backend.Get<GemmOps>();
+        _ln = backend.Get<LayerNormOps>();
+        _gelu = backend.Get<GeluOps>();
+        _attention = backend.Get<AttentionOps>();
+        _residual = backend.Get<ResidualOps>();
+        _embedding = backend.Get<EmbeddingOps>();
+        _crossEntropy = backend.Get<CrossEntropyOps>();
+        _reduce = backend.Get<ReduceOps>();
+    }
+
+    /// <summary>The parameter layout.</summary>
+    public ModelLayout Layout { get; }
+
+    private GptConfig Config => Layout.Config;
+
+    /// <summary>output (N, C) = wte[inputs] + wpe[position]. <paramref name="embedding"/> holds the embedding layer's block.</summary>
+    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<int> inputs, ArrayView<float> output)
+    {
+        var p = new LayerViews(Layout.Embedding, embedding);
+        _embedding.Forward(s, output, inputs, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
+    }
+
+    /// <summary>Embedding gradients (+=) from dInput (N, C), the gradient at block 0's input.</summary>
+    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embeddingGrads, ArrayView<int> inputs, ArrayView<float> dInput)
+    {
+        var g = new LayerViews(Layout.Embedding, embeddingGrads);
+        _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dInput, inputs, mb.Batch, mb.SeqLen, Config.Channels);
+    }
+
+    /// <summary>
+    /// One pre-LN transformer block: x1 = x + proj(attn(ln_1(x))); output = x1 + mlp(ln_2(x1)).
+    /// Saves what the backward needs in <paramref name="act"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
+    /// </summary>
+    public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters,
+        ArrayView<float> input, ArrayView<float> output, BlockActivations act)
+    {
+        var p = new LayerViews(layer, parameters);
+        int n = mb.Tokens, c = Config.Channels;
+        _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"]);
+        _attention.Forward(s, act.AttY.View, act.Probs.View, act.Qkv.View, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"]);
+        _residual.Add(s, act.X1.View, act.X1.View, input);
+        _ln.Forward(s, act.Ln2.View, act.Mean2.View, act.Rstd2.View, act.X1.View, p["ln_2.weight"], p["ln_2.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, act.Fc.View, act.Ln2.View, p["mlp.c_fc.weight"], n, 4 * c, c, GemmLayout.NN, bias: p["mlp.c_fc.bias"]);
+        _gelu.Forward(s, act.Gelu.View, act.Fc.View);
+        _gemm.Gemm(s, output, act.Gelu.View, p["mlp.c_proj.weight"], n, c, 4 * c, GemmLayout.NN, bias: p["mlp.c_proj.bias"]);
+        _residual.Add(s, output, output, act.X1.View);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="BlockForward"/>. On entry <paramref name="dStream"/> (N, C) holds the
+    /// gradient at the block's output; on return, at its input (updated in place). Parameter
+    /// gradients accumulate into <paramref name="grads"/> (the layer's gradient block).
+    /// </summary>
+    public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
+        ArrayView<float> input, ArrayView<float> dStream, BlockActivations act, LayerScratch scratch)
+    {
+        var p = new LayerViews(layer, parameters);
+        var g = new LayerViews(layer, grads);
+        int n = mb.Tokens, c = Config.Channels;
+        var dLn = scratch.DLn.View;
+        var dGelu = scratch.DWide.View.SubView(0, (long)n * 4 * c);
+        var dFc = scratch.DFc.View.SubView(0, (long)n * 4 * c);
+
+        // MLP: output = x1 + gelu(ln_2(x1) . Wfc + bfc) . Wproj + bproj
+        _gemm.Gemm(s, dGelu, dStream, p["mlp.c_proj.weight"], n, 4 * c, c, GemmLayout.NT);
+        _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dStream, 4 * c, c, n, GemmLayout.TN, accumulate: true);
+        _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dStream, n, c);
+        _gelu.Backward(s, dFc, dGelu, act.Fc.View);
+        _gemm.Gemm(s, dLn, dFc, p["mlp.c_fc.weight"], n, c, 4 * c, GemmLayout.NT);
+        _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true);
+        _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c);
+        _ln.Backward(s, dStream, g["ln_2.weight"], g["ln_2.bias"], dLn, act.X1.View, p["ln_2.weight"], act.Mean2.View, act.Rstd2.View, n, c, accumulateInput: true);
+
+        // Attention: x1 = x + attn(ln_1(x)) . Wproj + bproj
+        _gemm.Gemm(s, dLn, dStream, p["attn.c_proj.weight"], n, c, c, GemmLayout.NT);
+        _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dStream, c, c, n, GemmLayout.TN, accumulate: true);
+        _gemm.BiasBackward(s, g["attn.c_proj.bias"], dStream, n, c);
+        var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * c);
+        _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.Probs.View, scratch.AttentionScratch.View, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _gemm.Gemm(s, dLn, dQkv, p["attn.c_attn.weight"], n, c, 3 * c, GemmLayout.NT);
+        _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
+        _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);
+        _ln.Backward(s, dStream, g["ln_1.weight"], g["ln_1.bias"], dLn, input, p["ln_1.weight"], act.Mean1.View, act.Rstd1.View, n, c, accumulateInput: true);
+    }
+
+    /// <summary>
+    /// The tied LM head and the loss, forward and backward in one pass: logits = ln_f(x) . wte^T,
+    /// mean cross-entropy against <paramref name="targets"/> scaled by <paramref name="lossScale"/>
+    /// (1 / tokens in the whole minibatch), the summed loss added to <c>scratch.LossTotal</c>,
+    /// head and wte gradients accumulated, and the gradient at the head's input written to <paramref name="dInput"/>.
+    /// </summary>
+    public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> headGrads,
+        ArrayView<float> embedding, ArrayView<float> embeddingGrads, ArrayView<float> input, ArrayView<int> targets,
+        ArrayView<float> dInput, LayerScratch scratch, float lossScale)
+    {
+        var p = new LayerViews(Layout.Head, head);
+        var g = new LayerViews(Layout.Head, headGrads);
+        var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
+        var dWte = new LayerViews(Layout.Embedding, embeddingGrads)["wte.weight"];
+        int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
+        var logits = scratch.Logits.View;
+        _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, logits, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
+        _crossEntropy.ForwardBackward(s, scratch.Losses.View, logits, logits, targets, n, v, lossScale);
+        AccumulateLoss(s, scratch);
+        _gemm.Gemm(s, scratch.DLn.View, logits, wte, n, c, v, GemmLayout.NN);
+        _gemm.Gemm(s, dWte, logits, scratch.Lnf.View, v, c, n, GemmLayout.TN, accumulate: true);
+        _ln.Backward(s, dInput, g["ln_f.weight"], g["ln_f.bias"], scratch.DLn.View, input, p["ln_f.weight"], scratch.MeanF.View, scratch.RstdF.View, n, c, accumulateInput: false);
+    }
+
+    /// <summary>The head and loss forward only (evaluation): adds the summed loss to <c>scratch.LossTotal</c>.</summary>
+    public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> embedding,
+        ArrayView<float> input, ArrayView<int> targets, LayerScratch scratch)
+    {
+        var p = new LayerViews(Layout.Head, head);
+        var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
+        int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
+        _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, scratch.Logits.View, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
+        _crossEntropy.Forward(s, scratch.Losses.View, scratch.Logits.View, targets, n, v);
+        AccumulateLoss(s, scratch);
+    }
+
+    private void AccumulateLoss(AcceleratorStream s, LayerScratch scratch)
+    {
+        _reduce.Sum(s, scratch.LossSlot.View, scratch.Losses.View, scratch.Partials.View);
+        _residual.Accumulate(s, scratch.LossTotal.View, scratch.LossSlot.View);
+    }
+}

@@ -1,0 +1,130 @@
+// Device buffers one micro-batch needs while layers run: saved activations, backward scratch, head and token buffers.
+using ILGPU;
+using L2L.Backends;
+using L2L.Backends.Ops;
+
+namespace L2L.Model.Device;
+
+/// <summary>
+/// What a transformer block's forward keeps for its backward, for one micro-batch. The relay
+/// executor has one (filled again by recomputation); the conventional executor has one per block.
+/// </summary>
+public sealed class BlockActivations : IDisposable
+{
+    private readonly List<IDisposable> _owned = new();
+
+    /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
+    public BlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
+    {
+        long n = shape.Tokens, c = shape.Config.Channels, nh = shape.Config.Heads, t = shape.SeqLen;
+        DeviceBuffer<float> F(long len, string what)
+        {
+            var b = backend.Allocate<float>(len, category, $"{name}.{what}");
+            _owned.Add(b);
+            return b;
+        }
+        Ln1 = F(n * c, "ln1"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
+        Qkv = F(n * 3 * c, "qkv"); Probs = F(shape.Batch * nh * t * t, "probs"); AttY = F(n * c, "atty");
+        X1 = F(n * c, "x1");
+        Ln2 = F(n * c, "ln2"); Mean2 = F(n, "mean2"); Rstd2 = F(n, "rstd2");
+        Fc = F(n * 4 * c, "fc"); Gelu = F(n * 4 * c, "gelu");
+    }
+
+    /// <summary>ln_1 output (N, C) and its statistics (N).</summary>
+    public DeviceBuffer<float> Ln1 { get; }
+    /// <summary>Mean of ln_1 (N).</summary>
+    public DeviceBuffer<float> Mean1 { get; }
+    /// <summary>Reciprocal std of ln_1 (N).</summary>
+    public DeviceBuffer<float> Rstd1 { get; }
+    /// <summary>Fused q,k,v projection (N, 3C).</summary>
+    public DeviceBuffer<float> Qkv { get; }
+    /// <summary>Attention probabilities (B, NH, T, T).</summary>
+    public DeviceBuffer<float> Probs { get; }
+    /// <summary>Attention output before the projection (N, C).</summary>
+    public DeviceBuffer<float> AttY { get; }
+    /// <summary>Residual stream after attention (N, C).</summary>
+    public DeviceBuffer<float> X1 { get; }
+    /// <summary>ln_2 output (N, C).</summary>
+    public DeviceBuffer<float> Ln2 { get; }
+    /// <summary>Mean of ln_2 (N).</summary>
+    public DeviceBuffer<float> Mean2 { get; }
+    /// <summary>Reciprocal std of ln_2 (N).</summary>
+    public DeviceBuffer<float> Rstd2 { get; }
+    /// <summary>MLP up-projection before GELU (N, 4C).</summary>
+    public DeviceBuffer<float> Fc { get; }
+    /// <summary>GELU output (N, 4C).</summary>
+    public DeviceBuffer<float> Gelu { get; }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        foreach (var b in _owned) b.Dispose();
+        _owned.Clear();
+    }
+}
+
+/// <summary>Scratch for the backward passes and the head, for one micro-batch; shared by all layers.</summary>
+public sealed class LayerScratch : IDisposable
+{
+    private readonly List<IDisposable> _owned = new();
+
+    /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
+    public LayerScratch(Backend backend, MicroBatch shape)
+    {
+        long n = shape.Tokens, c = shape.Config.Channels, v = shape.Config.VocabSize;
+        DeviceBuffer<T> A<T>(long len, string what) where T : unmanaged
+        {
+            var b = backend.Allocate<T>(len, MemoryCategory.Workspace, what);
+            _owned.Add(b);
+            return b;
+        }
+        DLn = A<float>(n * c, "scratch.dln");
+        DWide = A<float>(n * 4 * c, "scratch.dwide");
+        DFc = A<float>(n * 4 * c, "scratch.dfc");
+        AttentionScratch = A<float>(AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, shape.Config.Channels, shape.Config.Heads), "scratch.attention");
+        Lnf = A<float>(n * c, "head.lnf"); MeanF = A<float>(n, "head.mean"); RstdF = A<float>(n, "head.rstd");
+        Logits = A<float>(n * v, "head.logits");
+        Losses = A<float>(n, "head.losses");
+        LossSlot = A<float>(1, "head.loss-slot");
+        LossTotal = A<float>(1, "head.loss-total");
+        Partials = A<float>(ReduceOps.PartialsLength(backend), "head.partials");
+        Inputs = A<int>(n, "tokens.inputs");
+        Targets = A<int>(n, "tokens.targets");
+    }
+
+    /// <summary>(N, C) gradient scratch.</summary>
+    public DeviceBuffer<float> DLn { get; }
+    /// <summary>(N, 4C) gradient scratch (GELU output gradient, then the q,k,v gradient).</summary>
+    public DeviceBuffer<float> DWide { get; }
+    /// <summary>(N, 4C) gradient of the MLP up-projection.</summary>
+    public DeviceBuffer<float> DFc { get; }
+    /// <summary>Scratch for the attention backward.</summary>
+    public DeviceBuffer<float> AttentionScratch { get; }
+    /// <summary>ln_f output (N, C).</summary>
+    public DeviceBuffer<float> Lnf { get; }
+    /// <summary>ln_f mean (N).</summary>
+    public DeviceBuffer<float> MeanF { get; }
+    /// <summary>ln_f rstd (N).</summary>
+    public DeviceBuffer<float> RstdF { get; }
+    /// <summary>Logits, then their gradient in place (N, V).</summary>
+    public DeviceBuffer<float> Logits { get; }
+    /// <summary>Per-token losses (N).</summary>
+    public DeviceBuffer<float> Losses { get; }
+    /// <summary>One micro-batch's summed loss (1).</summary>
+    public DeviceBuffer<float> LossSlot { get; }
+    /// <summary>Summed loss over the micro-batches of a step (1).</summary>
+    public DeviceBuffer<float> LossTotal { get; }
+    /// <summary>Reduction scratch.</summary>
+    public DeviceBuffer<float> Partials { get; }
+    /// <summary>Input token ids (N).</summary>
+    public DeviceBuffer<int> Inputs { get; }
+    /// <summary>Target token ids (N).</summary>
+    public DeviceBuffer<int> Targets { get; }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        foreach (var b in _owned) b.Dispose();
+        _owned.Clear();
+    }
+}

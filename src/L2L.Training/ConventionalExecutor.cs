@@ -1,0 +1,241 @@
+// The baseline: the whole model, its gradients and optimizer state resident on the device.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Backends.Ops;
+using L2L.Model;
+using L2L.Model.Device;
+using L2L.Training.Optim;
+
+namespace L2L.Training;
+
+/// <summary>
+/// Ordinary training, the reference for relay's results and the baseline for its memory and
+/// speed: every layer's weights, gradients and optimizer state live on the device; each
+/// micro-batch runs forward through all layers keeping every activation, then backward, with
+/// gradients accumulated over the U micro-batches; the optimizer runs on the device once per step.
+/// Device memory grows with depth.
+/// </summary>
+public sealed class ConventionalExecutor : IExecutor
+{
+    private readonly Backend _backend;
+    private readonly ModelLayout _layout;
+    private readonly GptLayers _layers;
+    private readonly OptimizerOps _optimizer;
+    private readonly OptimizerSettings _settings;
+    private readonly LearningRateSchedule _schedule;
+    private readonly MicroBatch _mb;
+    private readonly int _microBatches;
+    private readonly List<IDisposable> _owned = new();
+    private readonly DeviceBuffer<float>[] _params, _grads;
+    private readonly DeviceBuffer<float>[] _m = [], _v = [];
+    private readonly BlockActivations[] _acts;
+    private readonly DeviceBuffer<float> _blockInputs, _headInput, _dStream;
+    private readonly LayerScratch _scratch;
+    private readonly PinnedHostBuffer<int> _inputs, _targets;
+    private readonly PinnedHostBuffer<float> _loss;
+
+    /// <summary>Uploads the model and allocates everything the executor will use.</summary>
+    public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
+        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
+        microBatch.Validate();
+        if (optimizer.Kind == OptimizerKind.Lamb)
+            throw new NotSupportedException("The conventional executor runs SGD and AdamW on the device; LAMB runs on the host with --executor relay.");
+        _backend = backend;
+        _layout = layout;
+        _settings = optimizer;
+        _schedule = schedule;
+        _mb = microBatch;
+        _microBatches = microBatches;
+        try
+        {
+            _layers = new GptLayers(backend, layout);
+            _optimizer = backend.Get<OptimizerOps>();
+            var count = layout.Layers.Count;
+            _params = new DeviceBuffer<float>[count];
+            _grads = new DeviceBuffer<float>[count];
+            var adam = optimizer.Kind == OptimizerKind.AdamW;
+            if (adam)
+            {
+                _m = new DeviceBuffer<float>[count];
+                _v = new DeviceBuffer<float>[count];
+            }
+            var s = backend.ComputeStream;
+            for (var i = 0; i < count; i++)
+            {
+                var layer = layout.Layers[i];
+                _params[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Params, layer.Name));
+                _params[i].View.CopyFromCPU(s, weights[i]);
+                _grads[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Grads, layer.Name + ".grads"));
+                if (adam)
+                {
+                    _m[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".m"));
+                    _v[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".v"));
+                    if (resume is null)
+                    {
+                        _m[i].View.MemSetToZero(s);
+                        _v[i].View.MemSetToZero(s);
+                    }
+                    else
+                    {
+                        var (m, v) = OptimizerStateLayout.Split(layer, resume.LayerStates[i]);
+                        _m[i].View.CopyFromCPU(s, m);
+                        _v[i].View.CopyFromCPU(s, v);
+                    }
+                }
+            }
+            if (resume is not null)
+            {
+                if (!string.Equals(resume.Optimizer, EagerParamServer.OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
+                    throw new InvalidDataException($"The checkpoint's optimizer state is for '{resume.Optimizer}', but training uses '{EagerParamServer.OptimizerName(optimizer.Kind)}'.");
+                StepsDone = resume.Step;
+            }
+            var blocks = layout.Blocks.Count;
+            _acts = new BlockActivations[blocks];
+            for (var l = 0; l < blocks; l++)
+                _acts[l] = Track(new BlockActivations(backend, microBatch, MemoryCategory.Stash, $"h.{l}.activations"));
+            _blockInputs = Track(backend.Allocate<float>(blocks * microBatch.ActivationLength, MemoryCategory.Stash, "block-inputs"));
+            _headInput = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "head-input"));
+            _dStream = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.BoundaryGrads, "residual-grads"));
+            _scratch = Track(new LayerScratch(backend, microBatch));
+            _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _loss = Track(backend.AllocatePinned<float>(1));
+            s.Synchronize();
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private T Track<T>(T resource) where T : IDisposable
+    {
+        _owned.Add(resource);
+        return resource;
+    }
+
+    /// <inheritdoc/>
+    public long StepsDone { get; private set; }
+
+    private ArrayView<float> BlockInput(int l) => _blockInputs.Slice(l * _mb.ActivationLength, _mb.ActivationLength);
+
+    /// <inheritdoc/>
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets)
+    {
+        var tokens = _microBatches * _mb.Tokens;
+        if (inputs.Length != tokens || targets.Length != tokens)
+            throw new ArgumentException($"Expected {tokens} input and target tokens ({_microBatches} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
+        var s = _backend.ComputeStream;
+        inputs.CopyTo(_inputs.Span);
+        targets.CopyTo(_targets.Span);
+        var lossScale = 1f / tokens;
+        var emb = _layout.Embedding.Index;
+        var head = _layout.Head.Index;
+        var blocks = _layout.Blocks;
+
+        _scratch.LossTotal.View.MemSetToZero(s);
+        foreach (var g in _grads) g.View.MemSetToZero(s);
+        for (var u = 0; u < _microBatches; u++)
+        {
+            _inputs.CopyToDeviceAsync(s, _scratch.Inputs.View, (long)u * _mb.Tokens, _mb.Tokens);
+            _targets.CopyToDeviceAsync(s, _scratch.Targets.View, (long)u * _mb.Tokens, _mb.Tokens);
+            _layers.EmbeddingForward(s, _mb, _params[emb].View, _scratch.Inputs.View, BlockInput(0));
+            for (var l = 0; l < blocks.Count; l++)
+            {
+                var output = l + 1 < blocks.Count ? BlockInput(l + 1) : _headInput.View;
+                _layers.BlockForward(s, _mb, blocks[l], _params[blocks[l].Index].View, BlockInput(l), output, _acts[l]);
+            }
+            _layers.HeadForwardBackward(s, _mb, _params[head].View, _grads[head].View, _params[emb].View, _grads[emb].View,
+                _headInput.View, _scratch.Targets.View, _dStream.View, _scratch, lossScale);
+            for (var l = blocks.Count - 1; l >= 0; l--)
+            {
+                var i = blocks[l].Index;
+                _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch);
+            }
+            _layers.EmbeddingBackward(s, _mb, _grads[emb].View, _scratch.Inputs.View, _dStream.View);
+        }
+
+        var lr = _schedule.At(step);
+        var t = step + 1;
+        var bc1 = (float)(1 - Math.Pow(_settings.Beta1, t));
+        var bc2 = (float)(1 - Math.Pow(_settings.Beta2, t));
+        foreach (var layer in _layout.Layers)
+        {
+            var p = new LayerViews(layer, _params[layer.Index].View);
+            var g = new LayerViews(layer, _grads[layer.Index].View);
+            foreach (var slot in layer.Tensors)
+            {
+                var wd = slot.Decay ? _settings.WeightDecay : 0f;
+                if (_settings.Kind == OptimizerKind.AdamW)
+                {
+                    var m = new LayerViews(layer, _m[layer.Index].View);
+                    var v = new LayerViews(layer, _v[layer.Index].View);
+                    _optimizer.AdamW(s, p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName],
+                        lr, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                }
+                else
+                {
+                    _optimizer.Sgd(s, p[slot.LocalName], g[slot.LocalName], lr, wd);
+                }
+            }
+        }
+        _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
+        s.Synchronize();
+        StepsDone++;
+        var loss = _loss.Span[0] / (double)tokens;
+        if (!double.IsFinite(loss))
+            throw new NonFiniteLossException(step, loss);
+        return new StepResult(loss, 2L * tokens * sizeof(int));
+    }
+
+    /// <inheritdoc/>
+    public float[][] Weights()
+    {
+        var s = _backend.ComputeStream;
+        var result = new float[_params.Length][];
+        for (var i = 0; i < _params.Length; i++)
+        {
+            result[i] = new float[_params[i].Length];
+            _params[i].View.CopyToCPU(s, result[i]);
+        }
+        s.Synchronize();
+        return result;
+    }
+
+    /// <inheritdoc/>
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var s = _backend.ComputeStream;
+        var states = new float[_layout.Layers.Count][];
+        var adam = _settings.Kind == OptimizerKind.AdamW;
+        foreach (var layer in _layout.Layers)
+        {
+            if (!adam)
+            {
+                states[layer.Index] = [];
+                continue;
+            }
+            var m = new float[layer.Length];
+            var v = new float[layer.Length];
+            _m[layer.Index].View.CopyToCPU(s, m);
+            _v[layer.Index].View.CopyToCPU(s, v);
+            s.Synchronize();
+            states[layer.Index] = OptimizerStateLayout.Join(layer, m, v);
+        }
+        return new TrainingState(StepsDone, EagerParamServer.OptimizerName(_settings.Kind), adam ? 2 : 0, states,
+            metadata ?? new Dictionary<string, string>());
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
+        for (var i = _owned.Count - 1; i >= 0; i--)
+            _owned[i].Dispose();
+        _owned.Clear();
+    }
+}

@@ -1,0 +1,182 @@
+// The eager param server: FP32 master weights, gradients and optimizer state in host memory, updated layer by layer.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Model;
+using L2L.Training.Optim;
+
+namespace L2L.Training;
+
+/// <summary>
+/// Holds the whole model on the host: per layer, FP32 master weights and a gradient buffer (both
+/// pinned and page-locked, so transfers run asynchronously on the copy stream) and optimizer
+/// state. A layer is updated on host threads as soon as its gradients have arrived
+/// (<see cref="BeginUpdate"/>), while the device goes on with other layers; the next fetch of
+/// that layer (<see cref="EnqueueFetch"/>) first waits for its update. The tied token embedding
+/// lives in one layer, so it is updated once, after both of its gradient contributions have
+/// been summed on the device.
+/// </summary>
+/// <remarks>
+/// Global-norm gradient clipping would need every gradient before any update and so cannot be
+/// eager; this server updates each layer with its own gradients only.
+/// </remarks>
+public sealed class EagerParamServer : IDisposable
+{
+    private readonly PinnedHostBuffer<float>[] _weights;
+    private readonly PinnedHostBuffer<float>[] _grads;
+    private readonly float[][] _state;
+    private readonly Task?[] _updates;
+    private readonly IHostOptimizer _optimizer;
+    private long _busBytes;
+
+    /// <summary>Creates the server with <paramref name="initial"/> weights (one array per layer of <paramref name="layout"/>).</summary>
+    public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
+        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null)
+    {
+        Layout = layout;
+        Settings = optimizer;
+        Schedule = schedule;
+        _optimizer = HostOptimizers.Create(optimizer, threads);
+        var count = layout.Layers.Count;
+        if (initial.Count != count)
+            throw new ArgumentException($"Expected weights for {count} layers, got {initial.Count}.", nameof(initial));
+        _weights = new PinnedHostBuffer<float>[count];
+        _grads = new PinnedHostBuffer<float>[count];
+        _state = new float[count][];
+        _updates = new Task?[count];
+        for (var i = 0; i < count; i++)
+        {
+            var length = layout.Layers[i].Length;
+            if (initial[i].Length != length)
+                throw new ArgumentException($"Layer '{layout.Layers[i].Name}' has {initial[i].Length} weights, expected {length}.", nameof(initial));
+            _weights[i] = backend.AllocatePinned<float>(length);
+            initial[i].AsSpan().CopyTo(_weights[i].Span);
+            _grads[i] = backend.AllocatePinned<float>(length);
+            _state[i] = new float[_optimizer.StateFloatsPerParam * length];
+        }
+        if (resume is not null)
+        {
+            if (resume.StateFloatsPerParam != _optimizer.StateFloatsPerParam || !string.Equals(resume.Optimizer, OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
+                throw new InvalidDataException(
+                    $"The checkpoint's optimizer state is for '{resume.Optimizer}' ({resume.StateFloatsPerParam} floats per parameter), " +
+                    $"but training uses '{OptimizerName(optimizer.Kind)}'. Resume with --optimizer {resume.Optimizer}, or start fresh with --init instead of --resume.");
+            for (var i = 0; i < count; i++)
+                resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+            StepsDone = resume.Step;
+        }
+    }
+
+    /// <summary>The parameter layout.</summary>
+    public ModelLayout Layout { get; }
+
+    /// <summary>The optimizer settings.</summary>
+    public OptimizerSettings Settings { get; }
+
+    /// <summary>The learning-rate schedule.</summary>
+    public LearningRateSchedule Schedule { get; }
+
+    /// <summary>Optimizer steps completed (every layer has been updated this many times once pending updates finish).</summary>
+    public long StepsDone { get; private set; }
+
+    /// <summary>Bytes moved between host and device by this server (weights in, gradients out).</summary>
+    public long BusBytes => Interlocked.Read(ref _busBytes);
+
+    /// <summary>The name used in checkpoints and on the command line.</summary>
+    public static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
+
+    /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s weights into <paramref name="target"/>, after its pending update finishes.</summary>
+    public void EnqueueFetch(int layer, AcceleratorStream copyStream, ArrayView<float> target)
+    {
+        WaitForUpdate(layer);
+        var length = Layout.Layers[layer].Length;
+        _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
+        Interlocked.Add(ref _busBytes, length * sizeof(float));
+    }
+
+    /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed gradients from <paramref name="source"/> to the host.</summary>
+    public void EnqueueGradients(int layer, AcceleratorStream copyStream, ArrayView<float> source)
+    {
+        WaitForUpdate(layer); // the gradient buffer is still being read by the previous update
+        var length = Layout.Layers[layer].Length;
+        _grads[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, length));
+        Interlocked.Add(ref _busBytes, length * sizeof(float));
+    }
+
+    /// <summary>
+    /// Starts updating layer <paramref name="layer"/> on host threads for 0-based step <paramref name="step"/>.
+    /// Call only after the copy enqueued by <see cref="EnqueueGradients"/> has completed.
+    /// </summary>
+    public void BeginUpdate(int layer, long step)
+    {
+        WaitForUpdate(layer);
+        _updates[layer] = Task.Run(() => Update(layer, step));
+    }
+
+    /// <summary>Applies the optimizer to one layer now, on the calling thread.</summary>
+    private void Update(int layer, long step)
+    {
+        var lr = Schedule.At(step);
+        var t = checked((int)(step + 1));
+        var spp = _optimizer.StateFloatsPerParam;
+        var weights = _weights[layer].Span;
+        var grads = _grads[layer].Span;
+        var state = _state[layer].AsSpan();
+        foreach (var slot in Layout.Layers[layer].Tensors)
+        {
+            var offset = (int)slot.Offset;
+            var length = (int)slot.Length;
+            _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
+                state.Slice(spp * offset, spp * length), Span<Half>.Empty, t, lr, slot.Decay);
+        }
+    }
+
+    /// <summary>Blocks until layer <paramref name="layer"/>'s pending update (if any) is done; rethrows its failure.</summary>
+    public void WaitForUpdate(int layer)
+    {
+        var task = _updates[layer];
+        if (task is null)
+            return;
+        task.GetAwaiter().GetResult();
+        _updates[layer] = null;
+    }
+
+    /// <summary>Blocks until every pending update is done.</summary>
+    public void WaitAll()
+    {
+        for (var i = 0; i < _updates.Length; i++)
+            WaitForUpdate(i);
+    }
+
+    /// <summary>Marks one optimizer step as complete (after the executor has begun every layer's update).</summary>
+    public void CompleteStep() => StepsDone++;
+
+    /// <summary>A copy of the master weights, after pending updates finish.</summary>
+    public float[][] SnapshotWeights()
+    {
+        WaitAll();
+        return _weights.Select(w => w.Span.ToArray()).ToArray();
+    }
+
+    /// <summary>The optimizer state for a checkpoint, after pending updates finish.</summary>
+    public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        WaitAll();
+        return new TrainingState(StepsDone, OptimizerName(Settings.Kind), _optimizer.StateFloatsPerParam,
+            _state.Select(s => (float[])s.Clone()).ToArray(), metadata ?? new Dictionary<string, string>());
+    }
+
+    /// <summary>The master weights of one layer (read-only use; wait for its update first).</summary>
+    public ReadOnlySpan<float> Weights(int layer)
+    {
+        WaitForUpdate(layer);
+        return _weights[layer].Span;
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        try { WaitAll(); } catch (Exception) { /* disposal must release pinned memory regardless */ }
+        foreach (var w in _weights) w.Dispose();
+        foreach (var g in _grads) g.Dispose();
+    }
+}

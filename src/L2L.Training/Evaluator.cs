@@ -1,0 +1,110 @@
+// Forward-only evaluation of a model's mean cross-entropy, one layer on the device at a time.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Model;
+using L2L.Model.Data;
+using L2L.Model.Device;
+
+namespace L2L.Training;
+
+/// <summary>The result of an evaluation.</summary>
+/// <param name="Loss">Mean cross-entropy over every evaluated token.</param>
+/// <param name="Tokens">Tokens evaluated.</param>
+/// <param name="Batches">Batches evaluated.</param>
+public sealed record EvalResult(double Loss, long Tokens, int Batches);
+
+/// <summary>
+/// Evaluates a model on windows taken exactly as training takes them (batch i is step i's
+/// minibatch, without shuffling). Each batch runs layer by layer through one parameter slot and
+/// two activation buffers, so device memory is that of one layer and one batch.
+/// </summary>
+public sealed class Evaluator : IDisposable
+{
+    private readonly Backend _backend;
+    private readonly ModelLayout _layout;
+    private readonly IReadOnlyList<float[]> _weights;
+    private readonly GptLayers _layers;
+    private readonly MicroBatch _mb;
+    private readonly List<IDisposable> _owned = new();
+    private readonly DeviceBuffer<float> _embedding, _head, _slot, _x0, _x1;
+    private readonly BlockActivations _act;
+    private readonly LayerScratch _scratch;
+
+    /// <summary>Prepares evaluation of <paramref name="weights"/> in batches of <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens.</summary>
+    public Evaluator(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, int batch, int seqLen)
+    {
+        _backend = backend;
+        _layout = layout;
+        _weights = weights;
+        _mb = new MicroBatch(layout.Config, batch, seqLen);
+        _mb.Validate();
+        _layers = new GptLayers(backend, layout);
+        try
+        {
+            var blockLength = layout.Blocks.Count > 0 ? layout.Blocks[0].Length : 0;
+            _embedding = Track(backend.Allocate<float>(layout.Embedding.Length, MemoryCategory.Params, "embedding"));
+            _head = Track(backend.Allocate<float>(layout.Head.Length, MemoryCategory.Params, "head"));
+            _slot = Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot"));
+            _x0 = Track(backend.Allocate<float>(_mb.ActivationLength, MemoryCategory.Workspace, "x0"));
+            _x1 = Track(backend.Allocate<float>(_mb.ActivationLength, MemoryCategory.Workspace, "x1"));
+            _act = Track(new BlockActivations(backend, _mb));
+            _scratch = Track(new LayerScratch(backend, _mb));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private T Track<T>(T resource) where T : IDisposable
+    {
+        _owned.Add(resource);
+        return resource;
+    }
+
+    /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/>.</summary>
+    public EvalResult Evaluate(ITokenSource data, int batches)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(batches, 1);
+        var loader = new BatchLoader(data, _mb.Batch, _mb.SeqLen);
+        var inputs = new int[_mb.Tokens];
+        var targets = new int[_mb.Tokens];
+        var s = _backend.ComputeStream;
+        _embedding.View.CopyFromCPU(s, _weights[_layout.Embedding.Index]);
+        _head.View.CopyFromCPU(s, _weights[_layout.Head.Index]);
+        _scratch.LossTotal.View.MemSetToZero(s);
+        for (var i = 0; i < batches; i++)
+        {
+            loader.Fill(i, inputs, targets);
+            _scratch.Inputs.View.CopyFromCPU(s, inputs);
+            _scratch.Targets.View.CopyFromCPU(s, targets);
+            _layers.EmbeddingForward(s, _mb, _embedding.View, _scratch.Inputs.View, _x0.View);
+            var x = _x0;
+            var y = _x1;
+            foreach (var block in _layout.Blocks)
+            {
+                s.Synchronize();
+                _slot.View.SubView(0, block.Length).CopyFromCPU(s, _weights[block.Index]);
+                _layers.BlockForward(s, _mb, block, _slot.View, x.View, y.View, _act);
+                (x, y) = (y, x);
+            }
+            _layers.HeadLoss(s, _mb, _head.View, _embedding.View, x.View, _scratch.Targets.View, _scratch);
+        }
+        var total = new float[1];
+        _scratch.LossTotal.View.CopyToCPU(s, total);
+        s.Synchronize();
+        var tokens = (long)batches * _mb.Tokens;
+        return new EvalResult(total[0] / (double)tokens, tokens, batches);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
+        for (var i = _owned.Count - 1; i >= 0; i--)
+            _owned[i].Dispose();
+        _owned.Clear();
+    }
+}

@@ -1,0 +1,43 @@
+// What every executor offers the training loop: one synchronous optimizer step over a minibatch.
+using L2L.Model;
+
+namespace L2L.Training;
+
+/// <summary>Which executor runs the model.</summary>
+public enum ExecutorKind
+{
+    /// <summary>L2L relay: one layer on the device at a time, across all micro-batches; weights and optimizer on the host.</summary>
+    Relay,
+    /// <summary>The whole model, its gradients and optimizer state resident on the device; the baseline.</summary>
+    Conventional,
+}
+
+/// <summary>Where the relay executor keeps the stashed layer inputs and the boundary gradients.</summary>
+public enum StashPlacement
+{
+    /// <summary>On the device: grows with layers x micro-batches.</summary>
+    Device,
+    /// <summary>On the host, streamed through a few device slots: device memory independent of depth and micro-batch count.</summary>
+    Host,
+}
+
+/// <summary>The outcome of one training step.</summary>
+/// <param name="Loss">Mean cross-entropy over every token of the minibatch.</param>
+/// <param name="BusBytes">Bytes moved between host and device during the step.</param>
+public readonly record struct StepResult(double Loss, long BusBytes);
+
+/// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
+public interface IExecutor : IDisposable
+{
+    /// <summary>Runs forward, backward and the optimizer for 0-based step <paramref name="step"/> on a minibatch of (B, T) inputs and targets.</summary>
+    StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets);
+
+    /// <summary>The current weights, one array per layer of the layout.</summary>
+    float[][] Weights();
+
+    /// <summary>The optimizer state for a checkpoint.</summary>
+    TrainingState State(IReadOnlyDictionary<string, string>? metadata = null);
+
+    /// <summary>Optimizer steps completed.</summary>
+    long StepsDone { get; }
+}

@@ -1,0 +1,329 @@
+// L2L relay execution: one layer on the device at a time, run across every micro-batch before the next layer.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Model;
+using L2L.Model.Device;
+
+namespace L2L.Training;
+
+/// <summary>
+/// The relay executor. The eager param server holds the model on the host; the device holds two
+/// block slots (the running layer and the prefetched next one), two gradient slots (the running
+/// layer's and the previous layer's, still being copied out), the embedding and head layers, and
+/// a workspace for one micro-batch. Each layer runs across all U micro-batches, so its weights
+/// cross the bus once per pass. The backward pass recomputes each block from its stashed input.
+/// With <see cref="StashPlacement.Host"/> the stash and the boundary gradients live in pinned host
+/// memory and stream through two device slots each, so device memory does not depend on the
+/// number of layers or micro-batches.
+/// </summary>
+/// <remarks>
+/// Stream ordering: ILGPU cannot make one stream wait on another's event, so the host orders
+/// them: before a slot is refilled on the copy stream the compute stream is synchronized, and
+/// before compute uses a slot the copy stream is synchronized. Compute of one micro-batch or
+/// layer still overlaps the transfers of the next.
+/// </remarks>
+public sealed class RelayExecutor : IExecutor
+{
+    private readonly Backend _backend;
+    private readonly ModelLayout _layout;
+    private readonly GptLayers _layers;
+    private readonly EagerParamServer _eps;
+    private readonly MicroBatch _mb;
+    private readonly int _microBatches;
+    private readonly StashPlacement _placement;
+    private readonly List<IDisposable> _owned = new();
+    private readonly DeviceBuffer<float>[] _paramSlots;
+    private readonly DeviceBuffer<float>[] _gradSlots;
+    private readonly DeviceBuffer<float> _embedding, _embeddingGrads, _head, _headGrads, _blockOut;
+    private readonly BlockActivations _act;
+    private readonly LayerScratch _scratch;
+    private readonly DeviceBuffer<float>? _deviceStash, _deviceDx;
+    private readonly PinnedHostBuffer<float>? _hostStash, _hostDx;
+    private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
+    private readonly PinnedHostBuffer<int> _inputs, _targets;
+    private readonly PinnedHostBuffer<float> _loss;
+    private long _stashBytes;
+
+    /// <summary>Creates the executor and allocates every device buffer it will use.</summary>
+    /// <param name="backend">The device.</param>
+    /// <param name="eps">The param server holding the model (owned by the caller).</param>
+    /// <param name="microBatch">The shape of one micro-batch.</param>
+    /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
+    /// <param name="placement">Where the stash and boundary gradients live.</param>
+    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
+        microBatch.Validate();
+        _backend = backend;
+        _eps = eps;
+        _layout = eps.Layout;
+        _mb = microBatch;
+        _microBatches = microBatches;
+        _placement = placement;
+        try
+        {
+            _layers = new GptLayers(backend, _layout);
+            var blockLength = _layout.Blocks.Count > 0 ? _layout.Blocks[0].Length : 0;
+            _paramSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.1"))];
+            _gradSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.1"))];
+            _embedding = Track(backend.Allocate<float>(_layout.Embedding.Length, MemoryCategory.Params, "embedding"));
+            _embeddingGrads = Track(backend.Allocate<float>(_layout.Embedding.Length, MemoryCategory.Grads, "embedding.grads"));
+            _head = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Params, "head"));
+            _headGrads = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Grads, "head.grads"));
+            _act = Track(new BlockActivations(backend, microBatch));
+            _scratch = Track(new LayerScratch(backend, microBatch));
+            _blockOut = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "block-out"));
+            var a = microBatch.ActivationLength;
+            var layers = _layout.Blocks.Count;
+            if (placement == StashPlacement.Device)
+            {
+                _deviceStash = Track(backend.Allocate<float>(layers * microBatches * a, MemoryCategory.Stash, "stash"));
+                _deviceDx = Track(backend.Allocate<float>(microBatches * a, MemoryCategory.BoundaryGrads, "boundary-grads"));
+            }
+            else
+            {
+                _hostStash = Track(backend.AllocatePinned<float>(layers * microBatches * a));
+                _hostDx = Track(backend.AllocatePinned<float>(microBatches * a));
+                _inSlots = [Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-in.0")), Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-in.1"))];
+                _outSlots = [Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.0")), Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.1"))];
+                _dxSlots = [Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.0")), Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.1"))];
+            }
+            _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _loss = Track(backend.AllocatePinned<float>(1));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private T Track<T>(T resource) where T : IDisposable
+    {
+        _owned.Add(resource);
+        return resource;
+    }
+
+    /// <inheritdoc/>
+    public long StepsDone => _eps.StepsDone;
+
+    private int EmbeddingIndex => _layout.Embedding.Index;
+    private int HeadIndex => _layout.Head.Index;
+    private int BlockIndex(int l) => _layout.Blocks[l].Index;
+    private long A => _mb.ActivationLength;
+    private int L => _layout.Blocks.Count;
+    private int U => _microBatches;
+
+    private ArrayView<float> StashView(int level, int u) => _deviceStash!.Slice((level * (long)U + u) * A, A);
+    private ArrayView<float> In(int level, int u, int slot) => _placement == StashPlacement.Device ? StashView(level, u) : _inSlots[slot].View;
+    private ArrayView<float> Out(int level, int u, int slot) => _placement == StashPlacement.Device ? StashView(level, u) : _outSlots[slot].View;
+    private ArrayView<float> Dx(int u, int slot) => _placement == StashPlacement.Device ? _deviceDx!.Slice(u * A, A) : _dxSlots[slot].View;
+
+    private void FetchStash(int level, int u, int slot)
+    {
+        _hostStash!.CopyToDeviceAsync(_backend.CopyStream, _inSlots[slot].View, (level * (long)U + u) * A, A);
+        _stashBytes += A * sizeof(float);
+    }
+
+    private void StoreStash(int level, int u, int slot)
+    {
+        _hostStash!.CopyFromDeviceAsync(_backend.CopyStream, _outSlots[slot].View, (level * (long)U + u) * A, A);
+        _stashBytes += A * sizeof(float);
+    }
+
+    private void FetchDx(int u, int slot)
+    {
+        _hostDx!.CopyToDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
+        _stashBytes += A * sizeof(float);
+    }
+
+    private void StoreDx(int u, int slot)
+    {
+        _hostDx!.CopyFromDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
+        _stashBytes += A * sizeof(float);
+    }
+
+    private void UploadInputs(int u) => _inputs.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Inputs.View, (long)u * _mb.Tokens, _mb.Tokens);
+    private void UploadTargets(int u) => _targets.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Targets.View, (long)u * _mb.Tokens, _mb.Tokens);
+
+    /// <summary>
+    /// Runs <paramref name="compute"/> for every micro-batch. With a host stash, <paramref name="fetch"/>
+    /// for micro-batch u+1 and <paramref name="store"/> for u-1 run on the copy stream while u computes,
+    /// double-buffered through slots u % 2.
+    /// </summary>
+    private void ForEachMicroBatch(Action<int, int> compute, Action<int, int>? fetch, Action<int, int>? store)
+    {
+        if (_placement == StashPlacement.Device || (fetch is null && store is null))
+        {
+            for (var u = 0; u < U; u++)
+                compute(u, 0);
+            return;
+        }
+        var s = _backend.ComputeStream;
+        var c = _backend.CopyStream;
+        fetch?.Invoke(0, 0);
+        for (var u = 0; u < U; u++)
+        {
+            c.Synchronize(); // fetch(u) landed; store(u-2) done, so slot u % 2 may be overwritten
+            s.Synchronize(); // compute(u-1) done, so its slots may be stored or refilled
+            if (u > 0) store?.Invoke(u - 1, (u - 1) % 2);
+            if (u + 1 < U) fetch?.Invoke(u + 1, (u + 1) % 2);
+            compute(u, u % 2);
+        }
+        s.Synchronize();
+        store?.Invoke(U - 1, (U - 1) % 2);
+        c.Synchronize();
+    }
+
+    /// <inheritdoc/>
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets)
+    {
+        var tokens = U * _mb.Tokens;
+        if (inputs.Length != tokens || targets.Length != tokens)
+            throw new ArgumentException($"Expected {tokens} input and target tokens ({U} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
+        var s = _backend.ComputeStream;
+        var c = _backend.CopyStream;
+        var host = _placement == StashPlacement.Host;
+        var busBefore = _eps.BusBytes + _stashBytes;
+        inputs.CopyTo(_inputs.Span);
+        targets.CopyTo(_targets.Span);
+        var lossScale = 1f / tokens;
+
+        // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
+        _scratch.LossTotal.View.MemSetToZero(s);
+        _embeddingGrads.View.MemSetToZero(s);
+        _headGrads.View.MemSetToZero(s);
+        _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
+        _eps.EnqueueFetch(HeadIndex, c, _head.View);
+        if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
+        c.Synchronize();
+        ForEachMicroBatch(
+            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _scratch.Inputs.View, Out(0, u, k)); },
+            null,
+            host ? (u, k) => StoreStash(0, u, k) : null);
+
+        for (var l = 0; l < L; l++)
+        {
+            s.Synchronize();
+            c.Synchronize();
+            if (l + 1 < L) _eps.EnqueueFetch(BlockIndex(l + 1), c, _paramSlots[(l + 1) % 2].View);
+            var p = _paramSlots[l % 2].View;
+            var layer = _layout.Blocks[l];
+            var level = l;
+            if (l < L - 1)
+            {
+                ForEachMicroBatch(
+                    (u, k) => _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act),
+                    host ? (u, k) => FetchStash(level, u, k) : null,
+                    host ? (u, k) => StoreStash(level + 1, u, k) : null);
+            }
+            else
+            {
+                // The last block feeds the head directly, which turns the loss into the first boundary gradient.
+                ForEachMicroBatch(
+                    (u, k) =>
+                    {
+                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act);
+                        UploadTargets(u);
+                        _layers.HeadForwardBackward(s, _mb, _head.View, _headGrads.View, _embedding.View, _embeddingGrads.View,
+                            _blockOut.View, _scratch.Targets.View, Dx(u, k), _scratch, lossScale);
+                    },
+                    host ? (u, k) => FetchStash(level, u, k) : null,
+                    host ? (u, k) => StoreDx(u, k) : null);
+            }
+        }
+        if (L == 0)
+            throw new InvalidOperationException("The model has no transformer blocks.");
+
+        // Backward, top block down. Each layer's gradients go to the host as soon as they are complete,
+        // and the param server updates that layer while the device works on the layers below.
+        var pending = new List<int>();
+        s.Synchronize();
+        c.Synchronize();
+        _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
+        pending.Add(HeadIndex);
+        for (var l = L - 1; l >= 0; l--)
+        {
+            s.Synchronize();
+            c.Synchronize();
+            foreach (var index in pending) _eps.BeginUpdate(index, step);
+            pending.Clear();
+            if (l + 1 < L)
+            {
+                _eps.EnqueueGradients(BlockIndex(l + 1), c, _gradSlots[(l + 1) % 2].View);
+                pending.Add(BlockIndex(l + 1));
+            }
+            // Block L-2 is still in its slot from the forward pass; every lower block is fetched again.
+            if (l - 1 >= 0 && l != L - 1) _eps.EnqueueFetch(BlockIndex(l - 1), c, _paramSlots[(l - 1) % 2].View);
+            var p = _paramSlots[l % 2].View;
+            var g = _gradSlots[l % 2].View;
+            var layer = _layout.Blocks[l];
+            var level = l;
+            g.MemSetToZero(s);
+            ForEachMicroBatch(
+                (u, k) =>
+                {
+                    _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act);
+                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch);
+                },
+                host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
+                host ? (u, k) => StoreDx(u, k) : null);
+        }
+        s.Synchronize();
+        c.Synchronize();
+        foreach (var index in pending) _eps.BeginUpdate(index, step);
+        pending.Clear();
+        _eps.EnqueueGradients(BlockIndex(0), c, _gradSlots[0].View);
+
+        // The embedding's gradient: the scatter of block 0's input gradient, added to the head's contribution to wte.
+        ForEachMicroBatch(
+            (u, k) => { UploadInputs(u); _layers.EmbeddingBackward(s, _mb, _embeddingGrads.View, _scratch.Inputs.View, Dx(u, k)); },
+            host ? (u, k) => FetchDx(u, k) : null,
+            null);
+        s.Synchronize();
+        c.Synchronize();
+        _eps.BeginUpdate(BlockIndex(0), step);
+        _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
+        _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+        c.Synchronize();
+        _eps.BeginUpdate(EmbeddingIndex, step);
+        _eps.CompleteStep();
+
+        var loss = _loss.Span[0] / (double)tokens;
+        if (!double.IsFinite(loss))
+            throw new NonFiniteLossException(step, loss);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore);
+    }
+
+    /// <inheritdoc/>
+    public float[][] Weights() => _eps.SnapshotWeights();
+
+    /// <inheritdoc/>
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) => _eps.SnapshotState(metadata);
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
+        for (var i = _owned.Count - 1; i >= 0; i--)
+            _owned[i].Dispose();
+        _owned.Clear();
+    }
+}
+
+/// <summary>Thrown when the loss is NaN or infinite; nothing is saved from such a step.</summary>
+public sealed class NonFiniteLossException : Exception
+{
+    /// <summary>Creates the exception for 0-based <paramref name="step"/>.</summary>
+    public NonFiniteLossException(long step, double loss)
+        : base($"The loss became {loss} at step {step + 1}. Training stopped before saving anything from this step. " +
+               "Lower --lr, add --warmup steps, or check the data; resume from the last checkpoint with --resume.")
+    {
+        Step = step;
+    }
+
+    /// <summary>The 0-based step.</summary>
+    public long Step { get; }
+}

@@ -1,0 +1,63 @@
+// Everything a training run is configured by; the CLI fills it from its options.
+using L2L.Backends;
+using L2L.Model;
+using L2L.Training.Optim;
+
+namespace L2L.Training;
+
+/// <summary>The settings of one training run.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>The model (from a preset, a config.json, or the --init/--resume checkpoint).</summary>
+    public required GptConfig Config { get; init; }
+    /// <summary>Optimizer steps to reach (a resumed run continues up to this count).</summary>
+    public long Steps { get; init; } = 100;
+    /// <summary>Sequences per step (B), split into <see cref="MicroBatches"/> micro-batches.</summary>
+    public int Batch { get; init; } = 8;
+    /// <summary>Micro-batches per step (U); must divide <see cref="Batch"/>.</summary>
+    public int MicroBatches { get; init; } = 1;
+    /// <summary>Tokens per sequence (T).</summary>
+    public int SeqLen { get; init; } = 64;
+    /// <summary>Optimizer kind and hyper-parameters (the learning rate here is the peak).</summary>
+    public OptimizerSettings Optimizer { get; init; } = new(OptimizerKind.AdamW, 1e-3f);
+    /// <summary>Constant or cosine.</summary>
+    public ScheduleKind Schedule { get; init; } = ScheduleKind.Constant;
+    /// <summary>Linear warmup steps.</summary>
+    public int Warmup { get; init; }
+    /// <summary>Relay or conventional.</summary>
+    public ExecutorKind Executor { get; init; } = ExecutorKind.Relay;
+    /// <summary>Stash placement for the relay executor.</summary>
+    public StashPlacement Stash { get; init; } = StashPlacement.Device;
+    /// <summary>Seed for initialisation and shuffling.</summary>
+    public int Seed { get; init; } = 1337;
+    /// <summary>Take windows in a seeded random order instead of in sequence.</summary>
+    public bool Shuffle { get; init; }
+    /// <summary>Host threads for the optimizer (null: all cores).</summary>
+    public int? OptimizerThreads { get; init; }
+    /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
+    public long? DeviceBudgetBytes { get; init; }
+
+    /// <summary>The micro-batch shape.</summary>
+    public int MicroBatchSize => Batch / MicroBatches;
+
+    /// <summary>Throws with a clear message when the settings do not make sense together.</summary>
+    public void Validate()
+    {
+        Config.Validate();
+        if (Steps < 1) throw new ArgumentException("--steps must be at least 1.");
+        if (Batch < 1) throw new ArgumentException("--batch must be at least 1.");
+        if (MicroBatches < 1) throw new ArgumentException("--micro-batches must be at least 1.");
+        if (Batch % MicroBatches != 0)
+            throw new ArgumentException($"--batch {Batch} is not divisible by --micro-batches {MicroBatches}: each micro-batch must hold the same number of sequences.");
+        if (SeqLen < 1 || SeqLen > Config.MaxPositions)
+            throw new ArgumentException($"--seq {SeqLen} must be between 1 and the model's n_positions ({Config.MaxPositions}).");
+        if (Warmup < 0) throw new ArgumentException("--warmup must not be negative.");
+        if (!(Optimizer.LearningRate > 0) || !float.IsFinite(Optimizer.LearningRate)) throw new ArgumentException("--lr must be a positive number.");
+        if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
+        if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
+            throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+    }
+
+    /// <summary>The learning-rate schedule these options describe.</summary>
+    public LearningRateSchedule LearningRate => new(Schedule, Optimizer.LearningRate, Warmup, Steps);
+}
