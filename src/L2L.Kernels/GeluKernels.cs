@@ -5,9 +5,10 @@ using ILGPU.Algorithms;
 namespace L2L.Kernels;
 
 /// <summary>
-/// GELU forward and backward, element-wise with grid-stride loops. tanh is computed here from
-/// <c>exp(-2|z|)</c> rather than with <c>XMath.Tanh</c>, whose CUDA form <c>(e^2z - 1) / (e^2z + 1)</c>
-/// turns into NaN once <c>e^2z</c> overflows (|z| &gt; 44).
+/// GELU forward and backward, element-wise with grid-stride loops. Everything is computed from
+/// <c>e = exp(-2|z|)</c>, which lies in (0, 1]: <c>XMath.Tanh</c>'s CUDA form <c>(e^2z - 1) / (e^2z + 1)</c>
+/// turns into NaN once <c>e^2z</c> overflows (|z| &gt; 44), and <c>1 + tanh(z)</c>, <c>1 - tanh(z)^2</c>
+/// cancel badly in float for negative or large z.
 /// </summary>
 public static class GeluKernels
 {
@@ -21,8 +22,8 @@ public static class GeluKernels
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
         {
             float x = input[i];
-            float t = StableTanh(SqrtTwoOverPi * (x + Coefficient * x * x * x));
-            output[i] = 0.5f * x * (1f + t);
+            float e = XMath.Exp(-2f * XMath.Abs(SqrtTwoOverPi * (x + Coefficient * x * x * x)));
+            output[i] = x * HalfOnePlusTanh(x, e);
         }
     }
 
@@ -37,9 +38,10 @@ public static class GeluKernels
         {
             float x = input[i];
             float x2 = x * x;
-            float t = StableTanh(SqrtTwoOverPi * (x + Coefficient * x2 * x));
-            float sech2 = 1f - t * t;
-            float local = 0.5f * (1f + t);
+            float e = XMath.Exp(-2f * XMath.Abs(SqrtTwoOverPi * (x + Coefficient * x2 * x)));
+            float onePlusE = 1f + e;
+            float sech2 = 4f * e / (onePlusE * onePlusE);
+            float local = HalfOnePlusTanh(x, e);
             // sech2 is exactly 0 long before x * x overflows; skipping the term keeps 0 * inf out.
             if (sech2 > 0f)
                 local += 0.5f * x * sech2 * SqrtTwoOverPi * (1f + 3f * Coefficient * x2);
@@ -47,11 +49,10 @@ public static class GeluKernels
         }
     }
 
-    /// <summary>tanh(z) from exp(-2|z|), finite for every finite z.</summary>
-    public static float StableTanh(float z)
-    {
-        float e = XMath.Exp(-2f * XMath.Abs(z));
-        float t = (1f - e) / (1f + e);
-        return z < 0f ? -t : t;
-    }
+    /// <summary>
+    /// <c>0.5 (1 + tanh(z))</c> from <c>e = exp(-2|z|)</c>, where z has the sign of <paramref name="x"/>:
+    /// <c>1 / (1 + e)</c> for z &gt;= 0 and <c>e / (1 + e)</c> for z &lt; 0, which avoids the cancellation of
+    /// <c>1 + tanh(z)</c> for negative z.
+    /// </summary>
+    public static float HalfOnePlusTanh(float x, float e) => (x < 0f ? e : 1f) / (1f + e);
 }
