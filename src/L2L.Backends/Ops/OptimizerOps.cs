@@ -1,0 +1,53 @@
+// Launchers for the on-device optimizer steps used by the conventional executor.
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Kernels;
+
+namespace L2L.Backends.Ops;
+
+/// <summary>AdamW and SGD steps on device-resident parameters, PyTorch semantics; kernels loaded once per accelerator.</summary>
+public sealed class OptimizerOps
+{
+    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+        float, float, float, float, float, float, float> _adamW;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, float, float> _sgd;
+
+    /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
+    public OptimizerOps(Backend backend)
+    {
+        _accelerator = backend.Accelerator;
+        _adamW = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            float, float, float, float, float, float, float>(OptimizerKernels.AdamWKernel);
+        _sgd = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, float, float>(OptimizerKernels.SgdKernel);
+    }
+
+    /// <summary>
+    /// One PyTorch AdamW step over <c>param</c>, <c>grad</c>, <c>m</c>, <c>v</c> (all of one length):
+    /// <c>p -= lr * wd * p</c> first (decoupled decay), then <c>m = b1 m + (1 - b1) g</c>,
+    /// <c>v = b2 v + (1 - b2) g^2</c>, <c>p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)</c>, where
+    /// <paramref name="biasCorrection1"/> = <c>1 - b1^t</c> and <paramref name="biasCorrection2"/> = <c>1 - b2^t</c>
+    /// for step <c>t</c> (1-based) are computed on the host.
+    /// </summary>
+    public void AdamW(AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v,
+        float lr, float beta1, float beta2, float eps, float weightDecay, float biasCorrection1, float biasCorrection2)
+    {
+        Check.SameLength(param, grad, nameof(grad));
+        Check.SameLength(param, m, nameof(m));
+        Check.SameLength(param, v, nameof(v));
+        if (!(biasCorrection1 > 0f) || !(biasCorrection2 > 0f))
+            throw new ArgumentOutOfRangeException(nameof(biasCorrection1),
+                $"Bias corrections must be positive (1 - beta^t for step t >= 1); got {biasCorrection1} and {biasCorrection2}.");
+        if (param.Length == 0) return;
+        _adamW(s, Launch.Elementwise(_accelerator, param.Length), param, grad, m, v,
+            lr, beta1, beta2, eps, weightDecay, biasCorrection1, biasCorrection2);
+    }
+
+    /// <summary>One SGD step without momentum over <c>param</c>, <c>grad</c> (one length): <c>p -= lr * (g + wd * p)</c>.</summary>
+    public void Sgd(AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, float lr, float weightDecay)
+    {
+        Check.SameLength(param, grad, nameof(grad));
+        if (param.Length == 0) return;
+        _sgd(s, Launch.Elementwise(_accelerator, param.Length), param, grad, lr, weightDecay);
+    }
+}

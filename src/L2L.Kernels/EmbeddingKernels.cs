@@ -1,0 +1,65 @@
+// Token + position embedding: the first layer's forward and its parameter gradients.
+using ILGPU;
+
+namespace L2L.Kernels;
+
+/// <summary>
+/// Token and position embedding. B = sequences, T = positions, C = channels, V = vocabulary.
+/// Token ids are trusted to be in <c>[0, V)</c>: the host validates them before upload.
+/// </summary>
+public static class EmbeddingKernels
+{
+    /// <summary>
+    /// <c>output[r, j] = wte[tokens[r], j] + wpe[r % t, j]</c> for rows <c>r = b * T + t</c>.
+    /// Shapes: <c>output</c> (B*T, C); <c>tokens</c> (B*T) int32; <c>wte</c> (V, C); <c>wpe</c> (maxT, C), maxT &gt;= T.
+    /// </summary>
+    public static void EmbeddingForwardKernel(
+        ArrayView<float> output, ArrayView<int> tokens, ArrayView<float> wte, ArrayView<float> wpe, int t, int c)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
+        {
+            long row = i / c;
+            long j = i - row * c;
+            long position = row % t;
+            output[i] = wte[(long)tokens[row] * c + j] + wpe[position * c + j];
+        }
+    }
+
+    /// <summary>
+    /// <c>dWte[tokens[r], j] += dOutput[r, j]</c> for every row. Uses float atomic adds, because rows with
+    /// the same token collide; the order of those additions, and so the last bits of a repeated token's
+    /// gradient, can differ from run to run. Shapes: <c>dWte</c> (V, C); <c>dOutput</c> (B*T, C); <c>tokens</c> (B*T).
+    /// </summary>
+    public static void EmbeddingBackwardTokenKernel(
+        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> tokens, int c)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < dOutput.Length; i += stride)
+        {
+            long row = i / c;
+            long j = i - row * c;
+            Atomic.Add(ref dWte[(long)tokens[row] * c + j], dOutput[i]);
+        }
+    }
+
+    /// <summary>
+    /// <c>dWpe[p, j] += sum over b of dOutput[b * T + p, j]</c> for positions <c>p &lt; T</c>; deterministic
+    /// (one thread per element of <c>dWpe</c>, summing the batch in order). Shapes: <c>dWpe</c> (maxT, C);
+    /// <c>dOutput</c> (B*T, C).
+    /// </summary>
+    public static void EmbeddingBackwardPositionKernel(
+        ArrayView<float> dWpe, ArrayView<float> dOutput, int b, int t, int c)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        long count = (long)t * c;
+        long batchStride = (long)t * c;
+        for (long i = Grid.GlobalIndex.X; i < count; i += stride)
+        {
+            float sum = 0f;
+            for (int s = 0; s < b; s++)
+                sum += dOutput[s * batchStride + i];
+            dWpe[i] += sum;
+        }
+    }
+}
