@@ -1,0 +1,131 @@
+// AdamW on the host, as torch.optim.AdamW computes it: decoupled decay, lerp'd first moment, eps after the sqrt.
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace L2L.Training.Optim;
+
+internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int threads) : HostOptimizerBase(settings, threads)
+{
+    public override OptimizerKind Kind => OptimizerKind.AdamW;
+
+    public override int StateFloatsPerParam => 2;
+
+    /// <summary>Per-step scalars, derived in double and rounded once to float, as PyTorch does with Python floats.</summary>
+    internal readonly struct Constants
+    {
+        public readonly float DecayFactor;
+        public readonly float OneMinusBeta1;
+        public readonly float Beta2;
+        public readonly float OneMinusBeta2;
+        public readonly float Bc2Sqrt;
+        public readonly float Epsilon;
+        public readonly float NegStepSize;
+
+        public Constants(OptimizerSettings s, int step, float lr, bool decay)
+        {
+            // Without decay the factor is exactly 1, and p * 1 == p bit for bit.
+            DecayFactor = decay ? (float)(1.0 - (double)lr * s.WeightDecay) : 1f;
+            OneMinusBeta1 = (float)(1.0 - s.Beta1);
+            Beta2 = s.Beta2;
+            OneMinusBeta2 = (float)(1.0 - s.Beta2);
+            Bc2Sqrt = (float)Math.Sqrt(BiasCorrection(s.Beta2, step));
+            Epsilon = s.Epsilon;
+            NegStepSize = (float)(-(lr / BiasCorrection(s.Beta1, step)));
+        }
+    }
+
+    protected override void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay)
+    {
+        var c = new Constants(Settings, step, lr, decay);
+        if (!UseHelpers(slice.Length))
+        {
+            Run(slice, c, halfGrads, 0, slice.Length);
+            return;
+        }
+        var job = RentJob<Job>();
+        job.Slice = slice;
+        job.C = c;
+        job.HalfGrads = halfGrads;
+        job.RunAndRelease(ChunkCount(slice.Length), Threads);
+    }
+
+    internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
+    {
+        if (halfGrads) Kernel<HalfGrads>(s, c, start, end);
+        else Kernel<SingleGrads>(s, c, start, end);
+    }
+
+    private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
+    {
+        var i = start;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var w = Vector<float>.Count;
+            var decayFactor = new Vector<float>(c.DecayFactor);
+            var oneMinusBeta1 = new Vector<float>(c.OneMinusBeta1);
+            var beta2 = new Vector<float>(c.Beta2);
+            var oneMinusBeta2 = new Vector<float>(c.OneMinusBeta2);
+            var bc2Sqrt = new Vector<float>(c.Bc2Sqrt);
+            var eps = new Vector<float>(c.Epsilon);
+            var negStepSize = new Vector<float>(c.NegStepSize);
+            for (; i <= end - 2 * w; i += 2 * w)
+            {
+                TGrad.Load(s.Grad, i, out var g0, out var g1);
+                var p0 = Vector.Load(s.Param + i);
+                var p1 = Vector.Load(s.Param + i + w);
+                var m0 = Vector.Load(s.M + i);
+                var m1 = Vector.Load(s.M + i + w);
+                var v0 = Vector.Load(s.V + i);
+                var v1 = Vector.Load(s.V + i + w);
+
+                p0 = p0 * decayFactor;
+                m0 = m0 + oneMinusBeta1 * (g0 - m0);
+                v0 = v0 * beta2 + oneMinusBeta2 * g0 * g0;
+                p0 = p0 + negStepSize * m0 / (Vector.SquareRoot(v0) / bc2Sqrt + eps);
+
+                p1 = p1 * decayFactor;
+                m1 = m1 + oneMinusBeta1 * (g1 - m1);
+                v1 = v1 * beta2 + oneMinusBeta2 * g1 * g1;
+                p1 = p1 + negStepSize * m1 / (Vector.SquareRoot(v1) / bc2Sqrt + eps);
+
+                p0.Store(s.Param + i);
+                p1.Store(s.Param + i + w);
+                m0.Store(s.M + i);
+                m1.Store(s.M + i + w);
+                v0.Store(s.V + i);
+                v1.Store(s.V + i + w);
+                if (s.Half != null) HalfConvert.StoreHalf(s.Half + i, p0, p1);
+            }
+        }
+        for (; i < end; i++)
+        {
+            var g = TGrad.Load(s.Grad, i);
+            var p = s.Param[i];
+            var m = s.M[i];
+            var v = s.V[i];
+
+            p = p * c.DecayFactor;
+            m = m + c.OneMinusBeta1 * (g - m);
+            v = v * c.Beta2 + c.OneMinusBeta2 * g * g;
+            p = p + c.NegStepSize * m / (MathF.Sqrt(v) / c.Bc2Sqrt + c.Epsilon);
+
+            s.Param[i] = p;
+            s.M[i] = m;
+            s.V[i] = v;
+            if (s.Half != null) s.Half[i] = HalfConvert.ToHalfBits(p);
+        }
+    }
+
+    private sealed class Job : ChunkJob
+    {
+        public Slice Slice;
+        public Constants C;
+        public bool HalfGrads;
+
+        protected override void RunChunk(int index)
+        {
+            var start = (nint)index * ChunkSize;
+            Run(Slice, C, HalfGrads, start, Math.Min(start + ChunkSize, Slice.Length));
+        }
+    }
+}

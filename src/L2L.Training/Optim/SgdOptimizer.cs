@@ -1,0 +1,94 @@
+// SGD without momentum on the host, as torch.optim.SGD computes it: g += wd * p (decayed slices only), p -= lr * g.
+using System.Numerics;
+
+namespace L2L.Training.Optim;
+
+internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int threads) : HostOptimizerBase(settings, threads)
+{
+    public override OptimizerKind Kind => OptimizerKind.Sgd;
+
+    public override int StateFloatsPerParam => 0;
+
+    internal readonly struct Constants(float negLearningRate, float weightDecay, bool decay)
+    {
+        public readonly float NegLearningRate = negLearningRate;
+        public readonly float WeightDecay = weightDecay;
+        public readonly bool Decay = decay;
+    }
+
+    protected override void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay)
+    {
+        // Adding a zero decay term could still flip the sign of a zero gradient, so decay-free slices skip it.
+        var c = new Constants(-lr, Settings.WeightDecay, decay && Settings.WeightDecay != 0f);
+        if (!UseHelpers(slice.Length))
+        {
+            Run(slice, c, halfGrads, 0, slice.Length);
+            return;
+        }
+        var job = RentJob<Job>();
+        job.Slice = slice;
+        job.C = c;
+        job.HalfGrads = halfGrads;
+        job.RunAndRelease(ChunkCount(slice.Length), Threads);
+    }
+
+    internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
+    {
+        if (halfGrads) Kernel<HalfGrads>(s, c, start, end);
+        else Kernel<SingleGrads>(s, c, start, end);
+    }
+
+    private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
+    {
+        var i = start;
+        var decay = c.Decay;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var w = Vector<float>.Count;
+            var negLr = new Vector<float>(c.NegLearningRate);
+            var wd = new Vector<float>(c.WeightDecay);
+            for (; i <= end - 2 * w; i += 2 * w)
+            {
+                TGrad.Load(s.Grad, i, out var g0, out var g1);
+                var p0 = Vector.Load(s.Param + i);
+                var p1 = Vector.Load(s.Param + i + w);
+
+                if (decay)
+                {
+                    g0 = g0 + wd * p0;
+                    g1 = g1 + wd * p1;
+                }
+                p0 = p0 + negLr * g0;
+                p1 = p1 + negLr * g1;
+
+                p0.Store(s.Param + i);
+                p1.Store(s.Param + i + w);
+                if (s.Half != null) HalfConvert.StoreHalf(s.Half + i, p0, p1);
+            }
+        }
+        for (; i < end; i++)
+        {
+            var g = TGrad.Load(s.Grad, i);
+            var p = s.Param[i];
+
+            if (decay) g = g + c.WeightDecay * p;
+            p = p + c.NegLearningRate * g;
+
+            s.Param[i] = p;
+            if (s.Half != null) s.Half[i] = HalfConvert.ToHalfBits(p);
+        }
+    }
+
+    private sealed class Job : ChunkJob
+    {
+        public Slice Slice;
+        public Constants C;
+        public bool HalfGrads;
+
+        protected override void RunChunk(int index)
+        {
+            var start = (nint)index * ChunkSize;
+            Run(Slice, C, HalfGrads, start, Math.Min(start + ChunkSize, Slice.Length));
+        }
+    }
+}
