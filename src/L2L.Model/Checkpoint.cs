@@ -113,8 +113,9 @@ public static partial class Checkpoint
         for (var i = 0; i < arrays.Count; i++)
         {
             var expected = perParam * layout.Layers[i].Length;
-            if (arrays[i] is null || arrays[i].Length != expected)
-                throw new ArgumentException($"Layer '{layout.Layers[i].Name}' needs {expected} floats, got {arrays[i]?.Length.ToString(CultureInfo.InvariantCulture) ?? "null"}.", paramName);
+            var array = arrays[i];
+            if (array is null || array.Length != expected)
+                throw new ArgumentException($"Layer '{layout.Layers[i].Name}' needs {expected} floats, got {array?.Length.ToString(CultureInfo.InvariantCulture) ?? "null"}.", paramName);
         }
     }
 
