@@ -6,6 +6,7 @@ namespace L2L.Model.Tests;
 public class GptConfigTests
 {
     [Theory]
+    [InlineData("gpt2-tiny", 224_640L)]
     [InlineData("gpt2", 124_439_808L)]
     [InlineData("gpt2-medium", 354_823_168L)]
     [InlineData("gpt2-large", 774_030_080L)]
