@@ -204,6 +204,46 @@ public sealed class AttentionTests(BackendFixture fixture)
         TensorAssert.Equal(dQkv1, dQkv2, "dQkv");
     }
 
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void KernelsGiveTheSameResultsForAnyLaunch(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var accelerator = backend.Accelerator;
+        var softmax = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionSoftmaxKernel);
+        var values = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionValuesKernel);
+        var scores = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
+            AttentionKernels.AttentionScoresBackwardKernel);
+        var grads = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
+            AttentionKernels.AttentionQkvBackwardKernel);
+        var cs = new Case(2, 7, 6, 2, true, [4, 7]);
+        var d = new AttentionDims(cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        var qkv = TestData.Normal(41, cs.QkvLength);
+        var dout = TestData.Normal(42, cs.OutputLength);
+        var (expectedOutput, expectedProbs) = RunForward(backend, cs, qkv);
+        var expectedDQkv = RunBackward(backend, cs, qkv, expectedProbs, dout);
+
+        using var input = backend.Upload(qkv);
+        using var dOutput = backend.Upload(dout);
+        using var lengths = backend.Upload(cs.KeyLengths!);
+        var s = backend.ComputeStream;
+        // One thread in all, groups smaller than a warp, and more threads than work.
+        foreach (var config in new[] { new KernelConfig(1, 1), new KernelConfig(3, 7), new KernelConfig(5, 32) })
+        {
+            using var output = backend.Upload(Filled(cs.OutputLength, float.NaN));
+            using var probs = backend.Upload(Filled(cs.ProbsLength, float.NaN));
+            using var dScores = backend.Upload(Filled(cs.ProbsLength, float.NaN));
+            using var dQkv = backend.Upload(Filled(cs.QkvLength, float.NaN));
+            softmax(s, config, probs.View, input.View, lengths.View, d);
+            values(s, config, output.View, probs.View, input.View, lengths.View, d);
+            scores(s, config, dScores.View, dOutput.View, input.View, probs.View, lengths.View, d);
+            grads(s, config, dQkv.View, dOutput.View, input.View, probs.View, dScores.View, lengths.View, d);
+            TensorAssert.Equal(expectedProbs, backend.Download(probs), $"probs {config}");
+            TensorAssert.Equal(expectedOutput, backend.Download(output), $"output {config}");
+            TensorAssert.Equal(expectedDQkv, backend.Download(dQkv), $"dQkv {config}");
+        }
+    }
+
     [Fact]
     public void BadArgumentsAreRejected()
     {
