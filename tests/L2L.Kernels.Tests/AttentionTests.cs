@@ -1,5 +1,10 @@
 // Multi-head attention (causal, padded, both) against a double-precision reference and finite differences.
+using System.Text.RegularExpressions;
 using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
 using L2L.Backends;
 using L2L.Backends.Ops;
 using L2L.TestSupport;
@@ -199,6 +204,46 @@ public sealed class AttentionTests(BackendFixture fixture)
         TensorAssert.Equal(dQkv1, dQkv2, "dQkv");
     }
 
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void KernelsGiveTheSameResultsForAnyLaunch(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var accelerator = backend.Accelerator;
+        var softmax = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionSoftmaxKernel);
+        var values = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionValuesKernel);
+        var scores = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
+            AttentionKernels.AttentionScoresBackwardKernel);
+        var grads = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
+            AttentionKernels.AttentionQkvBackwardKernel);
+        var cs = new Case(2, 7, 6, 2, true, [4, 7]);
+        var d = new AttentionDims(cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        var qkv = TestData.Normal(41, cs.QkvLength);
+        var dout = TestData.Normal(42, cs.OutputLength);
+        var (expectedOutput, expectedProbs) = RunForward(backend, cs, qkv);
+        var expectedDQkv = RunBackward(backend, cs, qkv, expectedProbs, dout);
+
+        using var input = backend.Upload(qkv);
+        using var dOutput = backend.Upload(dout);
+        using var lengths = backend.Upload(cs.KeyLengths!);
+        var s = backend.ComputeStream;
+        // One thread in all, groups smaller than a warp, and more threads than work.
+        foreach (var config in new[] { new KernelConfig(1, 1), new KernelConfig(3, 7), new KernelConfig(5, 32) })
+        {
+            using var output = backend.Upload(Filled(cs.OutputLength, float.NaN));
+            using var probs = backend.Upload(Filled(cs.ProbsLength, float.NaN));
+            using var dScores = backend.Upload(Filled(cs.ProbsLength, float.NaN));
+            using var dQkv = backend.Upload(Filled(cs.QkvLength, float.NaN));
+            softmax(s, config, probs.View, input.View, lengths.View, d);
+            values(s, config, output.View, probs.View, input.View, lengths.View, d);
+            scores(s, config, dScores.View, dOutput.View, input.View, probs.View, lengths.View, d);
+            grads(s, config, dQkv.View, dOutput.View, input.View, probs.View, dScores.View, lengths.View, d);
+            TensorAssert.Equal(expectedProbs, backend.Download(probs), $"probs {config}");
+            TensorAssert.Equal(expectedOutput, backend.Download(output), $"output {config}");
+            TensorAssert.Equal(expectedDQkv, backend.Download(dQkv), $"dQkv {config}");
+        }
+    }
+
     [Fact]
     public void BadArgumentsAreRejected()
     {
@@ -227,6 +272,27 @@ public sealed class AttentionTests(BackendFixture fixture)
         Assert.Contains("scratch", e.Message);
         e = Assert.Throws<ArgumentException>(() => ops.Backward(s, dQkv.View.SubView(1), output.View, qkv.View, probs.View, scratch.View, none, b, t, c, nh, true));
         Assert.Contains("dQkv", e.Message);
+    }
+
+    [Fact]
+    public void KernelsCompileToPtxWithoutUnresolvedCalls()
+    {
+        // Checks the CUDA path on machines without a GPU: every kernel must compile for SM_80 and call
+        // nothing the driver would have to resolve.
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var ptx = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_80), CudaArchitecture.SM_80, CudaInstructionSet.ISA_70, null);
+        var kernels = typeof(AttentionKernels).GetMethods().Where(m => m.IsStatic && m.Name.EndsWith("Kernel", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(4, kernels.Length);
+        foreach (var kernel in kernels)
+        {
+            var compiled = (PTXCompiledKernel)ptx.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(kernel), KernelSpecialization.Empty);
+            var externs = Regex.Matches(compiled.PTXAssembly, @"\.extern\s+\.func[^;]*?(\w+)\s*\(")
+                .Select(m => m.Groups[1].Value)
+                .Where(name => name is not ("vprintf" or "__assertfail"))
+                .ToArray();
+            Assert.True(externs.Length == 0, $"{kernel.Name} calls unresolved {string.Join(", ", externs)}");
+            Assert.Contains(".entry", compiled.PTXAssembly);
+        }
     }
 
     /// <summary>q and k of magnitude ~30 so that scores reach ~1e3; v of magnitude 1.</summary>

@@ -37,7 +37,7 @@ public sealed class AttentionOps
 
     /// <summary>
     /// <c>output</c> (B, T, C) = attention of <c>qkv</c> (B, T, 3C); saves the softmax probabilities <c>probs</c>
-    /// (B, NH, T, T), masked entries 0, for <see cref="Backward"/>. <c>keyLengths</c> is (B) or empty.
+    /// (B, NH, T, T), masked entries 0, for <see cref="Backward"/>. <c>keyLengths</c> is (B) or empty. Neither output may alias <c>qkv</c>.
     /// </summary>
     public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> probs, ArrayView<float> qkv,
         ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
