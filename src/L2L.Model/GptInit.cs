@@ -7,25 +7,30 @@ namespace L2L.Model;
 /// variance does not grow with depth, biases 0, LayerNorm gains 1 and shifts 0.
 /// </summary>
 /// <remarks>
-/// Each layer draws from its own generator seeded by (seed, layer index), so a layer can be
-/// initialised on its own (for example by a parameter server that owns only some layers) and
-/// gets the same values as when the whole model is created at once.
+/// Random values come in chunks of <see cref="ChunkLength"/> floats, each from its own generator
+/// seeded by (seed, layer index, position in the layer). So a layer initialised on its own (for
+/// example by a parameter server that owns only some layers) gets the same values as when the whole
+/// model is created at once, and <see cref="Create"/> can fill chunks in parallel without changing them.
 /// </remarks>
 public static class GptInit
 {
     /// <summary>Standard deviation of weights and embeddings.</summary>
     public const double Std = 0.02;
 
+    /// <summary>Floats drawn from one generator stream.</summary>
+    public const int ChunkLength = 1 << 16;
+
     /// <summary>A freshly initialised model: one array per entry of <see cref="ModelLayout.Layers"/>.</summary>
     public static float[][] Create(ModelLayout layout, int seed)
     {
         ArgumentNullException.ThrowIfNull(layout);
-        var result = new float[layout.Layers.Count][];
-        Parallel.For(0, result.Length, i =>
+        var result = layout.Layers.Select(l => new float[l.Length]).ToArray();
+        var work = layout.Layers.SelectMany(l => Enumerable.Range(0, (int)((l.Length + ChunkLength - 1) / ChunkLength)).Select(c => (Layer: l, Chunk: c))).ToArray();
+        Parallel.ForEach(work, item =>
         {
-            var layer = layout.Layers[i];
-            result[i] = new float[layer.Length];
-            InitializeLayer(layer, result[i], layout.Config, seed);
+            var start = item.Chunk * ChunkLength;
+            var length = (int)Math.Min(ChunkLength, item.Layer.Length - start);
+            FillChunk(item.Layer, result[item.Layer.Index].AsSpan(start, length), start, layout.Config, seed);
         });
         return result;
     }
@@ -37,12 +42,22 @@ public static class GptInit
         ArgumentNullException.ThrowIfNull(config);
         if (data.Length != layer.Length)
             throw new ArgumentException($"Layer '{layer.Name}' has {layer.Length} floats, the buffer has {data.Length}.", nameof(data));
+        for (var start = 0; start < data.Length; start += ChunkLength)
+            FillChunk(layer, data.Slice(start, Math.Min(ChunkLength, data.Length - start)), start, config, seed);
+    }
 
-        var rng = new SplitMix64(SplitMix64.Mix((ulong)(uint)seed, (ulong)layer.Index));
+    /// <summary>Fills <paramref name="chunk"/>, the layer's floats from <paramref name="start"/>, tensor by tensor.</summary>
+    private static void FillChunk(LayerLayout layer, Span<float> chunk, long start, GptConfig config, int seed)
+    {
+        var rng = new SplitMix64(SplitMix64.Mix(SplitMix64.Mix((ulong)(uint)seed, (ulong)layer.Index), (ulong)start));
         var residualStd = Std / Math.Sqrt(2.0 * config.Layers);
+        var end = start + chunk.Length;
         foreach (var slot in layer.Tensors)
         {
-            var values = LayerLayout.Slice(data, slot);
+            var from = Math.Max(slot.Offset, start);
+            var to = Math.Min(slot.Offset + slot.Length, end);
+            if (from >= to) continue;
+            var values = chunk.Slice((int)(from - start), (int)(to - from));
             var name = slot.LocalName;
             if (name.StartsWith("ln_", StringComparison.Ordinal))
                 values.Fill(name.EndsWith(".weight", StringComparison.Ordinal) ? 1f : 0f);
@@ -84,25 +99,28 @@ internal struct SplitMix64
     /// <summary>Uniform integer in [0, n) (Lemire's multiply-shift; the bias is below 2^-32 for any int n).</summary>
     public int NextInt(int n) => (int)(((NextUInt64() >> 32) * (ulong)n) >> 32);
 
-    /// <summary>Fills <paramref name="values"/> with N(0, std²) samples (Box-Muller, both outputs used).</summary>
+    /// <summary>Fills <paramref name="values"/> with N(0, std²) samples (Marsaglia's polar method, both outputs used).</summary>
     public void FillNormal(Span<float> values, double std)
     {
+        // The generator is inlined by hand: initialising a large model is dominated by this loop.
+        var state = _state;
         var i = 0;
-        for (; i + 1 < values.Length; i += 2)
+        while (i < values.Length)
         {
-            var (a, b) = NextNormalPair();
-            values[i] = (float)(a * std);
-            values[i + 1] = (float)(b * std);
+            double u, v, s;
+            do
+            {
+                state += 0x9E3779B97F4A7C15UL;
+                u = (Scramble(state) >> 11) * (2.0 / (1UL << 53)) - 1.0;
+                state += 0x9E3779B97F4A7C15UL;
+                v = (Scramble(state) >> 11) * (2.0 / (1UL << 53)) - 1.0;
+                s = u * u + v * v;
+            }
+            while (s >= 1.0 || s == 0.0);
+            var factor = std * Math.Sqrt(-2.0 * Math.Log(s) / s);
+            values[i++] = (float)(u * factor);
+            if (i < values.Length) values[i++] = (float)(v * factor);
         }
-        if (i < values.Length) values[i] = (float)(NextNormalPair().A * std);
-    }
-
-    private (double A, double B) NextNormalPair()
-    {
-        var u1 = 1.0 - NextDouble(); // (0, 1], keeps the log finite
-        var u2 = NextDouble();
-        var r = Math.Sqrt(-2.0 * Math.Log(u1));
-        var (sin, cos) = Math.SinCos(2 * Math.PI * u2);
-        return (r * cos, r * sin);
+        _state = state;
     }
 }

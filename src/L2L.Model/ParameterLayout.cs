@@ -25,7 +25,7 @@ public enum LayerKind
 public sealed record TensorSlot(string LocalName, string FullName, long Offset, int[] Shape, bool Decay)
 {
     /// <summary>Number of floats, the product of <see cref="Shape"/>.</summary>
-    public long Length { get; } = Shape.Aggregate(1L, (n, d) => n * d);
+    public long Length => Shape.Aggregate(1L, (n, d) => n * d);
 
     /// <summary>The shape as <c>long</c>s, as safetensors stores it.</summary>
     public long[] LongShape => Array.ConvertAll(Shape, d => (long)d);

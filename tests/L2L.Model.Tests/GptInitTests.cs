@@ -87,6 +87,21 @@ public class GptInitTests
     }
 
     [Fact]
+    public void LayersLongerThanOneChunkMatchWhenInitialisedAlone()
+    {
+        // wte alone spans several generator chunks, which Create fills in parallel.
+        var config = Config with { VocabSize = 3001 };
+        var layout = new ModelLayout(config);
+        Assert.True(layout.Embedding.Length > 2 * GptInit.ChunkLength);
+        var all = GptInit.Create(layout, seed: 11);
+        var alone = new float[layout.Embedding.Length];
+        GptInit.InitializeLayer(layout.Embedding, alone, config, seed: 11);
+        Assert.Equal(all[0], alone);
+        // Consecutive chunks are different streams.
+        Assert.NotEqual(alone.AsSpan(0, 100).ToArray(), alone.AsSpan(GptInit.ChunkLength, 100).ToArray());
+    }
+
+    [Fact]
     public void ShallowerModelSharesTheEmbedding()
     {
         // The embedding's generator depends on (seed, layer index) only, not on depth.

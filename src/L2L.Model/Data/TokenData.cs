@@ -19,7 +19,9 @@ public static class TokenData
     /// <summary>
     /// Opens an llm.c <c>.bin</c> token file (recognised by its magic number) or, failing that, any
     /// file as raw bytes (each byte one token; vocabulary 256). The file is memory-mapped; the returned
-    /// source is <see cref="IDisposable"/> and unmaps it when disposed.
+    /// source is <see cref="IDisposable"/> and unmaps it when disposed. Its
+    /// <see cref="ITokenSource.VocabSize"/> is <paramref name="vocabSize"/> for <c>.bin</c> files and
+    /// min(<paramref name="vocabSize"/>, 256) for raw bytes.
     /// </summary>
     /// <param name="path">File to read.</param>
     /// <param name="vocabSize">The model's vocabulary; every token id in the file must be below it.</param>
