@@ -126,7 +126,7 @@ public sealed class EagerParamServer : IDisposable
             var offset = (int)slot.Offset;
             var length = (int)slot.Length;
             _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
-                state.Slice(spp * offset, spp * length), Span<Half>.Empty, t, lr, slot.Decay);
+                state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr, slot.Decay);
         }
     }
 

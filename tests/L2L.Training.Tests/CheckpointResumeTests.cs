@@ -23,7 +23,7 @@ public sealed class CheckpointResumeTests(BackendFixture fixture) : IDisposable
         float[][] weights;
         using (var trainer = new Trainer(backend, options, TrainingHarness.Corpus()))
         {
-            trainer.Run();
+            trainer.Run(cancel: TestContext.Current.CancellationToken);
             trainer.Save(_dir);
             weights = trainer.Weights();
         }

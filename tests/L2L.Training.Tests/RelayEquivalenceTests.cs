@@ -37,20 +37,23 @@ public sealed class RelayEquivalenceTests(BackendFixture fixture)
         TensorAssert.Close(reference, TrainingHarness.Flatten(relayDevice.Weights), Atol, Rtol, "relay (device stash) weights");
         TensorAssert.Close(reference, TrainingHarness.Flatten(relayHost.Weights), Atol, Rtol, "relay (host stash) weights");
 
-        // Device and host stash run identical arithmetic; only where the stash lives differs.
-        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(relayDevice.Weights)), TrainingHarness.Flatten(relayHost.Weights), 1e-7, 1e-6, "device vs host stash");
+        // Device and host stash run identical arithmetic; only where the stash lives differs. They are
+        // not bit-identical only because the token-embedding gradient is a scatter-add with atomics,
+        // whose summation order varies between runs.
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(relayDevice.Weights)), TrainingHarness.Flatten(relayHost.Weights), Atol, Rtol, "device vs host stash");
     }
 
     [Fact]
     public void TrainingLowersTheLoss()
     {
         var backend = fixture.Get(DeviceKind.Cpu);
-        var options = TrainingHarness.Options(TrainingHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, steps: 30) with
+        var options = TrainingHarness.Options(TrainingHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 8, steps: 30) with
         {
-            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-2f),
+            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 3e-2f),
         };
         var run = TrainingHarness.Run(backend, options);
-        Assert.True(run.Losses[^3..].Average() < run.Losses[..3].Average() - 0.3,
+        // From ln(32) = 3.47 towards the corpus's entropy rate of 1.82 nats.
+        Assert.True(run.Losses[^3..].Average() < run.Losses[..3].Average() - 0.5,
             $"loss went from {run.Losses[0]:F3} to {run.Losses[^1]:F3}");
     }
 

@@ -34,7 +34,7 @@ internal static class TrainingHarness
         float[][]? init = null, TrainingState? resume = null)
     {
         using var trainer = new Trainer(backend, options, Corpus(options.Config.VocabSize), init, resume);
-        var metrics = trainer.Run();
+        var metrics = trainer.Run(cancel: Xunit.TestContext.Current.CancellationToken);
         return (metrics.Select(m => m.Loss).ToArray(), trainer.Weights(), metrics);
     }
 
