@@ -60,11 +60,12 @@ internal static class BenchHostOptimizerCommand
             AnsiConsole.WriteLine($"{m.Cpu}, {m.Cores} logical processors, {m.Os}, {m.Dotnet}, Vector<T> {m.VectorBits} bits");
             AnsiConsole.WriteLine($"{report.Params:N0} params, {report.Threads} threads, best of {report.Repeats}; STREAM triad {report.TriadBytesPerS / 1e9:F2} GB/s" +
                 (report.LoadAverage is { } load ? $"; load average {load:F2} at start" : ""));
-            var table = new Table().AddColumns("optimizer", "grads", "bytes/param", "M params/s", "GB/s", "of triad", "alloc B/step");
+            var table = new Table().AddColumns("optimizer", "grads", "bytes/param", "M params/s", "GB/s", "of triad", "triad after (GB/s)", "alloc B/step");
             foreach (var r in report.Results)
             {
                 table.AddRow(r.Optimizer, r.GradDtype, r.BytesPerParam.ToString(), (r.ParamsPerS / 1e6).ToString("F0"),
-                    (r.BytesPerS / 1e9).ToString("F2"), r.Ratio.ToString("F2"), r.AllocatedBytesPerStep.ToString("F0"));
+                    (r.BytesPerS / 1e9).ToString("F2"), r.Ratio.ToString("F2"), (r.NearbyTriadBytesPerS / 1e9).ToString("F2"),
+                    r.AllocatedBytesPerStep.ToString("F0"));
             }
             AnsiConsole.Write(table);
             return 0;
