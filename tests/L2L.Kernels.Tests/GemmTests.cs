@@ -1,5 +1,13 @@
 // Matrix products (every layout, bias, accumulate, alpha, batched) and the bias gradient against double references.
+using System.Reflection;
 using System.Runtime.CompilerServices;
+using System.Text.RegularExpressions;
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
 using L2L.Backends;
 using L2L.Backends.Ops;
 using L2L.TestSupport;
@@ -285,6 +293,26 @@ public sealed class GemmTests(BackendFixture fixture)
         // Adjacent, non-overlapping views of one buffer are fine.
         ops.Gemm(s, square.View.SubView(9, 9), square.View.SubView(0, 9), square.View.SubView(0, 9), 3, 3, 3, GemmLayout.NN);
         s.Synchronize();
+    }
+
+    [Fact]
+    public void KernelsCompileToPtxWithoutExternalCalls()
+    {
+        // Checks the CUDA path on machines without a GPU; a separate context, since a failed compile can poison one.
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var ptx = new PTXBackend(context, CudaArchitecture.SM_80, CudaInstructionSet.ISA_70, nvvmAPI: null!);
+        foreach (var name in new[] { nameof(GemmKernels.GemmKernel), nameof(GemmKernels.GemmDirectKernel), nameof(GemmKernels.BiasBackwardKernel) })
+        {
+            var method = typeof(GemmKernels).GetMethod(name, BindingFlags.Public | BindingFlags.Static)!;
+            var compiled = (PTXCompiledKernel)ptx.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), KernelSpecialization.Empty);
+            var externs = Regex.Matches(compiled.PTXAssembly, @"\.extern\s+\.func\s*(?:\([^)]*\)\s*)?(\w+)")
+                .Select(match => match.Groups[1].Value)
+                .Where(f => f is not ("vprintf" or "__assertfail"))
+                .ToList();
+            Assert.True(externs.Count == 0, $"{name} calls unresolved functions: {string.Join(", ", externs)}");
+            // The 4 x 4 register blocks must stay in registers: a spill to local memory would show as local loads.
+            Assert.DoesNotContain("ld.local", compiled.PTXAssembly);
+        }
     }
 
     private static float[] ToFloat(double[] values) => values.Select(v => (float)v).ToArray();

@@ -57,6 +57,10 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
 
     private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
     {
+        // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
+        float* param = s.Param, mom = s.M, vel = s.V;
+        var half = s.Half;
+        var grad = s.Grad;
         var i = start;
         if (Vector.IsHardwareAccelerated)
         {
@@ -70,13 +74,13 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
             var negStepSize = new Vector<float>(c.NegStepSize);
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(s.Grad, i, out var g0, out var g1);
-                var p0 = Vector.Load(s.Param + i);
-                var p1 = Vector.Load(s.Param + i + w);
-                var m0 = Vector.Load(s.M + i);
-                var m1 = Vector.Load(s.M + i + w);
-                var v0 = Vector.Load(s.V + i);
-                var v1 = Vector.Load(s.V + i + w);
+                TGrad.Load(grad, i, out var g0, out var g1);
+                var p0 = Vector.Load(param + i);
+                var p1 = Vector.Load(param + i + w);
+                var m0 = Vector.Load(mom + i);
+                var m1 = Vector.Load(mom + i + w);
+                var v0 = Vector.Load(vel + i);
+                var v1 = Vector.Load(vel + i + w);
 
                 p0 = p0 * decayFactor;
                 m0 = m0 + oneMinusBeta1 * (g0 - m0);
@@ -88,31 +92,31 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
                 v1 = v1 * beta2 + oneMinusBeta2 * g1 * g1;
                 p1 = p1 + negStepSize * m1 / (Vector.SquareRoot(v1) / bc2Sqrt + eps);
 
-                p0.Store(s.Param + i);
-                p1.Store(s.Param + i + w);
-                m0.Store(s.M + i);
-                m1.Store(s.M + i + w);
-                v0.Store(s.V + i);
-                v1.Store(s.V + i + w);
-                if (s.Half != null) HalfConvert.StoreHalf(s.Half + i, p0, p1);
+                p0.Store(param + i);
+                p1.Store(param + i + w);
+                m0.Store(mom + i);
+                m1.Store(mom + i + w);
+                v0.Store(vel + i);
+                v1.Store(vel + i + w);
+                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(s.Grad, i);
-            var p = s.Param[i];
-            var m = s.M[i];
-            var v = s.V[i];
+            var g = TGrad.Load(grad, i);
+            var p = param[i];
+            var m = mom[i];
+            var v = vel[i];
 
             p = p * c.DecayFactor;
             m = m + c.OneMinusBeta1 * (g - m);
             v = v * c.Beta2 + c.OneMinusBeta2 * g * g;
             p = p + c.NegStepSize * m / (MathF.Sqrt(v) / c.Bc2Sqrt + c.Epsilon);
 
-            s.Param[i] = p;
-            s.M[i] = m;
-            s.V[i] = v;
-            if (s.Half != null) s.Half[i] = HalfConvert.ToHalfBits(p);
+            param[i] = p;
+            mom[i] = m;
+            vel[i] = v;
+            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
         }
     }
 

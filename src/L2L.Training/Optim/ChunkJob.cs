@@ -9,7 +9,8 @@ namespace L2L.Training.Optim;
 /// </summary>
 internal abstract class ChunkJob : IThreadPoolWorkItem
 {
-    private readonly ManualResetEventSlim _done = new(false);
+    // Waiting on a plain monitor: ManualResetEventSlim allocates its lock object on the first blocking wait.
+    private readonly object _gate = new();
     private Stack<ChunkJob>? _home;
     private int _count;
     private int _next;
@@ -35,12 +36,17 @@ internal abstract class ChunkJob : IThreadPoolWorkItem
         _count = chunkCount;
         _next = 0;
         _remaining = chunkCount;
-        _done.Reset();
         var helpers = Math.Min(threads, chunkCount) - 1;
         _references = helpers + 1;
         for (var h = 0; h < helpers; h++) ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         Work();
-        if (Volatile.Read(ref _remaining) != 0) _done.Wait();
+        if (Volatile.Read(ref _remaining) != 0)
+        {
+            lock (_gate)
+            {
+                while (Volatile.Read(ref _remaining) != 0) Monitor.Wait(_gate);
+            }
+        }
         Release();
     }
 
@@ -56,7 +62,8 @@ internal abstract class ChunkJob : IThreadPoolWorkItem
         while ((index = Interlocked.Increment(ref _next) - 1) < _count)
         {
             RunChunk(index);
-            if (Interlocked.Decrement(ref _remaining) == 0) _done.Set();
+            if (Interlocked.Decrement(ref _remaining) != 0) continue;
+            lock (_gate) Monitor.PulseAll(_gate);
         }
     }
 

@@ -107,35 +107,39 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
         var accU = stackalloc double[Lanes];
         new Span<double>(accW, Lanes).Clear();
         new Span<double>(accU, Lanes).Clear();
+        // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
+        float* param = s.Param, mom = s.M, vel = s.V;
+        var grad = s.Grad;
         var i = start;
         if (Vector.IsHardwareAccelerated && Vector<float>.Count <= Lanes)
         {
             var w = Vector<float>.Count;
+            var d = new DirectionVectors(c);
             var oneMinusBeta1 = new Vector<float>(c.OneMinusBeta1);
             var beta2 = new Vector<float>(c.Beta2);
             var oneMinusBeta2 = new Vector<float>(c.OneMinusBeta2);
             var lane = 0;
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(s.Grad, i, out var g0, out var g1);
-                var p0 = Vector.Load(s.Param + i);
-                var p1 = Vector.Load(s.Param + i + w);
-                var m0 = Vector.Load(s.M + i);
-                var m1 = Vector.Load(s.M + i + w);
-                var v0 = Vector.Load(s.V + i);
-                var v1 = Vector.Load(s.V + i + w);
+                TGrad.Load(grad, i, out var g0, out var g1);
+                var p0 = Vector.Load(param + i);
+                var p1 = Vector.Load(param + i + w);
+                var m0 = Vector.Load(mom + i);
+                var m1 = Vector.Load(mom + i + w);
+                var v0 = Vector.Load(vel + i);
+                var v1 = Vector.Load(vel + i + w);
 
                 m0 = m0 + oneMinusBeta1 * (g0 - m0);
                 v0 = v0 * beta2 + oneMinusBeta2 * g0 * g0;
-                var u0 = Direction(p0, m0, v0, c);
+                var u0 = Direction(p0, m0, v0, d);
                 m1 = m1 + oneMinusBeta1 * (g1 - m1);
                 v1 = v1 * beta2 + oneMinusBeta2 * g1 * g1;
-                var u1 = Direction(p1, m1, v1, c);
+                var u1 = Direction(p1, m1, v1, d);
 
-                m0.Store(s.M + i);
-                m1.Store(s.M + i + w);
-                v0.Store(s.V + i);
-                v1.Store(s.V + i + w);
+                m0.Store(mom + i);
+                m1.Store(mom + i + w);
+                v0.Store(vel + i);
+                v1.Store(vel + i + w);
                 AddSquares(accW, lane, p0, p1);
                 AddSquares(accU, lane, u0, u1);
                 lane = (lane + 2 * w) & (Lanes - 1);
@@ -143,17 +147,17 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(s.Grad, i);
-            var p = s.Param[i];
-            var m = s.M[i];
-            var v = s.V[i];
+            var g = TGrad.Load(grad, i);
+            var p = param[i];
+            var m = mom[i];
+            var v = vel[i];
 
             m = m + c.OneMinusBeta1 * (g - m);
             v = v * c.Beta2 + c.OneMinusBeta2 * g * g;
             var u = Direction(p, m, v, c);
 
-            s.M[i] = m;
-            s.V[i] = v;
+            mom[i] = m;
+            vel[i] = v;
             var lane = (int)((i - start) & (Lanes - 1));
             accW[lane] += (double)p * (double)p;
             accU[lane] += (double)u * (double)u;
@@ -170,54 +174,66 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
     /// <summary>Second pass: recomputes the update from the stored moments (bit-identical to the first pass) and applies <c>p += scale * u</c>.</summary>
     internal static void Apply(in Slice s, in Constants c, float scale, nint start, nint end)
     {
+        float* param = s.Param, mom = s.M, vel = s.V;
+        var half = s.Half;
         var i = start;
         if (Vector.IsHardwareAccelerated)
         {
             var w = Vector<float>.Count;
+            var d = new DirectionVectors(c);
             var scaleV = new Vector<float>(scale);
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                var p0 = Vector.Load(s.Param + i);
-                var p1 = Vector.Load(s.Param + i + w);
-                var u0 = Direction(p0, Vector.Load(s.M + i), Vector.Load(s.V + i), c);
-                var u1 = Direction(p1, Vector.Load(s.M + i + w), Vector.Load(s.V + i + w), c);
+                var p0 = Vector.Load(param + i);
+                var p1 = Vector.Load(param + i + w);
+                var u0 = Direction(p0, Vector.Load(mom + i), Vector.Load(vel + i), d);
+                var u1 = Direction(p1, Vector.Load(mom + i + w), Vector.Load(vel + i + w), d);
 
                 p0 = p0 + scaleV * u0;
                 p1 = p1 + scaleV * u1;
 
-                p0.Store(s.Param + i);
-                p1.Store(s.Param + i + w);
-                if (s.Half != null) HalfConvert.StoreHalf(s.Half + i, p0, p1);
+                p0.Store(param + i);
+                p1.Store(param + i + w);
+                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
         {
-            var p = s.Param[i];
-            var u = Direction(p, s.M[i], s.V[i], c);
+            var p = param[i];
+            var u = Direction(p, mom[i], vel[i], c);
 
             p = p + scale * u;
 
-            s.Param[i] = p;
-            if (s.Half != null) s.Half[i] = HalfConvert.ToHalfBits(p);
+            param[i] = p;
+            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
         }
     }
 
-    /// <summary>The update direction <c>mhat / (sqrt(vhat) + eps) + wd * p</c>.</summary>
+    /// <summary>The update direction <c>mhat / (sqrt(vhat) + eps) + wd * p</c>, from the constants broadcast once per chunk.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<float> Direction(Vector<float> p, Vector<float> m, Vector<float> v, in Constants c)
+    private static Vector<float> Direction(Vector<float> p, Vector<float> m, Vector<float> v, in DirectionVectors d)
     {
-        var u = m / new Vector<float>(c.Bc1) / (Vector.SquareRoot(v) / new Vector<float>(c.Bc2Sqrt) + new Vector<float>(c.Epsilon));
-        if (c.Decay) u = u + new Vector<float>(c.WeightDecay) * p;
+        var u = m / d.Bc1 / (Vector.SquareRoot(v) / d.Bc2Sqrt + d.Epsilon);
+        if (d.Decay) u = u + d.WeightDecay * p;
         return u;
     }
 
-    /// <summary>Scalar mirror of <see cref="Direction(Vector{float}, Vector{float}, Vector{float}, in Constants)"/>.</summary>
+    /// <summary>Scalar mirror of <see cref="Direction(Vector{float}, Vector{float}, Vector{float}, in DirectionVectors)"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Direction(float p, float m, float v, in Constants c)
     {
         var u = m / c.Bc1 / (MathF.Sqrt(v) / c.Bc2Sqrt + c.Epsilon);
         if (c.Decay) u = u + c.WeightDecay * p;
         return u;
+    }
+
+    private readonly struct DirectionVectors(in Constants c)
+    {
+        public readonly Vector<float> Bc1 = new(c.Bc1);
+        public readonly Vector<float> Bc2Sqrt = new(c.Bc2Sqrt);
+        public readonly Vector<float> Epsilon = new(c.Epsilon);
+        public readonly Vector<float> WeightDecay = new(c.WeightDecay);
+        public readonly bool Decay = c.Decay;
     }
 
     /// <summary>Adds the squares of 2 * Vector&lt;float&gt;.Count consecutive elements, in double, to their lanes (element i to lane i % 16).</summary>

@@ -40,6 +40,10 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
     private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
     {
+        // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
+        var param = s.Param;
+        var half = s.Half;
+        var grad = s.Grad;
         var i = start;
         var decay = c.Decay;
         if (Vector.IsHardwareAccelerated)
@@ -49,9 +53,9 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
             var wd = new Vector<float>(c.WeightDecay);
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(s.Grad, i, out var g0, out var g1);
-                var p0 = Vector.Load(s.Param + i);
-                var p1 = Vector.Load(s.Param + i + w);
+                TGrad.Load(grad, i, out var g0, out var g1);
+                var p0 = Vector.Load(param + i);
+                var p1 = Vector.Load(param + i + w);
 
                 if (decay)
                 {
@@ -61,21 +65,21 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
                 p0 = p0 + negLr * g0;
                 p1 = p1 + negLr * g1;
 
-                p0.Store(s.Param + i);
-                p1.Store(s.Param + i + w);
-                if (s.Half != null) HalfConvert.StoreHalf(s.Half + i, p0, p1);
+                p0.Store(param + i);
+                p1.Store(param + i + w);
+                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(s.Grad, i);
-            var p = s.Param[i];
+            var g = TGrad.Load(grad, i);
+            var p = param[i];
 
             if (decay) g = g + c.WeightDecay * p;
             p = p + c.NegLearningRate * g;
 
-            s.Param[i] = p;
-            if (s.Half != null) s.Half[i] = HalfConvert.ToHalfBits(p);
+            param[i] = p;
+            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
         }
     }
 
