@@ -60,9 +60,12 @@ public sealed class Backend : IDisposable
     /// Creates a backend on the device <paramref name="spec"/> asks for.
     /// </summary>
     /// <exception cref="DeviceNotFoundException">No device of the asked-for kind and index is present.</exception>
-    public static Backend Create(DeviceSpec spec)
+    public static Backend Create(DeviceSpec spec) => Create(spec, DeviceCatalog.CpuDevice);
+
+    /// <summary>Creates a backend like <see cref="Create(DeviceSpec)"/>, with a chosen shape for the CPU accelerator.</summary>
+    public static Backend Create(DeviceSpec spec, CPUDevice cpu)
     {
-        var context = DeviceCatalog.CreateContext();
+        var context = DeviceCatalog.CreateContext(cpu);
         try
         {
             var (device, kind) = DeviceCatalog.Select(context, spec);

@@ -11,6 +11,12 @@ namespace L2L.TestSupport;
 /// </summary>
 public sealed class BackendFixture : IDisposable
 {
+    /// <summary>
+    /// The CPU accelerator's shape for this test assembly: the engine's lean default unless an
+    /// assembly sets another (the kernel tests use GPU-shaped groups) before the first test runs.
+    /// </summary>
+    public static ILGPU.Runtime.CPU.CPUDevice CpuDevice { get; set; } = DeviceCatalog.CpuDevice;
+
     private readonly Dictionary<DeviceKind, Backend?> _backends = new();
     private readonly object _gate = new();
 
@@ -24,7 +30,7 @@ public sealed class BackendFixture : IDisposable
         {
             if (!_backends.TryGetValue(kind, out var backend))
             {
-                try { backend = Backend.Create(new DeviceSpec(kind)); }
+                try { backend = Backend.Create(new DeviceSpec(kind), CpuDevice); }
                 catch (DeviceNotFoundException) { backend = null; }
                 _backends[kind] = backend;
             }
