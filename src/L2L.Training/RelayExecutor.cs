@@ -44,6 +44,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly PinnedHostBuffer<int> _inputs, _targets;
     private readonly PinnedHostBuffer<float> _loss;
     private long _stashBytes;
+    private double _copyWait;
 
     /// <summary>Creates the executor and allocates every device buffer it will use.</summary>
     /// <param name="backend">The device.</param>
@@ -145,6 +146,14 @@ public sealed class RelayExecutor : IExecutor
         _stashBytes += A * sizeof(float);
     }
 
+    /// <summary>Blocks until the copy stream is idle, counting the time as waiting on transfers.</summary>
+    private void WaitForCopies()
+    {
+        var start = System.Diagnostics.Stopwatch.GetTimestamp();
+        _backend.CopyStream.Synchronize();
+        _copyWait += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
     private void UploadInputs(int u) => _inputs.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Inputs.View, (long)u * _mb.Tokens, _mb.Tokens);
     private void UploadTargets(int u) => _targets.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Targets.View, (long)u * _mb.Tokens, _mb.Tokens);
 
@@ -166,7 +175,7 @@ public sealed class RelayExecutor : IExecutor
         fetch?.Invoke(0, 0);
         for (var u = 0; u < U; u++)
         {
-            c.Synchronize(); // fetch(u) landed; store(u-2) done, so slot u % 2 may be overwritten
+            WaitForCopies(); // fetch(u) landed; store(u-2) done, so slot u % 2 may be overwritten
             s.Synchronize(); // compute(u-1) done, so its slots may be stored or refilled
             if (u > 0) store?.Invoke(u - 1, (u - 1) % 2);
             if (u + 1 < U) fetch?.Invoke(u + 1, (u + 1) % 2);
@@ -174,7 +183,7 @@ public sealed class RelayExecutor : IExecutor
         }
         s.Synchronize();
         store?.Invoke(U - 1, (U - 1) % 2);
-        c.Synchronize();
+        WaitForCopies();
     }
 
     /// <inheritdoc/>
@@ -187,6 +196,7 @@ public sealed class RelayExecutor : IExecutor
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
         var busBefore = _eps.BusBytes + _stashBytes;
+        _copyWait = 0;
         inputs.CopyTo(_inputs.Span);
         targets.CopyTo(_targets.Span);
         var lossScale = 1f / tokens;
@@ -198,7 +208,7 @@ public sealed class RelayExecutor : IExecutor
         _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
         _eps.EnqueueFetch(HeadIndex, c, _head.View);
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
-        c.Synchronize();
+        WaitForCopies();
         ForEachMicroBatch(
             (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _scratch.Inputs.View, Out(0, u, k)); },
             null,
@@ -207,7 +217,7 @@ public sealed class RelayExecutor : IExecutor
         for (var l = 0; l < L; l++)
         {
             s.Synchronize();
-            c.Synchronize();
+            WaitForCopies();
             if (l + 1 < L) _eps.EnqueueFetch(BlockIndex(l + 1), c, _paramSlots[(l + 1) % 2].View);
             var p = _paramSlots[l % 2].View;
             var layer = _layout.Blocks[l];
@@ -241,13 +251,13 @@ public sealed class RelayExecutor : IExecutor
         // and the param server updates that layer while the device works on the layers below.
         var pending = new List<int>();
         s.Synchronize();
-        c.Synchronize();
+        WaitForCopies();
         _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
         pending.Add(HeadIndex);
         for (var l = L - 1; l >= 0; l--)
         {
             s.Synchronize();
-            c.Synchronize();
+            WaitForCopies();
             foreach (var index in pending) _eps.BeginUpdate(index, step);
             pending.Clear();
             if (l + 1 < L)
@@ -272,7 +282,7 @@ public sealed class RelayExecutor : IExecutor
                 host ? (u, k) => StoreDx(u, k) : null);
         }
         s.Synchronize();
-        c.Synchronize();
+        WaitForCopies();
         foreach (var index in pending) _eps.BeginUpdate(index, step);
         pending.Clear();
         _eps.EnqueueGradients(BlockIndex(0), c, _gradSlots[0].View);
@@ -283,18 +293,18 @@ public sealed class RelayExecutor : IExecutor
             host ? (u, k) => FetchDx(u, k) : null,
             null);
         s.Synchronize();
-        c.Synchronize();
+        WaitForCopies();
         _eps.BeginUpdate(BlockIndex(0), step);
         _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
         _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-        c.Synchronize();
+        WaitForCopies();
         _eps.BeginUpdate(EmbeddingIndex, step);
         _eps.CompleteStep();
 
         var loss = _loss.Span[0] / (double)tokens;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait);
     }
 
     /// <inheritdoc/>

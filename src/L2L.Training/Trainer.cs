@@ -18,8 +18,14 @@ namespace L2L.Training;
 /// <param name="DevicePeakBytesByCategory">The same per category.</param>
 /// <param name="BusBytes">Bytes moved between host and device in this step.</param>
 /// <param name="DeviceAllocations">Device allocations made so far (constant after the first step).</param>
+/// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
-    long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations);
+    long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
+    double CopyWaitSeconds = 0)
+{
+    /// <summary>The fraction of the step spent waiting on transfers.</summary>
+    public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
+}
 
 /// <summary>Runs training: builds the executor, feeds it batches, logs metrics and saves checkpoints.</summary>
 public sealed class Trainer : IDisposable
@@ -86,7 +92,7 @@ public sealed class Trainer : IDisposable
         var result = _executor.Step(step, _inputs, _targets);
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount);
+            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -129,6 +135,8 @@ public sealed class Trainer : IDisposable
         ["device_peak_bytes_by_category"] = m.DevicePeakBytesByCategory,
         ["bus_bytes"] = m.BusBytes,
         ["device_allocations"] = m.DeviceAllocations,
+        ["copy_wait_s"] = m.CopyWaitSeconds,
+        ["copy_wait_fraction"] = m.CopyWaitFraction,
     });
 
     /// <summary>The current weights, one array per layer.</summary>

@@ -8,6 +8,8 @@ internal static class BenchCommand
     public static Command Create()
     {
         var command = new Command("bench", "Benchmarks (results carry the machine they ran on).");
+        command.Subcommands.Add(BenchHostOptimizerCommand.Create());
+        command.Subcommands.Add(BenchTrainCommand.Create());
         return command;
     }
 }
