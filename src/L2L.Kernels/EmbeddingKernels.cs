@@ -27,19 +27,29 @@ public static class EmbeddingKernels
     }
 
     /// <summary>
-    /// <c>dWte[tokens[r], j] += dOutput[r, j]</c> for every row. Uses float atomic adds, because rows with
-    /// the same token collide; the order of those additions, and so the last bits of a repeated token's
-    /// gradient, can differ from run to run. Shapes: <c>dWte</c> (V, C); <c>dOutput</c> (B*T, C); <c>tokens</c> (B*T).
+    /// <c>dWte[token, j] += sum of dOutput[r, j] over the rows r holding that token</c>, without atomics:
+    /// the host groups the rows by token into a plan (see <c>EmbeddingScatterPlan</c>), and one thread
+    /// per (distinct token, channel) sums its rows in a fixed order, so the result is deterministic and
+    /// NaN or infinite gradients cannot stall a compare-and-swap loop. Shapes: <c>dWte</c> (V, C);
+    /// <c>dOutput</c> (N, C); <c>plan</c> (3N + 1) int32: rows ordered by token at [0, N), segment starts
+    /// at [N, N + segments + 1), each segment's token at [2N + 1, 2N + 1 + segments).
     /// </summary>
     public static void EmbeddingBackwardTokenKernel(
-        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> tokens, int c)
+        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> plan, int rows, int segments, int c)
     {
         long stride = Grid.DimX * Group.DimX;
-        for (long i = Grid.GlobalIndex.X; i < dOutput.Length; i += stride)
+        long count = (long)segments * c;
+        for (long i = Grid.GlobalIndex.X; i < count; i += stride)
         {
-            long row = i / c;
-            long j = i - row * c;
-            Atomic.Add(ref dWte[(long)tokens[row] * c + j], dOutput[i]);
+            int segment = (int)(i / c);
+            long j = i - (long)segment * c;
+            int begin = plan[rows + segment];
+            int end = plan[rows + segment + 1];
+            float sum = 0f;
+            for (int k = begin; k < end; k++)
+                sum += dOutput[(long)plan[k] * c + j];
+            long token = plan[2 * rows + 1 + segment];
+            dWte[token * c + j] += sum;
         }
     }
 

@@ -26,7 +26,7 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly LearningRateSchedule _schedule;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
-    private readonly List<IDisposable> _owned = new();
+    private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float>[] _params, _grads;
     private readonly DeviceBuffer<float>[] _m = [], _v = [];
     private readonly BlockActivations[] _acts;
@@ -34,6 +34,7 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly LayerScratch _scratch;
     private readonly PinnedHostBuffer<int> _inputs, _targets;
     private readonly PinnedHostBuffer<float> _loss;
+    private readonly ScatterPlans _plans;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
@@ -103,6 +104,7 @@ public sealed class ConventionalExecutor : IExecutor
             _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
             _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
             _loss = Track(backend.AllocatePinned<float>(1));
+            _plans = Track(new ScatterPlans(backend, microBatches, microBatch.Tokens));
             s.Synchronize();
         }
         catch
@@ -112,11 +114,7 @@ public sealed class ConventionalExecutor : IExecutor
         }
     }
 
-    private T Track<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <inheritdoc/>
     public long StepsDone { get; private set; }
@@ -132,6 +130,7 @@ public sealed class ConventionalExecutor : IExecutor
         var s = _backend.ComputeStream;
         inputs.CopyTo(_inputs.Span);
         targets.CopyTo(_targets.Span);
+        _plans.Build(inputs);
         var lossScale = 1f / tokens;
         var emb = _layout.Embedding.Index;
         var head = _layout.Head.Index;
@@ -156,7 +155,8 @@ public sealed class ConventionalExecutor : IExecutor
                 var i = blocks[l].Index;
                 _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch);
             }
-            _layers.EmbeddingBackward(s, _mb, _grads[emb].View, _scratch.Inputs.View, _dStream.View);
+            _plans.Upload(s, u, _scratch.ScatterPlan.View);
+            _layers.EmbeddingBackward(s, _mb, _grads[emb].View, _scratch.ScatterPlan.View, _plans.Segments(u), _dStream.View);
         }
 
         var lr = _schedule.At(step);
@@ -234,8 +234,6 @@ public sealed class ConventionalExecutor : IExecutor
     public void Dispose()
     {
         try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
-        for (var i = _owned.Count - 1; i >= 0; i--)
-            _owned[i].Dispose();
-        _owned.Clear();
+        _owned.Dispose();
     }
 }

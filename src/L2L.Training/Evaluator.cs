@@ -26,7 +26,7 @@ public sealed class Evaluator : IDisposable
     private readonly IReadOnlyList<float[]> _weights;
     private readonly GptLayers _layers;
     private readonly MicroBatch _mb;
-    private readonly List<IDisposable> _owned = new();
+    private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float> _embedding, _head, _slot, _x0, _x1;
     private readonly BlockActivations _act;
     private readonly LayerScratch _scratch;
@@ -58,11 +58,7 @@ public sealed class Evaluator : IDisposable
         }
     }
 
-    private T Track<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/>.</summary>
     public EvalResult Evaluate(ITokenSource data, int batches)
@@ -103,8 +99,6 @@ public sealed class Evaluator : IDisposable
     public void Dispose()
     {
         try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
-        for (var i = _owned.Count - 1; i >= 0; i--)
-            _owned[i].Dispose();
-        _owned.Clear();
+        _owned.Dispose();
     }
 }

@@ -32,7 +32,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
     private readonly StashPlacement _placement;
-    private readonly List<IDisposable> _owned = new();
+    private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float>[] _paramSlots;
     private readonly DeviceBuffer<float>[] _gradSlots;
     private readonly DeviceBuffer<float> _embedding, _embeddingGrads, _head, _headGrads, _blockOut;
@@ -43,6 +43,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
     private readonly PinnedHostBuffer<int> _inputs, _targets;
     private readonly PinnedHostBuffer<float> _loss;
+    private readonly ScatterPlans _plans;
     private long _stashBytes;
     private double _copyWait;
 
@@ -93,6 +94,7 @@ public sealed class RelayExecutor : IExecutor
             _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
             _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
             _loss = Track(backend.AllocatePinned<float>(1));
+            _plans = Track(new ScatterPlans(backend, microBatches, microBatch.Tokens));
         }
         catch
         {
@@ -101,11 +103,7 @@ public sealed class RelayExecutor : IExecutor
         }
     }
 
-    private T Track<T>(T resource) where T : IDisposable
-    {
-        _owned.Add(resource);
-        return resource;
-    }
+    private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
     /// <inheritdoc/>
     public long StepsDone => _eps.StepsDone;
@@ -199,6 +197,7 @@ public sealed class RelayExecutor : IExecutor
         _copyWait = 0;
         inputs.CopyTo(_inputs.Span);
         targets.CopyTo(_targets.Span);
+        _plans.Build(inputs);
         var lossScale = 1f / tokens;
 
         // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
@@ -289,7 +288,11 @@ public sealed class RelayExecutor : IExecutor
 
         // The embedding's gradient: the scatter of block 0's input gradient, added to the head's contribution to wte.
         ForEachMicroBatch(
-            (u, k) => { UploadInputs(u); _layers.EmbeddingBackward(s, _mb, _embeddingGrads.View, _scratch.Inputs.View, Dx(u, k)); },
+            (u, k) =>
+            {
+                _plans.Upload(s, u, _scratch.ScatterPlan.View);
+                _layers.EmbeddingBackward(s, _mb, _embeddingGrads.View, _scratch.ScatterPlan.View, _plans.Segments(u), Dx(u, k));
+            },
             host ? (u, k) => FetchDx(u, k) : null,
             null);
         s.Synchronize();
@@ -317,9 +320,7 @@ public sealed class RelayExecutor : IExecutor
     public void Dispose()
     {
         try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
-        for (var i = _owned.Count - 1; i >= 0; i--)
-            _owned[i].Dispose();
-        _owned.Clear();
+        _owned.Dispose();
     }
 }
 

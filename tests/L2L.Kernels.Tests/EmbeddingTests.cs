@@ -60,11 +60,12 @@ public sealed class EmbeddingTests(BackendFixture fixture)
             var dout = TestData.Normal(c + 2, b * t * c);
             var dWte0 = TestData.Normal(c + 3, Vocab * c);
             var dWpe0 = TestData.Normal(c + 4, maxT * c);
-            using var dTokens = backend.Upload(tokens);
+            var (planHost, segments) = Plan(tokens);
+            using var plan = backend.Upload(planHost);
             using var dOut = backend.Upload(dout);
             using var dWte = backend.Upload(dWte0);
             using var dWpe = backend.Upload(dWpe0);
-            ops.Backward(backend.ComputeStream, dWte.View, dWpe.View, dOut.View, dTokens.View, b, t, c);
+            ops.Backward(backend.ComputeStream, dWte.View, dWpe.View, dOut.View, plan.View, segments, b, t, c);
             var (refWte, refWpe) = EmbeddingReference.Backward(TestData.ToDouble(dout), tokens, b, t, c, Vocab, maxT);
             var what = $"b={b} t={t} c={c}";
             // Rows past T must be left alone; Plus covers that since the reference gradient is zero there.
@@ -84,11 +85,13 @@ public sealed class EmbeddingTests(BackendFixture fixture)
         var wte = TestData.Normal(1, Vocab * c);
         var wpe = TestData.Normal(2, maxT * c);
         var dout = TestData.Normal(3, b * t * c);
-        using var dTokens = backend.Upload(tokens);
+        var (planHost, segments) = Plan(tokens);
+        Assert.Equal(3, segments); // tokens 0, 1 and 4
+        using var plan = backend.Upload(planHost);
         using var dOut = backend.Upload(dout);
         using var dWte = backend.Zeros<float>(Vocab * c);
         using var dWpe = backend.Zeros<float>(maxT * c);
-        ops.Backward(backend.ComputeStream, dWte.View, dWpe.View, dOut.View, dTokens.View, b, t, c);
+        ops.Backward(backend.ComputeStream, dWte.View, dWpe.View, dOut.View, plan.View, segments, b, t, c);
         var wteD = TestData.ToDouble(wte);
         var wpeD = TestData.ToDouble(wpe);
         var g = TestData.ToDouble(dout);
@@ -121,5 +124,52 @@ public sealed class EmbeddingTests(BackendFixture fixture)
         var r = new double[delta.Length];
         for (var i = 0; i < r.Length; i++) r[i] = start[i] + delta[i];
         return r;
+    }
+
+    private static (int[] Plan, int Segments) Plan(int[] tokens)
+    {
+        var plan = new int[EmbeddingScatterPlan.Length(tokens.Length)];
+        return (plan, EmbeddingScatterPlan.Build(tokens, plan));
+    }
+
+    [Fact]
+    public void ScatterPlanGroupsRowsByTokenInRowOrder()
+    {
+        var (plan, segments) = Plan([5, 2, 5, 0, 2, 5]);
+        Assert.Equal(3, segments);
+        Assert.Equal([3, 1, 4, 0, 2, 5], plan[..6]);          // rows sorted by (token, row)
+        Assert.Equal([0, 1, 3, 6], plan[6..10]);              // segment starts, then the end
+        Assert.Equal([0, 2, 5], plan[13..16]);                // each segment's token
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void BackwardIsBitwiseReproducibleAndSurvivesNonFiniteGradients(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<EmbeddingOps>();
+        const int b = 3, t = 7, c = 5, maxT = 7;
+        var tokens = Tokens(17, b * t);
+        var dout = TestData.Normal(18, b * t * c, 1e3);
+        var (planHost, segments) = Plan(tokens);
+        using var plan = backend.Upload(planHost);
+        using var dOut = backend.Upload(dout);
+        float[] Run()
+        {
+            using var dWte = backend.Zeros<float>(Vocab * c);
+            using var dWpe = backend.Zeros<float>(maxT * c);
+            ops.Backward(backend.ComputeStream, dWte.View, dWpe.View, dOut.View, plan.View, segments, b, t, c);
+            return backend.Download(dWte);
+        }
+        TensorAssert.Equal(Run(), Run(), "dWte of two runs");
+
+        // A NaN gradient propagates as NaN instead of stalling the kernel.
+        dout[0] = float.NaN;
+        dout[c] = float.PositiveInfinity;
+        using var bad = backend.Upload(dout);
+        using var dWteBad = backend.Zeros<float>(Vocab * c);
+        using var dWpeBad = backend.Zeros<float>(maxT * c);
+        ops.Backward(backend.ComputeStream, dWteBad.View, dWpeBad.View, bad.View, plan.View, segments, b, t, c);
+        Assert.True(float.IsNaN(backend.Download(dWteBad)[tokens[0] * c]));
     }
 }

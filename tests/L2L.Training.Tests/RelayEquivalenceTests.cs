@@ -10,9 +10,10 @@ public sealed class RelayEquivalenceTests(BackendFixture fixture)
 {
     // Tolerance: both executors run the same kernels in the same order on every micro-batch, and
     // sum gradients over micro-batches in the same order, so forward and backward agree to the
-    // bit. What differs is the optimizer: the conventional executor updates on the device, the
-    // relay's param server on the host with vectorised code whose rounding may differ in the last
-    // bit (e.g. a fused multiply-add). Over three steps that is a few ulps of weights of order
+    // bit (every reduction, the embedding's scatter-add included, has a fixed order). What differs is
+    // the optimizer: the conventional executor updates on the device, the relay's param server on the
+    // host with vectorised code whose rounding may differ in the last bit (operation order, division
+    // vs reciprocal). Over three steps that is a few ulps of weights of order
     // 0.02-1, so 1e-5 absolute / 1e-4 relative leaves two orders of magnitude of margin while a
     // real schedule or indexing bug moves values by far more.
     private const double Atol = 1e-5, Rtol = 1e-4;
@@ -37,23 +38,22 @@ public sealed class RelayEquivalenceTests(BackendFixture fixture)
         TensorAssert.Close(reference, TrainingHarness.Flatten(relayDevice.Weights), Atol, Rtol, "relay (device stash) weights");
         TensorAssert.Close(reference, TrainingHarness.Flatten(relayHost.Weights), Atol, Rtol, "relay (host stash) weights");
 
-        // Device and host stash run identical arithmetic; only where the stash lives differs. They are
-        // not bit-identical only because the token-embedding gradient is a scatter-add with atomics,
-        // whose summation order varies between runs.
-        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(relayDevice.Weights)), TrainingHarness.Flatten(relayHost.Weights), Atol, Rtol, "device vs host stash");
+        // Device and host stash run identical arithmetic in the same order; only where the stash lives differs.
+        TensorAssert.Equal(TrainingHarness.Flatten(relayDevice.Weights), TrainingHarness.Flatten(relayHost.Weights), "device vs host stash");
+        Assert.Equal(relayDevice.Losses, relayHost.Losses);
     }
 
     [Fact]
     public void TrainingLowersTheLoss()
     {
         var backend = fixture.Get(DeviceKind.Cpu);
-        var options = TrainingHarness.Options(TrainingHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 8, steps: 30) with
+        var options = TrainingHarness.Options(TrainingHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 8, steps: 100) with
         {
-            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 3e-2f),
+            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-2f),
         };
         var run = TrainingHarness.Run(backend, options);
         // From ln(32) = 3.47 towards the corpus's entropy rate of 1.82 nats.
-        Assert.True(run.Losses[^3..].Average() < run.Losses[..3].Average() - 0.5,
+        Assert.True(run.Losses[^5..].Average() < run.Losses[..5].Average() - 0.5,
             $"loss went from {run.Losses[0]:F3} to {run.Losses[^1]:F3}");
     }
 

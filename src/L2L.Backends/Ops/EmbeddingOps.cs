@@ -10,7 +10,7 @@ public sealed class EmbeddingOps
 {
     private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int> _forward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int> _backwardToken;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int> _backwardToken;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> _backwardPosition;
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
@@ -19,7 +19,7 @@ public sealed class EmbeddingOps
         _accelerator = backend.Accelerator;
         _forward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(
             EmbeddingKernels.EmbeddingForwardKernel);
-        _backwardToken = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int>(
+        _backwardToken = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int>(
             EmbeddingKernels.EmbeddingBackwardTokenKernel);
         _backwardPosition = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(
             EmbeddingKernels.EmbeddingBackwardPositionKernel);
@@ -37,15 +37,22 @@ public sealed class EmbeddingOps
     }
 
     /// <summary>
-    /// <c>dWte</c> (V, C) += <c>dOutput</c> (B*T, C) rows scattered by token, with float atomics (rows of
-    /// a repeated token are added in an unspecified order, so those rows may differ in the last bits from
-    /// run to run); <c>dWpe</c> (maxT, C) rows <c>0..T-1</c> += the sum over the batch, deterministically.
+    /// <c>dWte</c> (V, C) += <c>dOutput</c> (B*T, C) rows scattered by token, and <c>dWpe</c> (maxT, C)
+    /// rows <c>0..T-1</c> += the sum over the batch; both deterministic, without atomics.
+    /// <paramref name="plan"/> is the device copy of <see cref="EmbeddingScatterPlan.Build"/>'s output for
+    /// the same tokens, and <paramref name="segments"/> its return value.
     /// </summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<float> dOutput,
-        ArrayView<int> tokens, int b, int t, int c)
+        ArrayView<int> plan, int segments, int b, int t, int c)
     {
-        CheckShapes(dOutput, tokens, dWte, dWpe, b, t, c, nameof(dOutput), nameof(dWte), nameof(dWpe));
-        _backwardToken(s, Launch.Elementwise(_accelerator, dOutput.Length), dWte, dOutput, tokens, c);
+        Check.Positive(b, nameof(b));
+        Check.Positive(t, nameof(t));
+        var rows = b * t;
+        Check.Length(plan, EmbeddingScatterPlan.Length(rows), nameof(plan));
+        CheckShapes(dOutput, plan.SubView(0, rows), dWte, dWpe, b, t, c, nameof(dOutput), nameof(dWte), nameof(dWpe));
+        if (segments < 1 || segments > rows)
+            throw new ArgumentOutOfRangeException(nameof(segments), segments, $"A plan for {rows} rows has between 1 and {rows} segments.");
+        _backwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c);
         _backwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c);
     }
 

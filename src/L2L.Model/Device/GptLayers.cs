@@ -49,11 +49,14 @@ public sealed class GptLayers
         _embedding.Forward(s, output, inputs, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
     }
 
-    /// <summary>Embedding gradients (+=) from dInput (N, C), the gradient at block 0's input.</summary>
-    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embeddingGrads, ArrayView<int> inputs, ArrayView<float> dInput)
+    /// <summary>
+    /// Embedding gradients (+=) from dInput (N, C), the gradient at block 0's input. <paramref name="plan"/>
+    /// holds the micro-batch's tokens grouped by id (<see cref="ScatterPlans"/>), <paramref name="segments"/> their count.
+    /// </summary>
+    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embeddingGrads, ArrayView<int> plan, int segments, ArrayView<float> dInput)
     {
         var g = new LayerViews(Layout.Embedding, embeddingGrads);
-        _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dInput, inputs, mb.Batch, mb.SeqLen, Config.Channels);
+        _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dInput, plan, segments, mb.Batch, mb.SeqLen, Config.Channels);
     }
 
     /// <summary>

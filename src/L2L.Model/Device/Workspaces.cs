@@ -11,7 +11,7 @@ namespace L2L.Model.Device;
 /// </summary>
 public sealed class BlockActivations : IDisposable
 {
-    private readonly List<IDisposable> _owned = new();
+    private readonly ResourceList _owned = new();
 
     /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
     public BlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
@@ -20,8 +20,7 @@ public sealed class BlockActivations : IDisposable
         DeviceBuffer<float> F(long len, string what)
         {
             var b = backend.Allocate<float>(len, category, $"{name}.{what}");
-            _owned.Add(b);
-            return b;
+            return _owned.Add(b);
         }
         Ln1 = F(n * c, "ln1"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
         Qkv = F(n * 3 * c, "qkv"); Probs = F(shape.Batch * nh * t * t, "probs"); AttY = F(n * c, "atty");
@@ -58,15 +57,14 @@ public sealed class BlockActivations : IDisposable
     /// <inheritdoc/>
     public void Dispose()
     {
-        foreach (var b in _owned) b.Dispose();
-        _owned.Clear();
+        _owned.Dispose();
     }
 }
 
 /// <summary>Scratch for the backward passes and the head, for one micro-batch; shared by all layers.</summary>
 public sealed class LayerScratch : IDisposable
 {
-    private readonly List<IDisposable> _owned = new();
+    private readonly ResourceList _owned = new();
 
     /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
     public LayerScratch(Backend backend, MicroBatch shape)
@@ -75,8 +73,7 @@ public sealed class LayerScratch : IDisposable
         DeviceBuffer<T> A<T>(long len, string what) where T : unmanaged
         {
             var b = backend.Allocate<T>(len, MemoryCategory.Workspace, what);
-            _owned.Add(b);
-            return b;
+            return _owned.Add(b);
         }
         DLn = A<float>(n * c, "scratch.dln");
         DWide = A<float>(n * 4 * c, "scratch.dwide");
@@ -90,6 +87,7 @@ public sealed class LayerScratch : IDisposable
         Partials = A<float>(ReduceOps.PartialsLength(backend), "head.partials");
         Inputs = A<int>(n, "tokens.inputs");
         Targets = A<int>(n, "tokens.targets");
+        ScatterPlan = A<int>(EmbeddingScatterPlan.Length((int)n), "tokens.scatter-plan");
     }
 
     /// <summary>(N, C) gradient scratch.</summary>
@@ -120,11 +118,12 @@ public sealed class LayerScratch : IDisposable
     public DeviceBuffer<int> Inputs { get; }
     /// <summary>Target token ids (N).</summary>
     public DeviceBuffer<int> Targets { get; }
+    /// <summary>The input tokens grouped by id, for the embedding gradient (see <see cref="EmbeddingScatterPlan"/>).</summary>
+    public DeviceBuffer<int> ScatterPlan { get; }
 
     /// <inheritdoc/>
     public void Dispose()
     {
-        foreach (var b in _owned) b.Dispose();
-        _owned.Clear();
+        _owned.Dispose();
     }
 }
