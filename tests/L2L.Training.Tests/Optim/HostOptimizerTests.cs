@@ -312,9 +312,11 @@ public sealed class HostOptimizerTests
                 opt.Step(p, gh, state, half, step, 1e-3f, false);
             }
             var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-            // A job stays out of the pool until every helper queued for it has run, so on a loaded machine the
-            // pool may still grow by a job or two (about 200 bytes each); one allocation per step would be 40 of them.
-            Assert.True(allocated <= 512, $"{kind}, {n} params: 40 steps allocated {allocated} bytes");
+            // A job stays out of the pool until every helper queued for it has run, so on a loaded machine (CI
+            // runs the test assemblies side by side) the pool may grow by a few jobs of about 200 bytes. Any
+            // per-step buffer would be at least n floats (4 KB to 2 MB per step, 160 KB to 80 MB in all), so
+            // 2 KB in 40 steps still proves that steps do not allocate.
+            Assert.True(allocated <= 2048, $"{kind}, {n} params: 40 steps allocated {allocated} bytes");
         }
     }
 
