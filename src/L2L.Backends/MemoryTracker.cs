@@ -169,6 +169,7 @@ public sealed class MemoryTracker
     /// <summary>Formats a byte count for people (KiB, MiB, GiB).</summary>
     public static string Format(long bytes) => bytes switch
     {
+        >= 1L << 50 => "unbounded", // the CPU accelerator reports no real limit
         >= 1L << 40 => $"{bytes / (double)(1L << 40):G4} TiB",
         >= 1L << 30 => $"{bytes / (double)(1L << 30):F2} GiB",
         >= 1L << 20 => $"{bytes / (double)(1L << 20):F2} MiB",
