@@ -68,3 +68,17 @@ internal static class LossPlot
         plot.SavePng(path, 900, 500);
     }
 }
+
+internal static class BenchOutput
+{
+    /// <summary>Prints a benchmark's JSON (when asked) and writes it to a file (when given).</summary>
+    public static void Write(string json, bool print, string? file)
+    {
+        if (print) Console.WriteLine(json);
+        if (file is null) return;
+        var dir = Path.GetDirectoryName(Path.GetFullPath(file));
+        if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
+        File.WriteAllText(file, json + Environment.NewLine);
+        if (!print) Console.WriteLine($"wrote {file}");
+    }
+}

@@ -10,6 +10,7 @@ internal static class BenchCommand
         var command = new Command("bench", "Benchmarks (results carry the machine they ran on).");
         command.Subcommands.Add(BenchHostOptimizerCommand.Create());
         command.Subcommands.Add(BenchTrainCommand.Create());
+        command.Subcommands.Add(BenchGemmCommand.Create());
         return command;
     }
 }

@@ -33,15 +33,7 @@ internal static class BenchTrainCommand
             var quiet = parse.GetValue(json);
             var report = TrainBenchmark.Run(backend, name, cfg, parse.GetValue(microBatchSize), parse.GetValue(seq), us,
                 parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine);
-            var text = report.ToJson();
-            if (quiet) Console.WriteLine(text);
-            if (parse.GetValue(output) is { } file)
-            {
-                var dir = Path.GetDirectoryName(Path.GetFullPath(file));
-                if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
-                File.WriteAllText(file, text + Environment.NewLine);
-                if (!quiet) Console.WriteLine($"wrote {file}");
-            }
+            BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
         }));
         return command;
