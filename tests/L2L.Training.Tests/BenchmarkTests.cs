@@ -44,4 +44,14 @@ public sealed class BenchmarkTests(BackendFixture fixture)
         // Weights cross the bus once per pass whatever the micro-batch count.
         Assert.Equal(device[0].BusBytesPerStep, device[1].BusBytesPerStep);
     }
+
+    [Fact]
+    public void BusBenchmarkMovesTheWholeBufferBothWays()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = BusBenchmark.Run(backend, bytes: 1 << 16, repeats: 1);
+        Assert.Equal(1 << 16, report.Bytes);
+        Assert.True(report.HostToDeviceBytesPerS > 0 && report.DeviceToHostBytesPerS > 0);
+        Assert.Equal(0, backend.Memory.CurrentBytes);
+    }
 }

@@ -11,6 +11,7 @@ internal static class BenchCommand
         command.Subcommands.Add(BenchHostOptimizerCommand.Create());
         command.Subcommands.Add(BenchTrainCommand.Create());
         command.Subcommands.Add(BenchGemmCommand.Create());
+        command.Subcommands.Add(BenchBusCommand.Create());
         return command;
     }
 }
