@@ -105,7 +105,7 @@ internal static class TrainCommand
                 metrics.Add(m);
                 if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
                     trainer.Save(saveDir);
-                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || m.Step == trainer.StepsDone && metrics.Count == 1))
+                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1))
                     Console.WriteLine(Line(m));
             }
             var start = trainer.StepsDone;
