@@ -1,4 +1,4 @@
-// The l2l command: train, eval, bench, plan, devices.
+// The l2l command: train, eval, bench, devices.
 using System.CommandLine;
 using L2L.Cli.Commands;
 
