@@ -63,8 +63,7 @@ internal static class LossPlot
         plot.XLabel("step");
         plot.YLabel("loss (nats/token)");
         plot.ShowLegend();
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
+        OutputFiles.EnsureParentDirectory(path);
         plot.SavePng(path, 900, 500);
     }
 }
@@ -76,9 +75,18 @@ internal static class BenchOutput
     {
         if (print) Console.WriteLine(json);
         if (file is null) return;
-        var dir = Path.GetDirectoryName(Path.GetFullPath(file));
-        if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
+        OutputFiles.EnsureParentDirectory(file);
         File.WriteAllText(file, json + Environment.NewLine);
         if (!print) Console.WriteLine($"wrote {file}");
+    }
+}
+
+internal static class OutputFiles
+{
+    /// <summary>Creates the directory an output file will be written into, if it does not exist.</summary>
+    public static void EnsureParentDirectory(string path)
+    {
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
     }
 }

@@ -1,6 +1,5 @@
 // Host-to-device and device-to-host bandwidth through the engine's pinned buffers and copy stream.
 using System.Diagnostics;
-using System.Text.Json;
 using L2L.Backends;
 
 namespace L2L.Training.Benchmarks;
@@ -13,10 +12,9 @@ namespace L2L.Training.Benchmarks;
 /// <param name="DeviceToHostBytesPerS">Best device-to-host rate.</param>
 public sealed record BusReport(MachineInfo Machine, string Device, long Bytes, double HostToDeviceBytesPerS, double DeviceToHostBytesPerS)
 {
-    private static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
 
     /// <summary>Indented JSON.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    public string ToJson() => BenchmarkJson.Serialize(this);
 }
 
 /// <summary>Times copies of one pinned buffer to and from the device on the copy stream, as the relay does with layers.</summary>

@@ -1,6 +1,5 @@
 // Matrix-product throughput of the engine's kernels, and of cuBLAS in the same process when the device is CUDA.
 using System.Diagnostics;
-using System.Text.Json;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
@@ -24,10 +23,9 @@ public sealed record GemmBenchResult(string Name, string Layout, int M, int N, i
 /// <summary>A whole run, with the machine and device it ran on.</summary>
 public sealed record GemmBenchReport(MachineInfo Machine, string Device, string? CublasStatus, IReadOnlyList<GemmBenchResult> Results)
 {
-    private static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
 
     /// <summary>Indented JSON.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    public string ToJson() => BenchmarkJson.Serialize(this);
 }
 
 /// <summary>Times <see cref="GemmOps.Gemm"/> (FP32) on squares and on a GPT-2 layer's product shapes.</summary>

@@ -3,7 +3,6 @@
 using System.Diagnostics;
 using System.Numerics;
 using System.Runtime.InteropServices;
-using System.Text.Json;
 using L2L.Training.Optim;
 
 namespace L2L.Training.Benchmarks;
@@ -86,14 +85,9 @@ public sealed record HostOptimizerReport(
     double TriadBytesPerS,
     IReadOnlyList<HostOptimizerResult> Results)
 {
-    private static readonly JsonSerializerOptions JsonOptions = new()
-    {
-        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
-        WriteIndented = true,
-    };
 
     /// <summary>The report as JSON with snake_case names.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    public string ToJson() => BenchmarkJson.Serialize(this);
 }
 
 /// <summary>Measures the host optimizers' update rate and the machine's STREAM triad bandwidth.</summary>

@@ -1,5 +1,4 @@
 // End-to-end training throughput and device memory: relay (device and host stash) against conventional, over micro-batch counts.
-using System.Text.Json;
 using L2L.Backends;
 using L2L.Model;
 using L2L.Model.Data;
@@ -44,9 +43,8 @@ public sealed record TrainBenchReport(
     IReadOnlyList<TrainBenchResult> Results)
 {
     /// <summary>Indented JSON.</summary>
-    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    public string ToJson() => BenchmarkJson.Serialize(this);
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
 }
 
 /// <summary>
