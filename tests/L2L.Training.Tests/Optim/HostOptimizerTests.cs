@@ -305,17 +305,23 @@ public sealed class HostOptimizerTests
                 opt.Step(p, g, state, half, step, 1e-3f, true);
                 opt.Step(p, gh, state, half, step, 1e-3f, true);
             }
-            var before = GC.GetAllocatedBytesForCurrentThread();
-            for (var step = 4; step <= 23; step++)
-            {
-                opt.Step(p, g, state, half, step, 1e-3f, true);
-                opt.Step(p, gh, state, half, step, 1e-3f, false);
-            }
-            var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
             // A job stays out of the pool until every helper queued for it has run, so on a loaded machine (CI
-            // runs the test assemblies side by side) the pool may grow by a few jobs of about 200 bytes. Any
+            // runs the test assemblies side by side) the pool may grow by a few jobs of about 200 bytes during a
+            // run. A per-step buffer would show in every run, so the quietest of three runs is what counts. Any
             // per-step buffer would be at least n floats (4 KB to 2 MB per step, 160 KB to 80 MB in all), so
             // 2 KB in 40 steps still proves that steps do not allocate.
+            var allocated = long.MaxValue;
+            var nextStep = 4;
+            for (var run = 0; run < 3 && allocated > 2048; run++)
+            {
+                var before = GC.GetAllocatedBytesForCurrentThread();
+                for (var i = 0; i < 20; i++, nextStep++)
+                {
+                    opt.Step(p, g, state, half, nextStep, 1e-3f, true);
+                    opt.Step(p, gh, state, half, nextStep, 1e-3f, false);
+                }
+                allocated = Math.Min(allocated, GC.GetAllocatedBytesForCurrentThread() - before);
+            }
             Assert.True(allocated <= 2048, $"{kind}, {n} params: 40 steps allocated {allocated} bytes");
         }
     }
