@@ -112,6 +112,8 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
             var root = document.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new InvalidDataException($"Model config '{source}' must be a JSON object, found {root.ValueKind}.");
+            if (root.TryGetProperty("model_type", out var modelType) && modelType.ValueKind == JsonValueKind.String && modelType.GetString() == "bert")
+                throw new InvalidDataException($"Model config '{source}' is a BERT config (\"model_type\": \"bert\"), not a GPT-2 config; load it as a BERT model.");
 
             var config = new GptConfig(
                 RequiredInt(root, "vocab_size", source),
