@@ -1,4 +1,4 @@
-// Checkpoint directories: config.json + model.safetensors (Hugging Face GPT-2 names) + optional training state.
+// Checkpoint directories: config.json + model.safetensors (Hugging Face GPT-2 or BERT names) + optional training state.
 using System.Globalization;
 using System.Text.RegularExpressions;
 
@@ -17,10 +17,16 @@ namespace L2L.Model;
 public sealed record TrainingState(long Step, string Optimizer, int StateFloatsPerParam, float[][] LayerStates, IReadOnlyDictionary<string, string> Metadata);
 
 /// <summary>
-/// Saves and loads checkpoint directories. A directory holds <see cref="ConfigFile"/> (Hugging Face
-/// GPT-2 config), <see cref="ModelFile"/> (Hugging Face GPT-2 tensor names, F32, [in, out] linear
-/// weights as HF's Conv1D stores them) and, when training state is saved, <see cref="StateFile"/>.
+/// Saves and loads checkpoint directories. A directory holds <see cref="ConfigFile"/> (a Hugging Face
+/// config whose <c>model_type</c> says which model it is), <see cref="ModelFile"/> (Hugging Face tensor
+/// names, F32: GPT-2's with [in, out] Conv1D weights, or <c>BertForMaskedLM</c>'s with PyTorch Linear
+/// [out, in] weights) and, when training state is saved, <see cref="StateFile"/>.
 /// </summary>
+/// <remarks>
+/// BERT checkpoints load with or without the <c>bert.</c> prefix on the encoder's tensors, and with
+/// or without <c>cls.predictions.decoder.weight</c> (the decoder is tied to the word embedding, so it is
+/// not read); pooler and next-sentence tensors of pre-training checkpoints are skipped.
+/// </remarks>
 public static partial class Checkpoint
 {
     /// <summary>Model weights file name.</summary>
@@ -157,12 +163,15 @@ public static partial class Checkpoint
     /// Config differs from <paramref name="expected"/> (the keys are named), or tensors are missing,
     /// have the wrong shape or dtype, or are unknown (all problems are listed, with the file).
     /// </exception>
-    public static (GptConfig Config, float[][] Layers) Load(string dir, GptConfig? expected = null)
+    public static (IModelConfig Config, float[][] Layers) Load(string dir, IModelConfig? expected = null)
     {
         ArgumentNullException.ThrowIfNull(dir);
         RequireDirectory(dir);
         var configPath = Path.Combine(dir, ConfigFile);
-        var config = GptConfig.Load(configPath);
+        var config = ModelConfigs.Load(configPath);
+        if (expected is not null && expected.ModelType != config.ModelType)
+            throw new InvalidDataException($"Checkpoint '{dir}' holds a {config.ModelType} model (\"model_type\" in '{configPath}'), but a {expected.ModelType} model was asked for. " +
+                $"Drop --model/--config to use the checkpoint's own model, or give a {expected.ModelType} checkpoint.");
         if (expected is not null)
         {
             var differences = expected.Differences(config);
@@ -177,7 +186,10 @@ public static partial class Checkpoint
         var problems = new List<string>();
         foreach (var info in file.Tensors.Values.OrderBy(t => t.Begin))
         {
-            var name = info.Name.StartsWith("transformer.", StringComparison.Ordinal) ? info.Name["transformer.".Length..] : info.Name;
+            var name = CanonicalName(config, info.Name);
+            if (OtherModelType(config, name) is { } other)
+                throw new InvalidDataException($"Checkpoint model file '{file.Path}' holds {other} tensors (such as '{info.Name}'), but '{configPath}' says \"model_type\": \"{config.ModelType}\". " +
+                    $"Give the checkpoint its own config.json, or a {config.ModelType} checkpoint.");
             if (!layout.TryFind(name, out _, out var slot))
             {
                 if (IsIgnorable(name, info, config)) continue;
@@ -198,7 +210,7 @@ public static partial class Checkpoint
         if (missing.Count > 0)
             problems.Insert(0, $"missing {missing.Count} tensor(s): {string.Join(", ", missing.Take(20))}{(missing.Count > 20 ? ", …" : "")}");
         if (problems.Count > 0)
-            throw new InvalidDataException($"Checkpoint model file '{file.Path}' does not match its config (n_layer {config.Layers}, n_embd {config.Channels}, vocab_size {config.VocabSize}, n_positions {config.MaxPositions}):\n  - {string.Join("\n  - ", problems)}");
+            throw new InvalidDataException($"Checkpoint model file '{file.Path}' does not match its {config.ModelType} config (layers {config.Layers}, width {config.Channels}, vocab_size {config.VocabSize}, positions {config.MaxPositions}):\n  - {string.Join("\n  - ", problems)}");
 
         var layers = new float[layout.Layers.Count][];
         foreach (var layer in layout.Layers)
@@ -210,8 +222,31 @@ public static partial class Checkpoint
         return (config, layers);
     }
 
-    private static bool IsIgnorable(string name, SafeTensorInfo info, GptConfig config)
+    /// <summary>The layout's name for a stored tensor: GPT-2 without <c>transformer.</c>; BERT with <c>bert.</c> on the encoder's tensors.</summary>
+    private static string CanonicalName(IModelConfig config, string stored) => config switch
     {
+        Bert.BertConfig when !stored.StartsWith("bert.", StringComparison.Ordinal) && !stored.StartsWith("cls.", StringComparison.Ordinal) => "bert." + stored,
+        GptConfig when stored.StartsWith("transformer.", StringComparison.Ordinal) => stored["transformer.".Length..],
+        _ => stored,
+    };
+
+    /// <summary>The other model type whose tell-tale tensor <paramref name="name"/> is, or null.</summary>
+    private static string? OtherModelType(IModelConfig config, string name) => config switch
+    {
+        GptConfig when name.EndsWith("embeddings.word_embeddings.weight", StringComparison.Ordinal) => "BERT",
+        Bert.BertConfig when name is "bert.wte.weight" or "bert.transformer.wte.weight" => "GPT-2",
+        _ => null,
+    };
+
+    private static bool IsIgnorable(string name, SafeTensorInfo info, IModelConfig model)
+    {
+        if (model is Bert.BertConfig)
+        {
+            // Tied to the word embedding (HF saves it, or its bias alias, or neither); pre-training and buffer extras.
+            return name is "cls.predictions.decoder.weight" or "cls.predictions.decoder.bias" or "bert.embeddings.position_ids"
+                || name.StartsWith("bert.pooler.", StringComparison.Ordinal) || name.StartsWith("cls.seq_relationship.", StringComparison.Ordinal);
+        }
+        var config = (GptConfig)model;
         if (name == "lm_head.weight") return true;
         // HF stores the causal mask as a buffer named like a bias; a real bias would have shape (3C).
         var mask = AttentionBufferName().Match(name);
@@ -264,7 +299,7 @@ public static partial class Checkpoint
                 problems.Add($"'{name}' has dtype {info.DType}, expected a float type");
         }
         if (problems.Count > 0)
-            throw new InvalidDataException($"Training state '{file.Path}' does not match the model (n_layer {layout.Config.Layers}, n_embd {layout.Config.Channels}):\n  - {string.Join("\n  - ", problems)}");
+            throw new InvalidDataException($"Training state '{file.Path}' does not match the model (layers {layout.Config.Layers}, width {layout.Config.Channels}):\n  - {string.Join("\n  - ", problems)}");
 
         if (perParam > 0)
         {

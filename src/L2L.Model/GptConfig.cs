@@ -15,8 +15,21 @@ namespace L2L.Model;
 /// <param name="Layers">Number of transformer blocks, L (<c>n_layer</c>).</param>
 /// <param name="Heads">Number of attention heads, NH (<c>n_head</c>); must divide <paramref name="Channels"/>.</param>
 /// <param name="LayerNormEpsilon">Added to the variance inside every LayerNorm (<c>layer_norm_epsilon</c>).</param>
-public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, int Layers, int Heads, float LayerNormEpsilon = 1e-5f)
+public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, int Layers, int Heads, float LayerNormEpsilon = 1e-5f) : IModelConfig
 {
+    /// <summary>The value of <c>model_type</c> in a GPT-2 config.</summary>
+    public const string ModelType = "gpt2";
+
+    string IModelConfig.ModelType => ModelType;
+
+    /// <inheritdoc/>
+    public TrainingObjective Objective => TrainingObjective.CausalLanguageModel;
+
+    IModelConfig IModelConfig.WithLayers(int layers) => WithLayers(layers);
+
+    IReadOnlyList<string> IModelConfig.Differences(IModelConfig other) =>
+        other is GptConfig gpt ? Differences(gpt) : [ModelConfigs.TypeDifference(this, other)!];
+
     private static readonly (string Name, GptConfig Config)[] Presets =
     [
         // Small enough for the CPU accelerator and byte-level data (vocabulary 256).
@@ -152,7 +165,7 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
         using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
         {
             writer.WriteStartObject();
-            writer.WriteString("model_type", "gpt2");
+            writer.WriteString("model_type", ModelType);
             writer.WriteNumber("vocab_size", VocabSize);
             writer.WriteNumber("n_positions", MaxPositions);
             writer.WriteNumber("n_embd", Channels);

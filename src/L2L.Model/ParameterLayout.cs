@@ -1,4 +1,4 @@
-// The parameter name table: where every GPT-2 tensor lives inside its layer's one contiguous float block.
+// The parameter name table: where every tensor lives inside its layer's one contiguous float block.
 using System.Diagnostics.CodeAnalysis;
 
 namespace L2L.Model;
@@ -6,21 +6,21 @@ namespace L2L.Model;
 /// <summary>What a layer computes.</summary>
 public enum LayerKind
 {
-    /// <summary>Token plus position embedding (<c>wte</c>, <c>wpe</c>); <c>wte</c> is also the tied LM head.</summary>
+    /// <summary>The embeddings (GPT-2: <c>wte</c>, <c>wpe</c>); the token embedding is also the tied LM head's weight.</summary>
     Embedding,
 
-    /// <summary>A transformer block <c>h.{i}</c>: pre-LN attention and MLP, each on a residual line.</summary>
+    /// <summary>A transformer block (GPT-2: <c>h.{i}</c>), one of L repeated layers.</summary>
     Block,
 
-    /// <summary>The final LayerNorm (<c>ln_f</c>) before the tied LM head and the loss.</summary>
+    /// <summary>What runs between the last block and the tied LM head and the loss (GPT-2: <c>ln_f</c>).</summary>
     Head,
 }
 
 /// <summary>One tensor inside a layer's contiguous block.</summary>
 /// <param name="LocalName">Name within the layer, e.g. <c>attn.c_attn.weight</c>.</param>
-/// <param name="FullName">Hugging Face GPT-2 name, e.g. <c>h.3.attn.c_attn.weight</c>.</param>
+/// <param name="FullName">Hugging Face name, e.g. <c>h.3.attn.c_attn.weight</c> (GPT-2) or <c>bert.encoder.layer.3.attention.self.query.weight</c>.</param>
 /// <param name="Offset">First float of the tensor within the layer block.</param>
-/// <param name="Shape">Row-major shape; linear weights are [in, out] as in Hugging Face's Conv1D.</param>
+/// <param name="Shape">Row-major shape as Hugging Face stores it: GPT-2's Conv1D weights [in, out], BERT's Linear weights [out, in].</param>
 /// <param name="Decay">Whether weight decay applies (the 2-D matrices and embeddings, not biases or LayerNorm gains).</param>
 public sealed record TensorSlot(string LocalName, string FullName, long Offset, int[] Shape, bool Decay)
 {
@@ -40,11 +40,16 @@ public sealed class LayerLayout
     private readonly Dictionary<string, TensorSlot> _byName;
 
     internal LayerLayout(int index, string name, LayerKind kind, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors)
+        : this(index, name, kind, kind == LayerKind.Block ? name + "." : "", tensors)
+    {
+    }
+
+    /// <summary>A layer whose tensors' full names are <paramref name="prefix"/> + local name.</summary>
+    internal LayerLayout(int index, string name, LayerKind kind, string prefix, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors)
     {
         Index = index;
         Name = name;
         Kind = kind;
-        var prefix = kind == LayerKind.Block ? name + "." : "";
         var slots = new List<TensorSlot>();
         long offset = 0;
         foreach (var (localName, shape, decay) in tensors)
@@ -61,7 +66,7 @@ public sealed class LayerLayout
     /// <summary>Position in <see cref="ModelLayout.Layers"/>.</summary>
     public int Index { get; }
 
-    /// <summary><c>embedding</c>, <c>h.0</c> … <c>h.{L-1}</c>, or <c>head</c>.</summary>
+    /// <summary><c>embedding</c>, the blocks (GPT-2 <c>h.{i}</c>, BERT <c>layer.{i}</c>), or <c>head</c>.</summary>
     public string Name { get; }
 
     /// <summary>What the layer computes.</summary>
@@ -88,53 +93,28 @@ public sealed class LayerLayout
 }
 
 /// <summary>
-/// The GPT-2 parameter layout: layers <c>[embedding, h.0 … h.{L-1}, head]</c>, each one contiguous
-/// block. Tensor names and shapes are Hugging Face GPT-2's, so checkpoints map one to one.
+/// A model's parameter layout: layers <c>[embedding, block 0 … block L-1, head]</c>, each one
+/// contiguous block. Tensor names and shapes are Hugging Face's for the model type (GPT-2's
+/// <c>wte.weight</c>, <c>h.{i}.…</c>; BERT's <c>bert.embeddings.…</c>, <c>bert.encoder.layer.{i}.…</c>,
+/// <c>cls.predictions.…</c>), so checkpoints map one to one. The table comes from the model's folder.
 /// </summary>
 public sealed class ModelLayout
 {
     private readonly Dictionary<string, (LayerLayout Layer, TensorSlot Slot)> _byFullName;
 
-    /// <summary>Builds the layout of <paramref name="config"/>.</summary>
+    /// <summary>Builds the layout of <paramref name="config"/> (a <see cref="GptConfig"/> or <see cref="Bert.BertConfig"/>).</summary>
     /// <exception cref="InvalidDataException">The config is invalid.</exception>
-    public ModelLayout(GptConfig config)
+    public ModelLayout(IModelConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         Config = config;
-        int c = config.Channels;
-
-        var layers = new List<LayerLayout>
+        var layers = config switch
         {
-            new(0, "embedding", LayerKind.Embedding,
-            [
-                ("wte.weight", [config.VocabSize, c], true),
-                ("wpe.weight", [config.MaxPositions, c], true),
-            ]),
+            GptConfig gpt => Gpt2.Gpt2Layout.Layers(gpt),
+            Bert.BertConfig bert => Bert.BertLayout.Layers(bert),
+            _ => throw new NotSupportedException($"No parameter layout for model type '{config.ModelType}'."),
         };
-        for (var i = 0; i < config.Layers; i++)
-        {
-            layers.Add(new LayerLayout(i + 1, $"h.{i}", LayerKind.Block,
-            [
-                ("ln_1.weight", [c], false),
-                ("ln_1.bias", [c], false),
-                ("attn.c_attn.weight", [c, 3 * c], true),
-                ("attn.c_attn.bias", [3 * c], false),
-                ("attn.c_proj.weight", [c, c], true),
-                ("attn.c_proj.bias", [c], false),
-                ("ln_2.weight", [c], false),
-                ("ln_2.bias", [c], false),
-                ("mlp.c_fc.weight", [c, 4 * c], true),
-                ("mlp.c_fc.bias", [4 * c], false),
-                ("mlp.c_proj.weight", [4 * c, c], true),
-                ("mlp.c_proj.bias", [c], false),
-            ]));
-        }
-        layers.Add(new LayerLayout(config.Layers + 1, "head", LayerKind.Head,
-        [
-            ("ln_f.weight", [c], false),
-            ("ln_f.bias", [c], false),
-        ]));
 
         Layers = layers.AsReadOnly();
         Embedding = layers[0];
@@ -146,24 +126,24 @@ public sealed class ModelLayout
     }
 
     /// <summary>The model dimensions.</summary>
-    public GptConfig Config { get; }
+    public IModelConfig Config { get; }
 
     /// <summary>All layers in execution order: embedding, the blocks, head.</summary>
     public IReadOnlyList<LayerLayout> Layers { get; }
 
-    /// <summary>Token and position embeddings: <c>wte.weight</c> (V, C) and <c>wpe.weight</c> (n_positions, C).</summary>
+    /// <summary>The embedding layer; it holds the token embedding (V, C) that the head's decoder is tied to.</summary>
     public LayerLayout Embedding { get; }
 
-    /// <summary>The transformer blocks <c>h.0</c> … <c>h.{L-1}</c>.</summary>
+    /// <summary>The transformer blocks, all with the same length.</summary>
     public IReadOnlyList<LayerLayout> Blocks { get; }
 
-    /// <summary>The final LayerNorm <c>ln_f</c>; the LM head is tied to <c>wte.weight</c> in <see cref="Embedding"/>.</summary>
+    /// <summary>The head's own parameters; its decoder weight is the token embedding in <see cref="Embedding"/>.</summary>
     public LayerLayout Head { get; }
 
-    /// <summary>Total floats over all layers; equals <see cref="GptConfig.ParameterCount"/>.</summary>
+    /// <summary>Total floats over all layers; equals <see cref="IModelConfig.ParameterCount"/>.</summary>
     public long TotalLength { get; }
 
-    /// <summary>Looks a tensor up by its Hugging Face name, e.g. <c>h.0.ln_1.weight</c>.</summary>
+    /// <summary>Looks a tensor up by its Hugging Face name, e.g. <c>h.0.ln_1.weight</c> or <c>bert.embeddings.LayerNorm.weight</c>.</summary>
     public bool TryFind(string fullName, [MaybeNullWhen(false)] out LayerLayout layer, [MaybeNullWhen(false)] out TensorSlot slot)
     {
         if (_byFullName.TryGetValue(fullName, out var found))

@@ -20,7 +20,7 @@ public sealed class ConventionalExecutor : IExecutor
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly GptLayers _layers;
+    private readonly IModelLayers _layers;
     private readonly OptimizerOps _optimizer;
     private readonly OptimizerSettings _settings;
     private readonly LearningRateSchedule _schedule;
@@ -29,12 +29,11 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float>[] _params, _grads;
     private readonly DeviceBuffer<float>[] _m = [], _v = [];
-    private readonly BlockActivations[] _acts;
+    private readonly IBlockActivations[] _acts;
     private readonly DeviceBuffer<float> _blockInputs, _headInput, _dStream;
-    private readonly LayerScratch _scratch;
-    private readonly PinnedHostBuffer<int> _inputs, _targets;
+    private readonly IModelScratch _scratch;
+    private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
-    private readonly ScatterPlans _plans;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
@@ -52,7 +51,7 @@ public sealed class ConventionalExecutor : IExecutor
         _microBatches = microBatches;
         try
         {
-            _layers = new GptLayers(backend, layout);
+            _layers = Models.CreateLayers(backend, layout);
             _optimizer = backend.Get<OptimizerOps>();
             var count = layout.Layers.Count;
             _params = new DeviceBuffer<float>[count];
@@ -94,17 +93,15 @@ public sealed class ConventionalExecutor : IExecutor
                 StepsDone = resume.Step;
             }
             var blocks = layout.Blocks.Count;
-            _acts = new BlockActivations[blocks];
+            _acts = new IBlockActivations[blocks];
             for (var l = 0; l < blocks; l++)
-                _acts[l] = Track(new BlockActivations(backend, microBatch, MemoryCategory.Stash, $"h.{l}.activations"));
+                _acts[l] = Track(_layers.CreateActivations(backend, microBatch, MemoryCategory.Stash, $"{layout.Blocks[l].Name}.activations"));
             _blockInputs = Track(backend.Allocate<float>(blocks * microBatch.ActivationLength, MemoryCategory.Stash, "block-inputs"));
             _headInput = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "head-input"));
             _dStream = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.BoundaryGrads, "residual-grads"));
-            _scratch = Track(new LayerScratch(backend, microBatch));
-            _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
-            _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _scratch = Track(_layers.CreateScratch(backend, microBatch));
+            _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(1));
-            _plans = Track(new ScatterPlans(backend, microBatches, microBatch.Tokens));
             s.Synchronize();
         }
         catch
@@ -122,16 +119,14 @@ public sealed class ConventionalExecutor : IExecutor
     private ArrayView<float> BlockInput(int l) => _blockInputs.Slice(l * _mb.ActivationLength, _mb.ActivationLength);
 
     /// <inheritdoc/>
-    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets)
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
         var tokens = _microBatches * _mb.Tokens;
         if (inputs.Length != tokens || targets.Length != tokens)
             throw new ArgumentException($"Expected {tokens} input and target tokens ({_microBatches} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
         var s = _backend.ComputeStream;
-        inputs.CopyTo(_inputs.Span);
-        targets.CopyTo(_targets.Span);
-        _plans.Build(inputs);
-        var lossScale = 1f / tokens;
+        var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
+        var lossScale = 1f / labelled;
         var emb = _layout.Embedding.Index;
         var head = _layout.Head.Index;
         var blocks = _layout.Blocks;
@@ -140,23 +135,23 @@ public sealed class ConventionalExecutor : IExecutor
         foreach (var g in _grads) g.View.MemSetToZero(s);
         for (var u = 0; u < _microBatches; u++)
         {
-            _inputs.CopyToDeviceAsync(s, _scratch.Inputs.View, (long)u * _mb.Tokens, _mb.Tokens);
-            _targets.CopyToDeviceAsync(s, _scratch.Targets.View, (long)u * _mb.Tokens, _mb.Tokens);
-            _layers.EmbeddingForward(s, _mb, _params[emb].View, _scratch.Inputs.View, BlockInput(0));
+            _inputs.UploadInputs(s, u);
+            _inputs.UploadTargets(s, u);
+            _inputs.UploadPlans(s, u);
+            _layers.EmbeddingForward(s, _mb, _params[emb].View, _inputs, BlockInput(0), _scratch);
             for (var l = 0; l < blocks.Count; l++)
             {
                 var output = l + 1 < blocks.Count ? BlockInput(l + 1) : _headInput.View;
-                _layers.BlockForward(s, _mb, blocks[l], _params[blocks[l].Index].View, BlockInput(l), output, _acts[l]);
+                _layers.BlockForward(s, _mb, blocks[l], _params[blocks[l].Index].View, BlockInput(l), output, _acts[l], _inputs);
             }
             _layers.HeadForwardBackward(s, _mb, _params[head].View, _grads[head].View, _params[emb].View, _grads[emb].View,
-                _headInput.View, _scratch.Targets.View, _dStream.View, _scratch, lossScale);
+                _headInput.View, _inputs, _dStream.View, _scratch, lossScale);
             for (var l = blocks.Count - 1; l >= 0; l--)
             {
                 var i = blocks[l].Index;
-                _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch);
+                _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch, _inputs);
             }
-            _plans.Upload(s, u, _scratch.ScatterPlan.View);
-            _layers.EmbeddingBackward(s, _mb, _grads[emb].View, _scratch.ScatterPlan.View, _plans.Segments(u), _dStream.View);
+            _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
         }
 
         var lr = _schedule.At(step);
@@ -186,10 +181,10 @@ public sealed class ConventionalExecutor : IExecutor
         _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
         s.Synchronize();
         StepsDone++;
-        var loss = _loss.Span[0] / (double)tokens;
+        var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, 2L * tokens * sizeof(int));
+        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch);
     }
 
     /// <inheritdoc/>

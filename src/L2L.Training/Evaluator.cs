@@ -9,8 +9,8 @@ using L2L.Model.Device;
 namespace L2L.Training;
 
 /// <summary>The result of an evaluation.</summary>
-/// <param name="Loss">Mean cross-entropy over every evaluated token.</param>
-/// <param name="Tokens">Tokens evaluated.</param>
+/// <param name="Loss">Mean cross-entropy over every labelled position evaluated (every token for GPT-2).</param>
+/// <param name="Tokens">Labelled positions evaluated (the loss's denominator).</param>
 /// <param name="Batches">Batches evaluated.</param>
 public sealed record EvalResult(double Loss, long Tokens, int Batches);
 
@@ -24,12 +24,13 @@ public sealed class Evaluator : IDisposable
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
     private readonly IReadOnlyList<float[]> _weights;
-    private readonly GptLayers _layers;
+    private readonly IModelLayers _layers;
     private readonly MicroBatch _mb;
     private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float> _embedding, _head, _slot, _x0, _x1;
-    private readonly BlockActivations _act;
-    private readonly LayerScratch _scratch;
+    private readonly IBlockActivations _act;
+    private readonly IModelScratch _scratch;
+    private readonly MicroBatchInputs _inputs;
 
     /// <summary>Prepares evaluation of <paramref name="weights"/> in batches of <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens.</summary>
     public Evaluator(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, int batch, int seqLen)
@@ -39,7 +40,7 @@ public sealed class Evaluator : IDisposable
         _weights = weights;
         _mb = new MicroBatch(layout.Config, batch, seqLen);
         _mb.Validate();
-        _layers = new GptLayers(backend, layout);
+        _layers = Models.CreateLayers(backend, layout);
         try
         {
             var blockLength = layout.Blocks.Count > 0 ? layout.Blocks[0].Length : 0;
@@ -48,8 +49,9 @@ public sealed class Evaluator : IDisposable
             _slot = Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot"));
             _x0 = Track(backend.Allocate<float>(_mb.ActivationLength, MemoryCategory.Workspace, "x0"));
             _x1 = Track(backend.Allocate<float>(_mb.ActivationLength, MemoryCategory.Workspace, "x1"));
-            _act = Track(new BlockActivations(backend, _mb));
-            _scratch = Track(new LayerScratch(backend, _mb));
+            _act = Track(_layers.CreateActivations(backend, _mb));
+            _scratch = Track(_layers.CreateScratch(backend, _mb));
+            _inputs = Track(new MicroBatchInputs(backend, _mb, 1, _layers.Inputs));
         }
         catch
         {
@@ -60,39 +62,45 @@ public sealed class Evaluator : IDisposable
 
     private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
-    /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/>.</summary>
-    public EvalResult Evaluate(ITokenSource data, int batches)
+    /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/> cut for next-token prediction (GPT-2).</summary>
+    public EvalResult Evaluate(ITokenSource data, int batches) => Evaluate(new BatchLoader(data, _mb.Batch, _mb.SeqLen), batches);
+
+    /// <summary>Mean loss over every labelled position of the first <paramref name="batches"/> batches of <paramref name="source"/>.</summary>
+    public EvalResult Evaluate(IBatchSource source, int batches)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(batches, 1);
-        var loader = new BatchLoader(data, _mb.Batch, _mb.SeqLen);
+        if (source.Batch != _mb.Batch || source.SeqLen != _mb.SeqLen)
+            throw new ArgumentException($"The batch source makes {source.Batch}x{source.SeqLen} batches; the evaluator was built for {_mb.Batch}x{_mb.SeqLen}.");
         var inputs = new int[_mb.Tokens];
         var targets = new int[_mb.Tokens];
         var s = _backend.ComputeStream;
         _embedding.View.CopyFromCPU(s, _weights[_layout.Embedding.Index]);
         _head.View.CopyFromCPU(s, _weights[_layout.Head.Index]);
         _scratch.LossTotal.View.MemSetToZero(s);
+        long labelled = 0;
         for (var i = 0; i < batches; i++)
         {
-            loader.Fill(i, inputs, targets);
-            _scratch.Inputs.View.CopyFromCPU(s, inputs);
-            _scratch.Targets.View.CopyFromCPU(s, targets);
-            _layers.EmbeddingForward(s, _mb, _embedding.View, _scratch.Inputs.View, _x0.View);
+            source.Fill(i, inputs, targets);
+            s.Synchronize(); // the previous batch's uploads read the pinned inputs that Load overwrites
+            labelled += _inputs.Load(inputs, targets);
+            _inputs.UploadInputs(s, 0);
+            _inputs.UploadTargets(s, 0);
+            _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, _x0.View, _scratch);
             var x = _x0;
             var y = _x1;
             foreach (var block in _layout.Blocks)
             {
                 s.Synchronize();
                 _slot.View.SubView(0, block.Length).CopyFromCPU(s, _weights[block.Index]);
-                _layers.BlockForward(s, _mb, block, _slot.View, x.View, y.View, _act);
+                _layers.BlockForward(s, _mb, block, _slot.View, x.View, y.View, _act, _inputs);
                 (x, y) = (y, x);
             }
-            _layers.HeadLoss(s, _mb, _head.View, _embedding.View, x.View, _scratch.Targets.View, _scratch);
+            _layers.HeadLoss(s, _mb, _head.View, _embedding.View, x.View, _inputs, _scratch);
         }
         var total = new float[1];
         _scratch.LossTotal.View.CopyToCPU(s, total);
         s.Synchronize();
-        var tokens = (long)batches * _mb.Tokens;
-        return new EvalResult(total[0] / (double)tokens, tokens, batches);
+        return new EvalResult(labelled > 0 ? total[0] / (double)labelled : 0, labelled, batches);
     }
 
     /// <inheritdoc/>

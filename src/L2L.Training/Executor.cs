@@ -22,7 +22,7 @@ public enum StashPlacement
 }
 
 /// <summary>The outcome of one training step.</summary>
-/// <param name="Loss">Mean cross-entropy over every token of the minibatch.</param>
+/// <param name="Loss">Mean cross-entropy over the labelled targets of the minibatch (every token for GPT-2).</param>
 /// <param name="BusBytes">Bytes moved between host and device during the step.</param>
 /// <param name="CopyWaitSeconds">Time the host spent blocked on the copy stream, i.e. transfers that compute did not hide.</param>
 public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0);
@@ -30,8 +30,12 @@ public readonly record struct StepResult(double Loss, long BusBytes, double Copy
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable
 {
-    /// <summary>Runs forward, backward and the optimizer for 0-based step <paramref name="step"/> on a minibatch of (B, T) inputs and targets.</summary>
-    StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets);
+    /// <summary>
+    /// Runs forward, backward and the optimizer for 0-based step <paramref name="step"/> on a minibatch of (B, T)
+    /// inputs and targets (<see cref="L2L.Model.Device.MicroBatchInputs.IgnoreIndex"/> where unlabelled) and,
+    /// for a model that reads them, token types (empty: all 0).
+    /// </summary>
+    StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default);
 
     /// <summary>The current weights, one array per layer of the layout.</summary>
     float[][] Weights();

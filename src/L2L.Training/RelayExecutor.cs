@@ -27,7 +27,7 @@ public sealed class RelayExecutor : IExecutor
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly GptLayers _layers;
+    private readonly IModelLayers _layers;
     private readonly EagerParamServer _eps;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
@@ -36,14 +36,13 @@ public sealed class RelayExecutor : IExecutor
     private readonly DeviceBuffer<float>[] _paramSlots;
     private readonly DeviceBuffer<float>[] _gradSlots;
     private readonly DeviceBuffer<float> _embedding, _embeddingGrads, _head, _headGrads, _blockOut;
-    private readonly BlockActivations _act;
-    private readonly LayerScratch _scratch;
+    private readonly IBlockActivations _act;
+    private readonly IModelScratch _scratch;
     private readonly DeviceBuffer<float>? _deviceStash, _deviceDx;
     private readonly PinnedHostBuffer<float>? _hostStash, _hostDx;
     private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
-    private readonly PinnedHostBuffer<int> _inputs, _targets;
+    private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
-    private readonly ScatterPlans _plans;
     private long _stashBytes;
     private double _copyWait;
 
@@ -65,7 +64,7 @@ public sealed class RelayExecutor : IExecutor
         _placement = placement;
         try
         {
-            _layers = new GptLayers(backend, _layout);
+            _layers = Models.CreateLayers(backend, _layout);
             var blockLength = _layout.Blocks.Count > 0 ? _layout.Blocks[0].Length : 0;
             _paramSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.1"))];
             _gradSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.1"))];
@@ -73,8 +72,8 @@ public sealed class RelayExecutor : IExecutor
             _embeddingGrads = Track(backend.Allocate<float>(_layout.Embedding.Length, MemoryCategory.Grads, "embedding.grads"));
             _head = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Params, "head"));
             _headGrads = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Grads, "head.grads"));
-            _act = Track(new BlockActivations(backend, microBatch));
-            _scratch = Track(new LayerScratch(backend, microBatch));
+            _act = Track(_layers.CreateActivations(backend, microBatch));
+            _scratch = Track(_layers.CreateScratch(backend, microBatch));
             _blockOut = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "block-out"));
             var a = microBatch.ActivationLength;
             var layers = _layout.Blocks.Count;
@@ -91,10 +90,8 @@ public sealed class RelayExecutor : IExecutor
                 _outSlots = [Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.0")), Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.1"))];
                 _dxSlots = [Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.0")), Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.1"))];
             }
-            _inputs = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
-            _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
+            _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(1));
-            _plans = Track(new ScatterPlans(backend, microBatches, microBatch.Tokens));
         }
         catch
         {
@@ -152,8 +149,14 @@ public sealed class RelayExecutor : IExecutor
         _copyWait += System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    private void UploadInputs(int u) => _inputs.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Inputs.View, (long)u * _mb.Tokens, _mb.Tokens);
-    private void UploadTargets(int u) => _targets.CopyToDeviceAsync(_backend.ComputeStream, _scratch.Targets.View, (long)u * _mb.Tokens, _mb.Tokens);
+    private void UploadInputs(int u) => _inputs.UploadInputs(_backend.ComputeStream, u);
+    private void UploadTargets(int u) => _inputs.UploadTargets(_backend.ComputeStream, u);
+
+    /// <summary>Blocks that read the inputs (a padding mask) get micro-batch u's uploaded before they run.</summary>
+    private void UploadBlockInputs(int u)
+    {
+        if (_layers.BlocksReadInputs) UploadInputs(u);
+    }
 
     /// <summary>
     /// Runs <paramref name="compute"/> for every micro-batch. With a host stash, <paramref name="fetch"/>
@@ -185,7 +188,7 @@ public sealed class RelayExecutor : IExecutor
     }
 
     /// <inheritdoc/>
-    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets)
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
         var tokens = U * _mb.Tokens;
         if (inputs.Length != tokens || targets.Length != tokens)
@@ -195,10 +198,9 @@ public sealed class RelayExecutor : IExecutor
         var host = _placement == StashPlacement.Host;
         var busBefore = _eps.BusBytes + _stashBytes;
         _copyWait = 0;
-        inputs.CopyTo(_inputs.Span);
-        targets.CopyTo(_targets.Span);
-        _plans.Build(inputs);
-        var lossScale = 1f / tokens;
+        // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
+        var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
+        var lossScale = 1f / labelled;
 
         // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
         _scratch.LossTotal.View.MemSetToZero(s);
@@ -209,7 +211,7 @@ public sealed class RelayExecutor : IExecutor
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
-            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _scratch.Inputs.View, Out(0, u, k)); },
+            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
 
@@ -224,7 +226,11 @@ public sealed class RelayExecutor : IExecutor
             if (l < L - 1)
             {
                 ForEachMicroBatch(
-                    (u, k) => _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act),
+                    (u, k) =>
+                    {
+                        UploadBlockInputs(u);
+                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
+                    },
                     host ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreStash(level + 1, u, k) : null);
             }
@@ -234,10 +240,11 @@ public sealed class RelayExecutor : IExecutor
                 ForEachMicroBatch(
                     (u, k) =>
                     {
-                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act);
+                        UploadBlockInputs(u);
+                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act, _inputs);
                         UploadTargets(u);
                         _layers.HeadForwardBackward(s, _mb, _head.View, _headGrads.View, _embedding.View, _embeddingGrads.View,
-                            _blockOut.View, _scratch.Targets.View, Dx(u, k), _scratch, lossScale);
+                            _blockOut.View, _inputs, Dx(u, k), _scratch, lossScale);
                     },
                     host ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreDx(u, k) : null);
@@ -274,8 +281,9 @@ public sealed class RelayExecutor : IExecutor
             ForEachMicroBatch(
                 (u, k) =>
                 {
-                    _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act);
-                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch);
+                    UploadBlockInputs(u);
+                    _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act, _inputs);
+                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch, _inputs);
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);
@@ -286,12 +294,14 @@ public sealed class RelayExecutor : IExecutor
         pending.Clear();
         _eps.EnqueueGradients(BlockIndex(0), c, _gradSlots[0].View);
 
-        // The embedding's gradient: the scatter of block 0's input gradient, added to the head's contribution to wte.
+        // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
+        // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
         ForEachMicroBatch(
             (u, k) =>
             {
-                _plans.Upload(s, u, _scratch.ScatterPlan.View);
-                _layers.EmbeddingBackward(s, _mb, _embeddingGrads.View, _scratch.ScatterPlan.View, _plans.Segments(u), Dx(u, k));
+                UploadInputs(u);
+                _inputs.UploadPlans(s, u);
+                _layers.EmbeddingBackward(s, _mb, _embedding.View, _embeddingGrads.View, _inputs, Dx(u, k), _scratch);
             },
             host ? (u, k) => FetchDx(u, k) : null,
             null);
@@ -304,7 +314,7 @@ public sealed class RelayExecutor : IExecutor
         _eps.BeginUpdate(EmbeddingIndex, step);
         _eps.CompleteStep();
 
-        var loss = _loss.Span[0] / (double)tokens;
+        var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait);

@@ -8,8 +8,8 @@ namespace L2L.Training;
 /// <summary>The settings of one training run.</summary>
 public sealed record TrainOptions
 {
-    /// <summary>The model (from a preset, a config.json, or the --init/--resume checkpoint).</summary>
-    public required GptConfig Config { get; init; }
+    /// <summary>The model (from a preset, a config.json, or the --init/--resume checkpoint): GPT-2 or BERT.</summary>
+    public required IModelConfig Config { get; init; }
     /// <summary>Optimizer steps to reach (a resumed run continues up to this count).</summary>
     public long Steps { get; init; } = 100;
     /// <summary>Sequences per step (B), split into <see cref="MicroBatches"/> micro-batches.</summary>
@@ -50,7 +50,7 @@ public sealed record TrainOptions
         if (Batch % MicroBatches != 0)
             throw new ArgumentException($"--batch {Batch} is not divisible by --micro-batches {MicroBatches}: each micro-batch must hold the same number of sequences.");
         if (SeqLen < 1 || SeqLen > Config.MaxPositions)
-            throw new ArgumentException($"--seq {SeqLen} must be between 1 and the model's n_positions ({Config.MaxPositions}).");
+            throw new ArgumentException($"--seq {SeqLen} must be between 1 and the model's longest sequence (n_positions / max_position_embeddings = {Config.MaxPositions}).");
         if (Warmup < 0) throw new ArgumentException("--warmup must not be negative.");
         if (!(Optimizer.LearningRate > 0) || !float.IsFinite(Optimizer.LearningRate)) throw new ArgumentException("--lr must be a positive number.");
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");

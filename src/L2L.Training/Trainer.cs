@@ -33,16 +33,18 @@ public sealed class Trainer : IDisposable
     private readonly Backend _backend;
     private readonly TrainOptions _options;
     private readonly ModelLayout _layout;
-    private readonly BatchLoader _loader;
+    private readonly IBatchSource _loader;
     private readonly EagerParamServer? _eps;
     private readonly IExecutor _executor;
     private readonly int[] _inputs, _targets;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
-    /// (weights and optimizer state), else <paramref name="init"/> (weights only), else GPT-2 initialisation.
+    /// (weights and optimizer state), else <paramref name="init"/> (weights only), else the model's own initialisation.
+    /// A masked-language model reads its targets from <paramref name="labels"/> when given, else masks on the fly.
     /// </summary>
-    public Trainer(Backend backend, TrainOptions options, ITokenSource data, float[][]? init = null, TrainingState? resume = null)
+    public Trainer(Backend backend, TrainOptions options, ITokenSource data, float[][]? init = null, TrainingState? resume = null,
+        ITokenSource? labels = null)
     {
         options.Validate();
         if (data.VocabSize > options.Config.VocabSize)
@@ -50,13 +52,13 @@ public sealed class Trainer : IDisposable
         _backend = backend;
         _options = options;
         _layout = new ModelLayout(options.Config);
-        _loader = new BatchLoader(data, options.Batch, options.SeqLen, options.Shuffle, options.Seed);
+        _loader = BatchSources.Create(options, data, labels);
         _inputs = new int[options.Batch * options.SeqLen];
         _targets = new int[options.Batch * options.SeqLen];
         if (options.DeviceBudgetBytes is { } budget)
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
-        var weights = init ?? GptInit.Create(_layout, options.Seed);
+        var weights = init ?? Models.Initialize(_layout, options.Seed);
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         if (options.Executor == ExecutorKind.Relay)
         {

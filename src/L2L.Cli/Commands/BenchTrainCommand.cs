@@ -10,7 +10,7 @@ internal static class BenchTrainCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "Model preset.", DefaultValueFactory = _ => "gpt2-tiny" };
+        var model = new Option<string>("--model") { Description = "Model preset (gpt2-*, bert-*).", DefaultValueFactory = _ => "gpt2-tiny" };
         var config = new Option<string?>("--config") { Description = "A config.json instead of a preset." };
         var microBatchSize = new Option<int>("--micro-batch-size") { Description = "Sequences per micro-batch (fixed while U varies).", DefaultValueFactory = _ => 2 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence.", DefaultValueFactory = _ => 64 };
@@ -26,7 +26,7 @@ internal static class BenchTrainCommand
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var name = parse.GetValue(config) is { } path ? Path.GetFileName(path) : parse.GetValue(model)!;
-            var cfg = parse.GetValue(config) is { } p ? GptConfig.Load(p) : GptConfig.Preset(parse.GetValue(model)!);
+            var cfg = parse.GetValue(config) is { } p ? ModelConfigs.Load(p) : ModelConfigs.Preset(parse.GetValue(model)!);
             var us = parse.GetValue(counts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(t => int.TryParse(t, out var v) && v > 0 ? v : throw new ArgumentException($"--micro-batches: '{t}' is not a positive integer.")).ToList();
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));

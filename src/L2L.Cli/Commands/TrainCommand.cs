@@ -13,8 +13,8 @@ internal static class TrainCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = $"Model preset: {string.Join(", ", GptConfig.PresetNames)}.", DefaultValueFactory = _ => "gpt2-tiny" };
-        var config = new Option<string?>("--config") { Description = "A config.json with Hugging Face GPT-2 keys (overrides --model)." };
+        var model = new Option<string>("--model") { Description = $"Model preset: {string.Join(", ", ModelConfigs.PresetNames)}.", DefaultValueFactory = _ => "gpt2-tiny" };
+        var config = new Option<string?>("--config") { Description = "A Hugging Face config.json, GPT-2 or BERT by its model_type (overrides --model)." };
         var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
         var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
@@ -52,9 +52,9 @@ internal static class TrainCommand
             var resumeDir = parse.GetValue(resume);
             if (initDir is not null && resumeDir is not null)
                 throw new ArgumentException("Use either --init (weights only) or --resume (weights, optimizer state and step), not both.");
-            var explicitConfig = parse.GetValue(config) is { } path ? GptConfig.Load(path)
-                : parse.GetResult(model) is { Implicit: false } ? GptConfig.Preset(parse.GetValue(model)!) : null;
-            GptConfig cfg;
+            var explicitConfig = parse.GetValue(config) is { } path ? ModelConfigs.Load(path)
+                : parse.GetResult(model) is { Implicit: false } ? ModelConfigs.Preset(parse.GetValue(model)!) : null;
+            IModelConfig cfg;
             float[][]? weights = null;
             TrainingState? state = null;
             var checkpointDir = resumeDir ?? initDir;
@@ -70,7 +70,7 @@ internal static class TrainCommand
             }
             else
             {
-                cfg = explicitConfig ?? GptConfig.Preset(parse.GetValue(model)!);
+                cfg = explicitConfig ?? ModelConfigs.Preset(parse.GetValue(model)!);
             }
 
             var options = new TrainOptions
@@ -145,7 +145,7 @@ internal static class TrainCommand
     internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");
 
     private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
-        $"{o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
+        $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()})" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
 

@@ -19,7 +19,7 @@ namespace L2L.Model.Bert;
 /// <param name="LayerNormEpsilon">Added to the variance inside every LayerNorm (<c>layer_norm_eps</c>).</param>
 /// <param name="PadTokenId">Token id of padding (<c>pad_token_id</c>): never attended to, never masked for training.</param>
 /// <param name="MaskTokenId">Token id of <c>[MASK]</c> (<c>mask_token_id</c>), written over most positions chosen for masked-language-model training.</param>
-public sealed record BertConfig(
+public sealed partial record BertConfig(
     int VocabSize,
     int HiddenSize,
     int Layers,

@@ -13,7 +13,7 @@ namespace L2L.Model.Data;
 /// cycle walking, so memory stays constant however long the data is. <see cref="Fill"/> is safe to
 /// call from several threads as long as the source's <see cref="ITokenSource.Read"/> is.
 /// </remarks>
-public sealed class BatchLoader
+public sealed class BatchLoader : IBatchSource
 {
     private const int FeistelRounds = 4;
 

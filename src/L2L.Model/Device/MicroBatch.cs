@@ -9,7 +9,7 @@ namespace L2L.Model.Device;
 /// <param name="Config">The model.</param>
 /// <param name="Batch">Sequences per micro-batch (B).</param>
 /// <param name="SeqLen">Tokens per sequence (T).</param>
-public sealed record MicroBatch(GptConfig Config, int Batch, int SeqLen)
+public sealed record MicroBatch(IModelConfig Config, int Batch, int SeqLen)
 {
     /// <summary>Tokens in the micro-batch (N = B*T).</summary>
     public int Tokens => Batch * SeqLen;
@@ -24,6 +24,6 @@ public sealed record MicroBatch(GptConfig Config, int Batch, int SeqLen)
             throw new ArgumentOutOfRangeException(nameof(Batch), Batch, "The micro-batch must hold at least one sequence.");
         if (SeqLen <= 0 || SeqLen > Config.MaxPositions)
             throw new ArgumentOutOfRangeException(nameof(SeqLen), SeqLen,
-                $"Sequence length must be between 1 and the model's n_positions ({Config.MaxPositions}).");
+                $"Sequence length must be between 1 and the model's maximum positions ({Config.MaxPositions}).");
     }
 }

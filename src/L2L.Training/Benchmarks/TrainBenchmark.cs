@@ -56,7 +56,7 @@ public sealed record TrainBenchReport(
 public static class TrainBenchmark
 {
     /// <summary>Runs every configuration; one that does not fit the device is reported with its error.</summary>
-    public static TrainBenchReport Run(Backend backend, string modelName, GptConfig config, int microBatchSize, int seq,
+    public static TrainBenchReport Run(Backend backend, string modelName, IModelConfig config, int microBatchSize, int seq,
         IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null)
     {
         var results = new List<TrainBenchResult>();

@@ -10,9 +10,9 @@ namespace L2L.Model.Device;
 /// GPT-2's layers over one micro-batch, enqueued on a stream. Parameter gradients accumulate
 /// (+=) so micro-batches sum; activation gradients are assigned, except the residual stream's,
 /// which is updated in place. Every method only enqueues work: nothing here synchronizes, and
-/// nothing allocates device memory.
+/// nothing allocates device memory except the two factories.
 /// </summary>
-public sealed class GptLayers
+public sealed class GptLayers : IModelLayers
 {
     private readonly GemmOps _gemm;
     private readonly LayerNormOps _ln;
@@ -40,32 +40,47 @@ public sealed class GptLayers
     /// <summary>The parameter layout.</summary>
     public ModelLayout Layout { get; }
 
-    private GptConfig Config => Layout.Config;
+    private GptConfig Config => (GptConfig)Layout.Config;
+
+    /// <inheritdoc/>
+    public ModelInputs Inputs => new(TokenTypes: false, PadTokenId: null);
+
+    /// <inheritdoc/>
+    public bool BlocksReadInputs => false;
+
+    /// <inheritdoc/>
+    public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
+        new BlockActivations(backend, shape, category, name);
+
+    /// <inheritdoc/>
+    public IModelScratch CreateScratch(Backend backend, MicroBatch shape) => new LayerScratch(backend, shape);
 
     /// <summary>output (N, C) = wte[inputs] + wpe[position]. <paramref name="embedding"/> holds the embedding layer's block.</summary>
-    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<int> inputs, ArrayView<float> output)
+    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, MicroBatchInputs inputs, ArrayView<float> output, IModelScratch scratch)
     {
         var p = new LayerViews(Layout.Embedding, embedding);
-        _embedding.Forward(s, output, inputs, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
+        _embedding.Forward(s, output, inputs.Ids.View, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
     }
 
     /// <summary>
-    /// Embedding gradients (+=) from dInput (N, C), the gradient at block 0's input. <paramref name="plan"/>
-    /// holds the micro-batch's tokens grouped by id (<see cref="ScatterPlans"/>), <paramref name="segments"/> their count.
+    /// Embedding gradients (+=) from dOutput (N, C), the gradient at block 0's input, scattered by the
+    /// uploaded plan of the micro-batch's ids. The embedding is linear, so nothing is recomputed.
     /// </summary>
-    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embeddingGrads, ArrayView<int> plan, int segments, ArrayView<float> dInput)
+    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<float> embeddingGrads,
+        MicroBatchInputs inputs, ArrayView<float> dOutput, IModelScratch scratch)
     {
         var g = new LayerViews(Layout.Embedding, embeddingGrads);
-        _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dInput, plan, segments, mb.Batch, mb.SeqLen, Config.Channels);
+        _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dOutput, inputs.ScatterPlan.View, inputs.Segments, mb.Batch, mb.SeqLen, Config.Channels);
     }
 
     /// <summary>
     /// One pre-LN transformer block: x1 = x + proj(attn(ln_1(x))); output = x1 + mlp(ln_2(x1)).
-    /// Saves what the backward needs in <paramref name="act"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
+    /// Saves what the backward needs in <paramref name="activations"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
     /// </summary>
     public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters,
-        ArrayView<float> input, ArrayView<float> output, BlockActivations act)
+        ArrayView<float> input, ArrayView<float> output, IBlockActivations activations, MicroBatchInputs inputs)
     {
+        var act = (BlockActivations)activations;
         var p = new LayerViews(layer, parameters);
         int n = mb.Tokens, c = Config.Channels;
         _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
@@ -86,8 +101,10 @@ public sealed class GptLayers
     /// gradients accumulate into <paramref name="grads"/> (the layer's gradient block).
     /// </summary>
     public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, BlockActivations act, LayerScratch scratch)
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs)
     {
+        var act = (BlockActivations)activations;
+        var scratch = (LayerScratch)modelScratch;
         var p = new LayerViews(layer, parameters);
         var g = new LayerViews(layer, grads);
         int n = mb.Tokens, c = Config.Channels;
@@ -119,14 +136,16 @@ public sealed class GptLayers
 
     /// <summary>
     /// The tied LM head and the loss, forward and backward in one pass: logits = ln_f(x) . wte^T,
-    /// mean cross-entropy against <paramref name="targets"/> scaled by <paramref name="lossScale"/>
-    /// (1 / tokens in the whole minibatch), the summed loss added to <c>scratch.LossTotal</c>,
+    /// mean cross-entropy against the uploaded targets scaled by <paramref name="lossScale"/>
+    /// (1 / labelled targets in the whole minibatch), the summed loss added to <c>scratch.LossTotal</c>,
     /// head and wte gradients accumulated, and the gradient at the head's input written to <paramref name="dInput"/>.
     /// </summary>
     public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> headGrads,
-        ArrayView<float> embedding, ArrayView<float> embeddingGrads, ArrayView<float> input, ArrayView<int> targets,
-        ArrayView<float> dInput, LayerScratch scratch, float lossScale)
+        ArrayView<float> embedding, ArrayView<float> embeddingGrads, ArrayView<float> input, MicroBatchInputs inputs,
+        ArrayView<float> dInput, IModelScratch modelScratch, float lossScale)
     {
+        var scratch = (LayerScratch)modelScratch;
+        var targets = inputs.Targets.View;
         var p = new LayerViews(Layout.Head, head);
         var g = new LayerViews(Layout.Head, headGrads);
         var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
@@ -135,7 +154,7 @@ public sealed class GptLayers
         var logits = scratch.Logits.View;
         _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, logits, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
-        _crossEntropy.ForwardBackward(s, scratch.Losses.View, logits, logits, targets, n, v, lossScale);
+        _crossEntropy.ForwardBackward(s, scratch.Losses.View, logits, logits, targets, n, v, lossScale, MicroBatchInputs.IgnoreIndex);
         AccumulateLoss(s, scratch);
         _gemm.Gemm(s, scratch.DLn.View, logits, wte, n, c, v, GemmLayout.NN);
         _gemm.Gemm(s, dWte, logits, scratch.Lnf.View, v, c, n, GemmLayout.TN, accumulate: true);
@@ -144,14 +163,16 @@ public sealed class GptLayers
 
     /// <summary>The head and loss forward only (evaluation): adds the summed loss to <c>scratch.LossTotal</c>.</summary>
     public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> embedding,
-        ArrayView<float> input, ArrayView<int> targets, LayerScratch scratch)
+        ArrayView<float> input, MicroBatchInputs inputs, IModelScratch modelScratch)
     {
+        var scratch = (LayerScratch)modelScratch;
+        var targets = inputs.Targets.View;
         var p = new LayerViews(Layout.Head, head);
         var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
         int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
         _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, scratch.Logits.View, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
-        _crossEntropy.Forward(s, scratch.Losses.View, scratch.Logits.View, targets, n, v);
+        _crossEntropy.Forward(s, scratch.Losses.View, scratch.Logits.View, targets, n, v, MicroBatchInputs.IgnoreIndex);
         AccumulateLoss(s, scratch);
     }
 

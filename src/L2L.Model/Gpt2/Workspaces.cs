@@ -1,4 +1,4 @@
-// Device buffers one micro-batch needs while layers run: saved activations, backward scratch, head and token buffers.
+// GPT-2's device buffers for one micro-batch while layers run: saved block activations, backward and head scratch.
 using ILGPU;
 using L2L.Backends;
 using L2L.Backends.Ops;
@@ -9,7 +9,7 @@ namespace L2L.Model.Device;
 /// What a transformer block's forward keeps for its backward, for one micro-batch. The relay
 /// executor has one (filled again by recomputation); the conventional executor has one per block.
 /// </summary>
-public sealed class BlockActivations : IDisposable
+public sealed class BlockActivations : IBlockActivations
 {
     private readonly ResourceList _owned = new();
 
@@ -61,8 +61,11 @@ public sealed class BlockActivations : IDisposable
     }
 }
 
-/// <summary>Scratch for the backward passes and the head, for one micro-batch; shared by all layers.</summary>
-public sealed class LayerScratch : IDisposable
+/// <summary>
+/// Scratch for the backward passes and the head, for one micro-batch; shared by all layers. The
+/// token ids, targets and scatter plan it once held are in <see cref="MicroBatchInputs"/>, shared by every model.
+/// </summary>
+public sealed class LayerScratch : IModelScratch
 {
     private readonly ResourceList _owned = new();
 
@@ -85,9 +88,6 @@ public sealed class LayerScratch : IDisposable
         LossSlot = A<float>(1, "head.loss-slot");
         LossTotal = A<float>(1, "head.loss-total");
         Partials = A<float>(ReduceOps.PartialsLength(backend), "head.partials");
-        Inputs = A<int>(n, "tokens.inputs");
-        Targets = A<int>(n, "tokens.targets");
-        ScatterPlan = A<int>(EmbeddingScatterPlan.Length((int)n), "tokens.scatter-plan");
     }
 
     /// <summary>(N, C) gradient scratch.</summary>
@@ -114,12 +114,6 @@ public sealed class LayerScratch : IDisposable
     public DeviceBuffer<float> LossTotal { get; }
     /// <summary>Reduction scratch.</summary>
     public DeviceBuffer<float> Partials { get; }
-    /// <summary>Input token ids (N).</summary>
-    public DeviceBuffer<int> Inputs { get; }
-    /// <summary>Target token ids (N).</summary>
-    public DeviceBuffer<int> Targets { get; }
-    /// <summary>The input tokens grouped by id, for the embedding gradient (see <see cref="EmbeddingScatterPlan"/>).</summary>
-    public DeviceBuffer<int> ScatterPlan { get; }
 
     /// <inheritdoc/>
     public void Dispose()

@@ -24,13 +24,15 @@ public static class GptInit
     public static float[][] Create(ModelLayout layout, int seed)
     {
         ArgumentNullException.ThrowIfNull(layout);
+        var config = layout.Config as GptConfig
+            ?? throw new ArgumentException($"GPT-2 initialisation needs a GPT-2 layout, got model type '{layout.Config.ModelType}'.", nameof(layout));
         var result = layout.Layers.Select(l => new float[l.Length]).ToArray();
         var work = layout.Layers.SelectMany(l => Enumerable.Range(0, (int)((l.Length + ChunkLength - 1) / ChunkLength)).Select(c => (Layer: l, Chunk: c))).ToArray();
         Parallel.ForEach(work, item =>
         {
             var start = item.Chunk * ChunkLength;
             var length = (int)Math.Min(ChunkLength, item.Layer.Length - start);
-            FillChunk(item.Layer, result[item.Layer.Index].AsSpan(start, length), start, layout.Config, seed);
+            FillChunk(item.Layer, result[item.Layer.Index].AsSpan(start, length), start, config, seed);
         });
         return result;
     }

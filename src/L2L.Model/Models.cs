@@ -1,0 +1,35 @@
+// One place that maps a model config to its implementation: initial weights and device layers.
+using L2L.Backends;
+using L2L.Model.Bert;
+using L2L.Model.Device;
+
+namespace L2L.Model;
+
+/// <summary>Creates what a model type provides, so the executors and the training loop never name a model.</summary>
+public static class Models
+{
+    /// <summary>Fresh weights for <paramref name="layout"/>, reproducible from <paramref name="seed"/>.</summary>
+    public static float[][] Initialize(ModelLayout layout, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        return layout.Config switch
+        {
+            GptConfig => GptInit.Create(layout, seed),
+            BertConfig => BertInit.Create(layout, seed),
+            _ => throw new NotSupportedException($"No initialisation for model type '{layout.Config.ModelType}'."),
+        };
+    }
+
+    /// <summary>The device layers of <paramref name="layout"/>'s model, with their kernels loaded on <paramref name="backend"/>.</summary>
+    public static IModelLayers CreateLayers(Backend backend, ModelLayout layout)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        ArgumentNullException.ThrowIfNull(layout);
+        return layout.Config switch
+        {
+            GptConfig => new GptLayers(backend, layout),
+            BertConfig => throw new NotSupportedException("BERT device layers are not built yet."),
+            _ => throw new NotSupportedException($"No device layers for model type '{layout.Config.ModelType}'."),
+        };
+    }
+}
