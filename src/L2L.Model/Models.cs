@@ -28,7 +28,7 @@ public static class Models
         return layout.Config switch
         {
             GptConfig => new GptLayers(backend, layout),
-            BertConfig => throw new NotSupportedException("BERT device layers are not built yet."),
+            BertConfig => new BertLayers(backend, layout),
             _ => throw new NotSupportedException($"No device layers for model type '{layout.Config.ModelType}'."),
         };
     }

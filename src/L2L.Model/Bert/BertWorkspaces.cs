@@ -1,0 +1,126 @@
+// BERT's device buffers for one micro-batch: what a post-LN block keeps for its backward, and the scratch shared by all layers.
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Backends.Ops;
+using L2L.Model.Device;
+
+namespace L2L.Model.Bert;
+
+/// <summary>What a BERT block's forward keeps for its backward, for one micro-batch (N = B·T tokens, H hidden, I intermediate).</summary>
+public sealed class BertBlockActivations : IBlockActivations
+{
+    private readonly ResourceList _owned = new();
+
+    /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
+    public BertBlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
+    {
+        var config = (BertConfig)shape.Config;
+        long n = shape.Tokens, h = config.HiddenSize, i = config.IntermediateSize;
+        DeviceBuffer<float> F(long len, string what) => _owned.Add(backend.Allocate<float>(len, category, $"{name}.{what}"));
+        Qkv = F(n * 3 * h, "qkv");
+        Probs = F((long)shape.Batch * config.Heads * shape.SeqLen * shape.SeqLen, "probs");
+        AttY = F(n * h, "atty");
+        AttSum = F(n * h, "att-sum"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
+        X1 = F(n * h, "x1");
+        Fc = F(n * i, "fc"); Gelu = F(n * i, "gelu");
+        OutSum = F(n * h, "out-sum"); Mean2 = F(n, "mean2"); Rstd2 = F(n, "rstd2");
+    }
+
+    /// <summary>Query, key and value side by side (N, 3H).</summary>
+    public DeviceBuffer<float> Qkv { get; }
+    /// <summary>Attention probabilities (B, NH, T, T).</summary>
+    public DeviceBuffer<float> Probs { get; }
+    /// <summary>Attention output before its dense projection (N, H).</summary>
+    public DeviceBuffer<float> AttY { get; }
+    /// <summary>x + dense(attention), the input of the attention LayerNorm (N, H).</summary>
+    public DeviceBuffer<float> AttSum { get; }
+    /// <summary>Mean of the attention LayerNorm (N).</summary>
+    public DeviceBuffer<float> Mean1 { get; }
+    /// <summary>Reciprocal std of the attention LayerNorm (N).</summary>
+    public DeviceBuffer<float> Rstd1 { get; }
+    /// <summary>The attention LayerNorm's output, the feed-forward's input (N, H).</summary>
+    public DeviceBuffer<float> X1 { get; }
+    /// <summary>Intermediate dense output before GELU (N, I).</summary>
+    public DeviceBuffer<float> Fc { get; }
+    /// <summary>GELU output (N, I).</summary>
+    public DeviceBuffer<float> Gelu { get; }
+    /// <summary>x1 + dense(gelu), the input of the output LayerNorm (N, H).</summary>
+    public DeviceBuffer<float> OutSum { get; }
+    /// <summary>Mean of the output LayerNorm (N).</summary>
+    public DeviceBuffer<float> Mean2 { get; }
+    /// <summary>Reciprocal std of the output LayerNorm (N).</summary>
+    public DeviceBuffer<float> Rstd2 { get; }
+
+    /// <inheritdoc/>
+    public void Dispose() => _owned.Dispose();
+}
+
+/// <summary>BERT's scratch for one micro-batch, shared by all layers: backward temporaries, the embedding's and the head's internals, the loss.</summary>
+public sealed class BertScratch : IModelScratch
+{
+    private readonly ResourceList _owned = new();
+
+    /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
+    public BertScratch(Backend backend, MicroBatch shape)
+    {
+        var config = (BertConfig)shape.Config;
+        long n = shape.Tokens, h = config.HiddenSize, i = config.IntermediateSize, v = config.VocabSize, t = shape.SeqLen;
+        DeviceBuffer<float> F(long len, string what) => _owned.Add(backend.Allocate<float>(len, MemoryCategory.Workspace, what));
+        DLn = F(n * h, "scratch.dln");
+        DWide = F(n * Math.Max(i, 3 * h), "scratch.dwide");
+        AttentionScratch = F(AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, (int)h, config.Heads), "scratch.attention");
+        EmbeddingSum = F(n * h, "embedding.sum"); EmbeddingRows = F(n * h, "embedding.rows");
+        EmbeddingMean = F(n, "embedding.mean"); EmbeddingRstd = F(n, "embedding.rstd");
+        Zeros = F(t * h, "embedding.zeros"); PositionSink = F(t * h, "embedding.position-sink");
+        Transform = F(n * h, "head.transform"); TransformGelu = F(n * h, "head.transform-gelu");
+        HeadLn = F(n * h, "head.ln"); HeadMean = F(n, "head.mean"); HeadRstd = F(n, "head.rstd");
+        Logits = F(n * v, "head.logits");
+        Losses = F(n, "head.losses");
+        LossSlot = F(1, "head.loss-slot");
+        LossTotal = F(1, "head.loss-total");
+        Partials = F(ReduceOps.PartialsLength(backend), "head.partials");
+        Zeros.View.MemSetToZero(backend.ComputeStream);
+    }
+
+    /// <summary>(N, H) gradient scratch.</summary>
+    public DeviceBuffer<float> DLn { get; }
+    /// <summary>(N, max(I, 3H)) gradient scratch: the feed-forward's, then q, k and v's.</summary>
+    public DeviceBuffer<float> DWide { get; }
+    /// <summary>Scratch for the attention backward.</summary>
+    public DeviceBuffer<float> AttentionScratch { get; }
+    /// <summary>word + position + token-type embedding, the embedding LayerNorm's input (N, H).</summary>
+    public DeviceBuffer<float> EmbeddingSum { get; }
+    /// <summary>Token-type rows, then a discarded LayerNorm output when the embedding is recomputed (N, H).</summary>
+    public DeviceBuffer<float> EmbeddingRows { get; }
+    /// <summary>Mean of the embedding LayerNorm (N).</summary>
+    public DeviceBuffer<float> EmbeddingMean { get; }
+    /// <summary>Reciprocal std of the embedding LayerNorm (N).</summary>
+    public DeviceBuffer<float> EmbeddingRstd { get; }
+    /// <summary>(T, H) zeros: the position term when gathering token-type rows with the embedding kernel.</summary>
+    public DeviceBuffer<float> Zeros { get; }
+    /// <summary>(T, H) where the token-type gradient's unwanted position sums go.</summary>
+    public DeviceBuffer<float> PositionSink { get; }
+    /// <summary>Head transform dense output before GELU (N, H).</summary>
+    public DeviceBuffer<float> Transform { get; }
+    /// <summary>Head transform after GELU (N, H).</summary>
+    public DeviceBuffer<float> TransformGelu { get; }
+    /// <summary>Head LayerNorm output, the decoder's input (N, H).</summary>
+    public DeviceBuffer<float> HeadLn { get; }
+    /// <summary>Head LayerNorm mean (N).</summary>
+    public DeviceBuffer<float> HeadMean { get; }
+    /// <summary>Head LayerNorm rstd (N).</summary>
+    public DeviceBuffer<float> HeadRstd { get; }
+    /// <summary>Logits, then their gradient in place (N, V).</summary>
+    public DeviceBuffer<float> Logits { get; }
+    /// <summary>Per-position losses, 0 where unlabelled (N).</summary>
+    public DeviceBuffer<float> Losses { get; }
+    /// <summary>One micro-batch's summed loss (1).</summary>
+    public DeviceBuffer<float> LossSlot { get; }
+    /// <inheritdoc/>
+    public DeviceBuffer<float> LossTotal { get; }
+    /// <summary>Reduction scratch.</summary>
+    public DeviceBuffer<float> Partials { get; }
+
+    /// <inheritdoc/>
+    public void Dispose() => _owned.Dispose();
+}
