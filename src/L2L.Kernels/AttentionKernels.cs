@@ -1,5 +1,5 @@
 // Multi-head scaled-dot-product attention over a fused qkv tensor (GPT-2 / llm.c layout), forward and backward,
-// with causal masking, per-sequence key lengths (padding), or both.
+// with causal masking, per-sequence key lengths, a per-key padding mask, or any combination.
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -48,10 +48,19 @@ public readonly struct AttentionDims
 /// <summary>
 /// Attention kernels. Shapes: <c>qkv</c> (B, T, 3C) holding q, k, v in that order along the last
 /// dimension, head <c>h</c> using channels <c>h*hs .. h*hs+hs-1</c> of each; output (B, T, C);
-/// probabilities (B, NH, T, T) indexed [b, h, query, key]. <c>keyLengths</c> (B) or empty: sequence
-/// <c>b</c>'s queries attend only keys <c>0 .. keyLengths[b]-1</c> (clamped to [0, T]); combined with
-/// causal masking a query <c>t</c> attends keys <c>0 .. min(t+1, keyLengths[b])-1</c>. A query with no
-/// key to attend (key length 0) gets an all-zero probability row and output.
+/// probabilities (B, NH, T, T) indexed [b, h, query, key].
+/// <para>
+/// Masking: query <c>t</c> of sequence <c>b</c> attends key <c>j</c> when all three hold:
+/// <c>j &lt; keyLengths[b]</c> (clamped to [0, T]; <c>keyLengths</c> (B) or empty = T),
+/// <c>j &lt;= t</c> if causal, and <c>keyMask[b*T + j] != 0</c> (<c>keyMask</c> (B, T) or empty = every key).
+/// The first two make a prefix of the keys, which the loops run over; the mask then skips keys inside it.
+/// A query with no key to attend gets an all-zero probability row and output.
+/// </para>
+/// <para>
+/// Only <see cref="AttentionSoftmaxKernel"/> and <see cref="AttentionQkvBackwardKernel"/> read the mask:
+/// masked probabilities are written as exactly 0, so the value sum and the softmax backward, which multiply
+/// by them, give exactly 0 for masked keys without it.
+/// </para>
 /// </summary>
 /// <remarks>
 /// Every kernel is explicitly grouped with a grid-stride loop over rows or output elements, and every
@@ -64,9 +73,10 @@ public static class AttentionKernels
     /// <summary>
     /// Scores and softmax: for each row (b, h, t) writes <c>probs[b,h,t,:]</c> = softmax over the visible keys of
     /// <c>q[b,t,h] . k[b,j,h] * scale</c>, max-subtracted, and 0 for masked keys.
-    /// Shapes: <c>probs</c> (B, NH, T, T), <c>qkv</c> (B, T, 3C), <c>keyLengths</c> (B) or empty.
+    /// Shapes: <c>probs</c> (B, NH, T, T), <c>qkv</c> (B, T, 3C), <c>keyLengths</c> (B) or empty, <c>keyMask</c> (B, T) or empty.
     /// </summary>
-    public static void AttentionSoftmaxKernel(ArrayView<float> probs, ArrayView<float> qkv, ArrayView<int> keyLengths, AttentionDims d)
+    public static void AttentionSoftmaxKernel(ArrayView<float> probs, ArrayView<float> qkv, ArrayView<int> keyLengths,
+        ArrayView<int> keyMask, AttentionDims d)
     {
         long rows = (long)d.B * d.NH * d.T;
         long stride = Grid.DimX * Group.DimX;
@@ -81,19 +91,23 @@ public static class AttentionKernels
             long q = ((long)b * d.T + t) * c3 + (long)h * d.HeadSize;
             long k0 = (long)b * d.T * c3 + d.C + (long)h * d.HeadSize;
             long p = r * d.T;
+            long m = (long)b * d.T;
 
             // Online max and sum, so the row is visited twice: once for scores, once to normalise them.
+            // sum stays 0 until the first visible key and is at least 1 after it.
             float max = float.NegativeInfinity;
             float sum = 0f;
             for (int j = 0; j < n; j++)
             {
+                if (KeyMasked(keyMask, m + j))
+                    continue;
                 long k = k0 + j * c3;
                 float dot = 0f;
                 for (int c = 0; c < d.HeadSize; c++)
                     dot += qkv[q + c] * qkv[k + c];
                 float s = dot * d.Scale;
                 probs[p + j] = s;
-                if (j == 0)
+                if (sum == 0f)
                 {
                     max = s;
                     sum = 1f;
@@ -108,9 +122,9 @@ public static class AttentionKernels
                     sum += XMath.Exp(s - max);
                 }
             }
-            float inv = n > 0 ? 1f / sum : 0f;
+            float inv = sum > 0f ? 1f / sum : 0f;
             for (int j = 0; j < n; j++)
-                probs[p + j] = XMath.Exp(probs[p + j] - max) * inv;
+                probs[p + j] = KeyMasked(keyMask, m + j) ? 0f : XMath.Exp(probs[p + j] - max) * inv;
             for (int j = n; j < d.T; j++)
                 probs[p + j] = 0f;
         }
@@ -187,10 +201,10 @@ public static class AttentionKernels
     /// <c>dq[b,t] = scale * sum_j dScores[b,h,t,j] k[b,j]</c>, <c>dk[b,j] = scale * sum_t dScores[b,h,t,j] q[b,t]</c>,
     /// <c>dv[b,j] = sum_t probs[b,h,t,j] dOutput[b,t]</c>, each summed over the queries/keys the mask lets through.
     /// Shapes: <c>dQkv</c> (B, T, 3C), <c>dOutput</c> (B, T, C), <c>qkv</c> (B, T, 3C), <c>probs</c> and <c>dScores</c>
-    /// (B, NH, T, T), <c>keyLengths</c> (B) or empty.
+    /// (B, NH, T, T), <c>keyLengths</c> (B) or empty, <c>keyMask</c> (B, T) or empty.
     /// </summary>
     public static void AttentionQkvBackwardKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
-        ArrayView<float> probs, ArrayView<float> dScores, ArrayView<int> keyLengths, AttentionDims d)
+        ArrayView<float> probs, ArrayView<float> dScores, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
     {
         long c3 = 3L * d.C;
         long total = (long)d.B * d.T * c3;
@@ -219,9 +233,9 @@ public static class AttentionKernels
             }
             else
             {
-                // Key t: the column t of dScores / probs over the queries that see it.
+                // Key t: the column t of dScores / probs over the queries that see it; a masked key gets exactly 0.
                 int kl = KeyLimit(keyLengths, d, b);
-                if (t < kl)
+                if (t < kl && !KeyMasked(keyMask, (long)b * d.T + t))
                 {
                     int first = d.Causal != 0 ? t : 0;
                     if (part == 1)
@@ -251,6 +265,9 @@ public static class AttentionKernels
         int kl = keyLengths[b];
         return kl < 0 ? 0 : kl > d.T ? d.T : kl;
     }
+
+    /// <summary>Whether the padding mask hides key <c>keyMask[index]</c> (index = b*T + j); an empty mask hides none.</summary>
+    private static bool KeyMasked(ArrayView<int> keyMask, long index) => keyMask.Length != 0 && keyMask[index] == 0;
 
     /// <summary>The number of keys (a prefix) query <paramref name="t"/> of sequence <paramref name="b"/> attends.</summary>
     private static int KeyCount(ArrayView<int> keyLengths, AttentionDims d, int b, int t)

@@ -1,4 +1,5 @@
-// Multi-head attention (causal, padded, both) against a double-precision reference and finite differences.
+// Multi-head attention (causal, padded by key lengths or by a per-key mask, combinations) against a double-precision
+// reference and finite differences.
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Backends;
@@ -13,14 +14,15 @@ public sealed class AttentionTests(BackendFixture fixture)
 {
     public static TheoryData<DeviceKind> Devices => TestSupport.Devices.All;
 
-    public sealed record Case(int B, int T, int C, int NH, bool Causal, int[]? KeyLengths)
+    public sealed record Case(int B, int T, int C, int NH, bool Causal, int[]? KeyLengths, int[]? KeyMask = null)
     {
         public int QkvLength => B * T * 3 * C;
         public int OutputLength => B * T * C;
         public int ProbsLength => B * NH * T * T;
 
         public override string ToString() =>
-            $"B={B} T={T} C={C} NH={NH} causal={Causal} keyLengths=[{(KeyLengths is null ? "none" : string.Join(",", KeyLengths))}]";
+            $"B={B} T={T} C={C} NH={NH} causal={Causal} keyLengths=[{(KeyLengths is null ? "none" : string.Join(",", KeyLengths))}]" +
+            $" keyMask=[{(KeyMask is null ? "none" : string.Concat(KeyMask.Select(m => m != 0 ? '1' : '0')))}]";
     }
 
     // (B, T, C, NH): head sizes 4, 3, 4, 4, 5, 3; T covers 1, 3, 7, 22, 127.
@@ -206,13 +208,13 @@ public sealed class AttentionTests(BackendFixture fixture)
     {
         var backend = fixture.Get(kind);
         var accelerator = backend.Accelerator;
-        var softmax = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionSoftmaxKernel);
+        var softmax = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionSoftmaxKernel);
         var values = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionValuesKernel);
         var scores = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
             AttentionKernels.AttentionScoresBackwardKernel);
-        var grads = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
+        var grads = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(
             AttentionKernels.AttentionQkvBackwardKernel);
-        var cs = new Case(2, 7, 6, 2, true, [4, 7]);
+        var cs = new Case(2, 7, 6, 2, true, [4, 7], [1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 0]);
         var d = new AttentionDims(cs.B, cs.T, cs.C, cs.NH, cs.Causal);
         var qkv = TestData.Normal(41, cs.QkvLength);
         var dout = TestData.Normal(42, cs.OutputLength);
@@ -222,6 +224,7 @@ public sealed class AttentionTests(BackendFixture fixture)
         using var input = backend.Upload(qkv);
         using var dOutput = backend.Upload(dout);
         using var lengths = backend.Upload(cs.KeyLengths!);
+        using var mask = backend.Upload(cs.KeyMask!);
         var s = backend.ComputeStream;
         // One thread in all, groups smaller than a warp, and more threads than work.
         foreach (var config in new[] { new KernelConfig(1, 1), new KernelConfig(3, 7), new KernelConfig(5, 32) })
@@ -230,10 +233,10 @@ public sealed class AttentionTests(BackendFixture fixture)
             using var probs = backend.Upload(Filled(cs.ProbsLength, float.NaN));
             using var dScores = backend.Upload(Filled(cs.ProbsLength, float.NaN));
             using var dQkv = backend.Upload(Filled(cs.QkvLength, float.NaN));
-            softmax(s, config, probs.View, input.View, lengths.View, d);
+            softmax(s, config, probs.View, input.View, lengths.View, mask.View, d);
             values(s, config, output.View, probs.View, input.View, lengths.View, d);
             scores(s, config, dScores.View, dOutput.View, input.View, probs.View, lengths.View, d);
-            grads(s, config, dQkv.View, dOutput.View, input.View, probs.View, dScores.View, lengths.View, d);
+            grads(s, config, dQkv.View, dOutput.View, input.View, probs.View, dScores.View, lengths.View, mask.View, d);
             TensorAssert.Equal(expectedProbs, backend.Download(probs), $"probs {config}");
             TensorAssert.Equal(expectedOutput, backend.Download(output), $"output {config}");
             TensorAssert.Equal(expectedDQkv, backend.Download(dQkv), $"dQkv {config}");
@@ -253,6 +256,7 @@ public sealed class AttentionTests(BackendFixture fixture)
         using var dQkv = backend.Zeros<float>(b * t * 3 * c);
         using var scratch = backend.Zeros<float>(AttentionOps.BackwardScratchLength(b, t, c, nh));
         using var lengths = backend.Zeros<int>(b + 1);
+        using var mask = backend.Zeros<int>(b * t - 1);
         var none = ArrayView<int>.Empty;
 
         var e = Assert.Throws<ArgumentException>(() => ops.Forward(s, output.View, probs.View, qkv.View.SubView(1), none, b, t, c, nh, true));
@@ -261,6 +265,10 @@ public sealed class AttentionTests(BackendFixture fixture)
         Assert.Contains("probs", e.Message);
         e = Assert.Throws<ArgumentException>(() => ops.Forward(s, output.View, probs.View, qkv.View, lengths.View, b, t, c, nh, false));
         Assert.Contains("keyLengths", e.Message);
+        e = Assert.Throws<ArgumentException>(() => ops.Forward(s, output.View, probs.View, qkv.View, none, mask.View, b, t, c, nh, false));
+        Assert.Contains("keyMask", e.Message);
+        e = Assert.Throws<ArgumentException>(() => ops.Backward(s, dQkv.View, output.View, qkv.View, probs.View, scratch.View, none, mask.View, b, t, c, nh, false));
+        Assert.Contains("keyMask", e.Message);
         e = Assert.Throws<ArgumentException>(() => ops.Forward(s, output.View, probs.View, qkv.View, none, b, t, c, 4, true));
         Assert.Contains("multiple", e.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => ops.Forward(s, output.View, probs.View, qkv.View, none, b, 0, c, nh, true));
@@ -268,6 +276,116 @@ public sealed class AttentionTests(BackendFixture fixture)
         Assert.Contains("scratch", e.Message);
         e = Assert.Throws<ArgumentException>(() => ops.Backward(s, dQkv.View.SubView(1), output.View, qkv.View, probs.View, scratch.View, none, b, t, c, nh, true));
         Assert.Contains("dQkv", e.Message);
+    }
+
+    // (B, T, C, NH) for the key mask: odd T, head sizes 5, 3, 3, 4, 3.
+    private static readonly (int B, int T, int C, int NH)[] MaskShapes =
+        [(1, 1, 4, 1), (2, 7, 15, 3), (3, 5, 9, 3), (2, 22, 8, 2), (1, 127, 6, 2)];
+
+    /// <summary>
+    /// Bidirectional cases with a key mask that hides interior keys and a trailing run (BERT's padding); sequence 1,
+    /// where present, has every key masked. Then the same mask with causal masking and key lengths on top.
+    /// </summary>
+    private static IEnumerable<Case> MaskedCases((int B, int T, int C, int NH)[] shapes)
+    {
+        foreach (var (b, t, c, nh) in shapes)
+        {
+            var mask = new int[b * t];
+            for (var bi = 0; bi < b; bi++)
+                for (var j = 0; j < t; j++)
+                {
+                    var trailing = j >= t - (t / 3 + bi % 2);   // the last third or so is padding
+                    var interior = j % 3 == 1 && j < t / 2;      // and a few scattered keys before it
+                    mask[bi * t + j] = bi == 1 || trailing || interior ? 0 : 1 + j % 2; // any nonzero value means "attend"
+                }
+            var lengths = Enumerable.Range(0, b).Select(i => i % 2 == 0 ? t - 1 : t).ToArray();
+            yield return new Case(b, t, c, nh, false, null, mask);
+            yield return new Case(b, t, c, nh, true, null, mask);
+            yield return new Case(b, t, c, nh, false, lengths, mask);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void ForwardWithKeyMaskMatchesReference(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var (atol, rtol) = Tolerance(kind);
+        var seed = 200;
+        foreach (var cs in MaskedCases(MaskShapes))
+        {
+            var qkv = TestData.Normal(++seed, cs.QkvLength);
+            var (output, probs) = RunForward(backend, cs, qkv);
+            var (expectedOutput, expectedProbs) = AttentionReference.Forward(TestData.ToDouble(qkv), cs.KeyLengths, cs.KeyMask, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+            TensorAssert.Close(expectedProbs, probs, atol, rtol, $"probs {cs}");
+            TensorAssert.Close(expectedOutput, output, atol, rtol, $"output {cs}");
+            for (var b = 0; b < cs.B; b++)
+                for (var h = 0; h < cs.NH; h++)
+                    for (var t = 0; t < cs.T; t++)
+                    {
+                        var row = ((b * cs.NH + h) * cs.T + t) * cs.T;
+                        var sum = 0.0;
+                        var any = false;
+                        for (var j = 0; j < cs.T; j++)
+                        {
+                            if (AttentionReference.Visible(cs.KeyLengths, cs.KeyMask, b, t, j, cs.T, cs.Causal)) { sum += probs[row + j]; any = true; }
+                            else Assert.True(probs[row + j] == 0f, $"{cs}: masked probs[b={b}, h={h}, t={t}, j={j}] = {probs[row + j]}");
+                        }
+                        // A query whose every key is masked gets a zero row (and, above, a zero output).
+                        Assert.True(Math.Abs(sum - (any ? 1.0 : 0.0)) <= 1e-5, $"{cs}: row (b={b}, h={h}, t={t}) sums to {sum}");
+                    }
+        }
+    }
+
+    [Fact]
+    public void TrailingKeyMaskGivesBitwiseTheResultsOfKeyLengths()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        foreach (var causal in new[] { false, true })
+        {
+            var byLengths = new Case(3, 9, 10, 2, causal, [9, 4, 0]);
+            var mask = Enumerable.Range(0, 27).Select(i => i % 9 < byLengths.KeyLengths![i / 9] ? 1 : 0).ToArray();
+            var byMask = new Case(3, 9, 10, 2, causal, null, mask);
+            var qkv = TestData.Normal(51, byLengths.QkvLength);
+            var dout = TestData.Normal(52, byLengths.OutputLength);
+            var (output1, probs1) = RunForward(backend, byLengths, qkv);
+            var (output2, probs2) = RunForward(backend, byMask, qkv);
+            TensorAssert.Equal(probs1, probs2, $"probs causal={causal}");
+            TensorAssert.Equal(output1, output2, $"output causal={causal}");
+            TensorAssert.Equal(RunBackward(backend, byLengths, qkv, probs1, dout), RunBackward(backend, byMask, qkv, probs2, dout), $"dQkv causal={causal}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void BackwardWithKeyMaskMatchesFiniteDifferences(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var (atol, rtol) = Tolerance(kind);
+        var seed = 300;
+        foreach (var cs in MaskedCases([(1, 1, 4, 1), (2, 7, 15, 3), (3, 5, 9, 3), (1, 13, 8, 2)]))
+        {
+            var qkv = TestData.Normal(++seed, cs.QkvLength);
+            var dout = TestData.Normal(++seed, cs.OutputLength);
+            var (_, probs) = RunForward(backend, cs, qkv);
+            var dQkv = RunBackward(backend, cs, qkv, probs, dout);
+
+            var x = TestData.ToDouble(qkv);
+            var dy = TestData.ToDouble(dout);
+            var numeric = FiniteDifference.Gradient(
+                v => FiniteDifference.Dot(AttentionReference.Forward(v, cs.KeyLengths, cs.KeyMask, cs.B, cs.T, cs.C, cs.NH, cs.Causal).Output, dy), x);
+            var (_, refProbs) = AttentionReference.Forward(x, cs.KeyLengths, cs.KeyMask, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+            var analytic = AttentionReference.Backward(dy, x, refProbs, cs.KeyLengths, cs.KeyMask, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+            TensorAssert.Close(numeric, analytic, 1e-7, 1e-6, $"reference backward vs finite differences {cs}");
+            TensorAssert.Close(numeric, dQkv, atol, rtol, $"dQkv vs finite differences {cs}");
+            TensorAssert.Close(analytic, dQkv, atol, rtol, $"dQkv vs reference backward {cs}");
+            // A masked key's k and v do not reach the output: their gradients are exactly zero.
+            for (var b = 0; b < cs.B; b++)
+                for (var j = 0; j < cs.T; j++)
+                    if (cs.KeyMask![b * cs.T + j] == 0)
+                        for (var col = cs.C; col < 3 * cs.C; col++)
+                            Assert.True(dQkv[(b * cs.T + j) * 3 * cs.C + col] == 0f, $"{cs}: dk/dv of masked key (b={b}, j={j}) col {col}");
+        }
     }
 
     /// <summary>q and k of magnitude ~30 so that scores reach ~1e3; v of magnitude 1.</summary>
@@ -324,8 +442,13 @@ public sealed class AttentionTests(BackendFixture fixture)
         using var output = backend.Upload(Filled(cs.OutputLength, float.NaN));
         using var probs = backend.Upload(Filled(cs.ProbsLength, float.NaN));
         using var lengths = cs.KeyLengths is null ? null : backend.Upload(cs.KeyLengths);
-        ops.Forward(backend.ComputeStream, output.View, probs.View, input.View, lengths?.View ?? ArrayView<int>.Empty,
-            cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        using var mask = cs.KeyMask is null ? null : backend.Upload(cs.KeyMask);
+        if (mask is null) // the overload without a mask, as GPT-2 calls it
+            ops.Forward(backend.ComputeStream, output.View, probs.View, input.View, lengths?.View ?? ArrayView<int>.Empty,
+                cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        else
+            ops.Forward(backend.ComputeStream, output.View, probs.View, input.View, lengths?.View ?? ArrayView<int>.Empty, mask.View,
+                cs.B, cs.T, cs.C, cs.NH, cs.Causal);
         return (backend.Download(output), backend.Download(probs));
     }
 
@@ -339,8 +462,13 @@ public sealed class AttentionTests(BackendFixture fixture)
         using var dQkv = backend.Upload(Filled(cs.QkvLength, float.NaN));
         using var scratch = backend.Upload(Filled((int)AttentionOps.BackwardScratchLength(cs.B, cs.T, cs.C, cs.NH), float.NaN));
         using var lengths = cs.KeyLengths is null ? null : backend.Upload(cs.KeyLengths);
-        ops.Backward(backend.ComputeStream, dQkv.View, dOutput.View, input.View, savedProbs.View, scratch.View,
-            lengths?.View ?? ArrayView<int>.Empty, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        using var mask = cs.KeyMask is null ? null : backend.Upload(cs.KeyMask);
+        if (mask is null)
+            ops.Backward(backend.ComputeStream, dQkv.View, dOutput.View, input.View, savedProbs.View, scratch.View,
+                lengths?.View ?? ArrayView<int>.Empty, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
+        else
+            ops.Backward(backend.ComputeStream, dQkv.View, dOutput.View, input.View, savedProbs.View, scratch.View,
+                lengths?.View ?? ArrayView<int>.Empty, mask.View, cs.B, cs.T, cs.C, cs.NH, cs.Causal);
         return backend.Download(dQkv);
     }
 }
