@@ -45,14 +45,20 @@ public sealed class Trainer : IDisposable
     /// </summary>
     public Trainer(Backend backend, TrainOptions options, ITokenSource data, float[][]? init = null, TrainingState? resume = null,
         ITokenSource? labels = null)
+        : this(backend, options, CheckedBatches(options, data, labels), init, resume)
+    {
+    }
+
+    /// <summary>Prepares a run that reads its minibatches from <paramref name="batches"/> (B and T as in <paramref name="options"/>).</summary>
+    public Trainer(Backend backend, TrainOptions options, IBatchSource batches, float[][]? init = null, TrainingState? resume = null)
     {
         options.Validate();
-        if (data.VocabSize > options.Config.VocabSize)
-            throw new ArgumentException($"The data ({data.Description}) uses a vocabulary of {data.VocabSize}, larger than the model's vocab_size {options.Config.VocabSize}.");
+        if (batches.Batch != options.Batch || batches.SeqLen != options.SeqLen)
+            throw new ArgumentException($"The batch source makes {batches.Batch}x{batches.SeqLen} minibatches; the run needs {options.Batch}x{options.SeqLen}.");
         _backend = backend;
         _options = options;
         _layout = new ModelLayout(options.Config);
-        _loader = BatchSources.Create(options, data, labels);
+        _loader = batches;
         _inputs = new int[options.Batch * options.SeqLen];
         _targets = new int[options.Batch * options.SeqLen];
         if (options.DeviceBudgetBytes is { } budget)
@@ -77,6 +83,14 @@ public sealed class Trainer : IDisposable
         {
             _executor = new ConventionalExecutor(backend, _layout, weights, options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
         }
+    }
+
+    private static IBatchSource CheckedBatches(TrainOptions options, ITokenSource data, ITokenSource? labels)
+    {
+        options.Validate();
+        if (data.VocabSize > options.Config.VocabSize)
+            throw new ArgumentException($"The data ({data.Description}) uses a vocabulary of {data.VocabSize}, larger than the model's vocab_size {options.Config.VocabSize}.");
+        return BatchSources.Create(options, data, labels);
     }
 
     /// <summary>The parameter layout.</summary>

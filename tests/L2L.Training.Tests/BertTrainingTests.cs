@@ -1,0 +1,74 @@
+// BERT through every executor: relay (device and host stash) computes what conventional training computes; host-stash memory is constant in depth.
+using L2L.Backends;
+using L2L.TestSupport;
+using L2L.Training.Optim;
+using Xunit;
+
+namespace L2L.Training.Tests;
+
+public sealed class BertTrainingTests(BackendFixture fixture)
+{
+    // As for GPT-2 (RelayEquivalenceTests): forward and backward run the same kernels in the same order in
+    // every executor; only the optimizer's host vs device rounding differs.
+    private const double Atol = 1e-5, Rtol = 1e-4;
+
+    public static TheoryData<OptimizerKind> Optimizers => new(OptimizerKind.Sgd, OptimizerKind.AdamW);
+
+    [Theory]
+    [MemberData(nameof(Optimizers))]
+    public void RelayMatchesConventionalLossesAndWeights(OptimizerKind optimizer)
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = BertHarness.Tiny();
+        var conventional = BertHarness.Run(backend, BertHarness.Options(config, ExecutorKind.Conventional, optimizer: optimizer));
+        var relayDevice = BertHarness.Run(backend, BertHarness.Options(config, ExecutorKind.Relay, StashPlacement.Device, optimizer));
+        var relayHost = BertHarness.Run(backend, BertHarness.Options(config, ExecutorKind.Relay, StashPlacement.Host, optimizer));
+
+        Assert.Equal(3, conventional.Losses.Length);
+        Assert.All(conventional.Losses, l => Assert.InRange(l, 1, 10)); // near ln(36) = 3.58 at the start
+        TensorAssert.Close(conventional.Losses, relayDevice.Losses, Atol, Rtol, "relay (device stash) losses");
+        TensorAssert.Close(conventional.Losses, relayHost.Losses, Atol, Rtol, "relay (host stash) losses");
+        var reference = TestData.ToDouble(TrainingHarness.Flatten(conventional.Weights));
+        TensorAssert.Close(reference, TrainingHarness.Flatten(relayDevice.Weights), Atol, Rtol, "relay (device stash) weights");
+        TensorAssert.Close(reference, TrainingHarness.Flatten(relayHost.Weights), Atol, Rtol, "relay (host stash) weights");
+        TensorAssert.Equal(TrainingHarness.Flatten(relayDevice.Weights), TrainingHarness.Flatten(relayHost.Weights), "device vs host stash");
+        Assert.Equal(relayDevice.Losses, relayHost.Losses);
+        // Training moved every layer, the tied word embedding included.
+        var initial = L2L.Model.Models.Initialize(new L2L.Model.ModelLayout(config), 11);
+        for (var i = 0; i < initial.Length; i++)
+            Assert.NotEqual(initial[i], relayHost.Weights[i]);
+    }
+
+    [Fact]
+    public void MicroBatchCountDoesNotChangeTheResult()
+    {
+        // The loss is normalised by the minibatch's labelled count, so splitting it differently changes only summation order.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = BertHarness.Tiny();
+        var one = BertHarness.Run(backend, BertHarness.Options(config, ExecutorKind.Relay, microBatches: 1));
+        var four = BertHarness.Run(backend, BertHarness.Options(config, ExecutorKind.Relay, microBatches: 4));
+        TensorAssert.Close(one.Losses, four.Losses, Atol, Rtol, "losses");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(four.Weights), Atol, Rtol, "weights");
+    }
+
+    private long Peak(int layers, ExecutorKind executor, StashPlacement stash, int microBatches)
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var run = BertHarness.Run(backend, BertHarness.Options(BertHarness.Tiny(layers), executor, stash, batch: 2 * microBatches, microBatches: microBatches, steps: 1));
+        Assert.Equal(0, backend.Memory.CurrentBytes);
+        return run.Metrics[^1].DevicePeakBytes;
+    }
+
+    [Fact]
+    public void HostStashPeakIsIdenticalForDepth()
+    {
+        var reference = Peak(2, ExecutorKind.Relay, StashPlacement.Host, 1);
+        Assert.True(reference > 0);
+        Assert.Equal(reference, Peak(4, ExecutorKind.Relay, StashPlacement.Host, 1));
+        Assert.Equal(reference, Peak(8, ExecutorKind.Relay, StashPlacement.Host, 1));
+        Assert.Equal(reference, Peak(4, ExecutorKind.Relay, StashPlacement.Host, 4));
+        var two = Peak(2, ExecutorKind.Conventional, StashPlacement.Device, 1);
+        var four = Peak(4, ExecutorKind.Conventional, StashPlacement.Device, 1);
+        Assert.True(two < four, $"conventional {two} vs {four}");
+    }
+}
