@@ -27,11 +27,25 @@ public sealed class EagerParamServer : IDisposable
     private readonly float[][] _state;
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
+    private readonly bool[] _onDevice;
     private long _busBytes;
+    private long _updateWaitTicks;
 
     /// <summary>Creates the server with <paramref name="initial"/> weights (one array per layer of <paramref name="layout"/>).</summary>
+    /// <param name="backend">The device whose page-locked memory the buffers use.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="initial">The initial weights, one array per layer.</param>
+    /// <param name="optimizer">The host optimizer and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="threads">Host optimizer threads (null: all cores).</param>
+    /// <param name="deviceUpdated">
+    /// Layers the executor updates on the device (see <see cref="Update.DeviceLayerOptimizer"/>): the server
+    /// keeps their weights for checkpoints (the executor writes them back with <see cref="EnqueueStoreWeights"/>)
+    /// but no gradient buffer and no optimizer state for them.
+    /// </param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
-        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null)
+        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null)
     {
         Layout = layout;
         Settings = optimizer;
@@ -44,6 +58,9 @@ public sealed class EagerParamServer : IDisposable
         _grads = new PinnedHostBuffer<float>[count];
         _state = new float[count][];
         _updates = new Task?[count];
+        _onDevice = new bool[count];
+        foreach (var i in deviceUpdated ?? [])
+            _onDevice[i] = true;
         for (var i = 0; i < count; i++)
         {
             var length = layout.Layers[i].Length;
@@ -51,8 +68,8 @@ public sealed class EagerParamServer : IDisposable
                 throw new ArgumentException($"Layer '{layout.Layers[i].Name}' has {initial[i].Length} weights, expected {length}.", nameof(initial));
             _weights[i] = backend.AllocatePinned<float>(length);
             initial[i].AsSpan().CopyTo(_weights[i].Span);
-            _grads[i] = backend.AllocatePinned<float>(length);
-            _state[i] = new float[_optimizer.StateFloatsPerParam * length];
+            _grads[i] = backend.AllocatePinned<float>(_onDevice[i] ? 0 : length);
+            _state[i] = _onDevice[i] ? [] : new float[_optimizer.StateFloatsPerParam * length];
         }
         if (resume is not null)
         {
@@ -61,7 +78,8 @@ public sealed class EagerParamServer : IDisposable
                     $"The checkpoint's optimizer state is for '{resume.Optimizer}' ({resume.StateFloatsPerParam} floats per parameter), " +
                     $"but training uses '{OptimizerName(optimizer.Kind)}'. Resume with --optimizer {resume.Optimizer}, or start fresh with --init instead of --resume.");
             for (var i = 0; i < count; i++)
-                resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+                if (!_onDevice[i])
+                    resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
             StepsDone = resume.Step;
         }
     }
@@ -81,13 +99,27 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Bytes moved between host and device by this server (weights in, gradients out).</summary>
     public long BusBytes => Interlocked.Read(ref _busBytes);
 
+    /// <summary>
+    /// Seconds the executor has spent blocked in <see cref="EnqueueFetch"/> waiting for a layer's host
+    /// update to finish — the device idles for that long unless it has queued work.
+    /// </summary>
+    public double UpdateWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _updateWaitTicks)).TotalSeconds;
+
+    /// <summary>Whether the executor updates layer <paramref name="layer"/> on the device.</summary>
+    public bool IsDeviceUpdated(int layer) => _onDevice[layer];
+
     /// <summary>The name used in checkpoints and on the command line.</summary>
     public static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
 
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s weights into <paramref name="target"/>, after its pending update finishes.</summary>
     public void EnqueueFetch(int layer, AcceleratorStream copyStream, ArrayView<float> target)
     {
-        WaitForUpdate(layer);
+        if (_updates[layer] is not null)
+        {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
+            WaitForUpdate(layer);
+            Interlocked.Add(ref _updateWaitTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
+        }
         var length = Layout.Layers[layer].Length;
         _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
         Interlocked.Add(ref _busBytes, length * sizeof(float));
@@ -96,6 +128,8 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed gradients from <paramref name="source"/> to the host.</summary>
     public void EnqueueGradients(int layer, AcceleratorStream copyStream, ArrayView<float> source)
     {
+        if (_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device; its gradients stay there.");
         WaitForUpdate(layer); // the gradient buffer is still being read by the previous update
         var length = Layout.Layers[layer].Length;
         _grads[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, length));
@@ -108,6 +142,8 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public void BeginUpdate(int layer, long step)
     {
+        if (_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device.");
         WaitForUpdate(layer);
         _updates[layer] = Task.Run(() => Update(layer, step));
     }
@@ -157,12 +193,35 @@ public sealed class EagerParamServer : IDisposable
         return _weights.Select(w => w.Span.ToArray()).ToArray();
     }
 
-    /// <summary>The optimizer state for a checkpoint, after pending updates finish.</summary>
-    public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>
+    /// The optimizer state for a checkpoint, after pending updates finish. <paramref name="deviceState"/>
+    /// supplies the state of the layers updated on the device, in the host layout.
+    /// </summary>
+    public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null, Func<int, float[]>? deviceState = null)
     {
         WaitAll();
+        var states = new float[_state.Length][];
+        for (var i = 0; i < states.Length; i++)
+        {
+            if (!_onDevice[i])
+                states[i] = (float[])_state[i].Clone();
+            else
+                states[i] = deviceState?.Invoke(i)
+                    ?? throw new InvalidOperationException($"Layer '{Layout.Layers[i].Name}' is updated on the device; its state must come from there.");
+        }
         return new TrainingState(StepsDone, OptimizerName(Settings.Kind), _optimizer.StateFloatsPerParam,
-            _state.Select(s => (float[])s.Clone()).ToArray(), metadata ?? new Dictionary<string, string>());
+            states, metadata ?? new Dictionary<string, string>());
+    }
+
+    /// <summary>
+    /// Enqueues the copy of a device-updated layer's current weights from <paramref name="source"/> into
+    /// the server's host copy, so snapshots and checkpoints see them (the server never updates them itself).
+    /// </summary>
+    public void EnqueueStoreWeights(int layer, AcceleratorStream copyStream, ArrayView<float> source)
+    {
+        if (!_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the host; its weights are the server's own.");
+        _weights[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, Layout.Layers[layer].Length));
     }
 
     /// <summary>The master weights of one layer (read-only use; wait for its update first).</summary>

@@ -44,6 +44,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly PinnedHostBuffer<int> _inputs, _targets;
     private readonly PinnedHostBuffer<float> _loss;
     private readonly ScatterPlans _plans;
+    private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
     private long _stashBytes;
     private double _copyWait;
 
@@ -53,7 +54,9 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="microBatch">The shape of one micro-batch.</param>
     /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
     /// <param name="placement">Where the stash and boundary gradients live.</param>
-    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement)
+    /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
+        TrainingState? resume = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -95,6 +98,16 @@ public sealed class RelayExecutor : IExecutor
             _targets = Track(backend.AllocatePinned<int>(microBatches * microBatch.Tokens));
             _loss = Track(backend.AllocatePinned<float>(1));
             _plans = Track(new ScatterPlans(backend, microBatches, microBatch.Tokens));
+            if (ResidentOnDevice)
+            {
+                if (!eps.IsDeviceUpdated(HeadIndex))
+                    throw new ArgumentException("The embedding and head are updated on the device together, or both on the host.");
+                // They stay on the device for the whole run: uploaded once, updated there, written back for snapshots.
+                _residentOptimizer = Track(new Update.DeviceLayerOptimizer(backend, eps.Settings, eps.Schedule, [_layout.Embedding, _layout.Head], resume));
+                eps.EnqueueFetch(EmbeddingIndex, backend.CopyStream, _embedding.View);
+                eps.EnqueueFetch(HeadIndex, backend.CopyStream, _head.View);
+                backend.CopyStream.Synchronize();
+            }
         }
         catch
         {
@@ -102,6 +115,9 @@ public sealed class RelayExecutor : IExecutor
             throw;
         }
     }
+
+    /// <summary>Whether the embedding and head layers stay on the device with their optimizer there.</summary>
+    private bool ResidentOnDevice => _eps.IsDeviceUpdated(EmbeddingIndex);
 
     private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
@@ -194,6 +210,7 @@ public sealed class RelayExecutor : IExecutor
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
         var busBefore = _eps.BusBytes + _stashBytes;
+        var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
         inputs.CopyTo(_inputs.Span);
         targets.CopyTo(_targets.Span);
@@ -204,8 +221,11 @@ public sealed class RelayExecutor : IExecutor
         _scratch.LossTotal.View.MemSetToZero(s);
         _embeddingGrads.View.MemSetToZero(s);
         _headGrads.View.MemSetToZero(s);
-        _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
-        _eps.EnqueueFetch(HeadIndex, c, _head.View);
+        if (!ResidentOnDevice)
+        {
+            _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
+            _eps.EnqueueFetch(HeadIndex, c, _head.View);
+        }
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
@@ -251,8 +271,15 @@ public sealed class RelayExecutor : IExecutor
         var pending = new List<int>();
         s.Synchronize();
         WaitForCopies();
-        _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
-        pending.Add(HeadIndex);
+        if (ResidentOnDevice)
+        {
+            _residentOptimizer!.Step(s, _layout.Head, _head.View, _headGrads.View, step);
+        }
+        else
+        {
+            _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
+            pending.Add(HeadIndex);
+        }
         for (var l = L - 1; l >= 0; l--)
         {
             s.Synchronize();
@@ -298,23 +325,48 @@ public sealed class RelayExecutor : IExecutor
         s.Synchronize();
         WaitForCopies();
         _eps.BeginUpdate(BlockIndex(0), step);
-        _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
-        _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-        WaitForCopies();
-        _eps.BeginUpdate(EmbeddingIndex, step);
+        if (ResidentOnDevice)
+        {
+            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+            _residentOptimizer!.Step(s, _layout.Embedding, _embedding.View, _embeddingGrads.View, step);
+            WaitForCopies();
+        }
+        else
+        {
+            _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
+            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+            WaitForCopies();
+            _eps.BeginUpdate(EmbeddingIndex, step);
+        }
         _eps.CompleteStep();
 
         var loss = _loss.Span[0] / (double)tokens;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore);
     }
 
     /// <inheritdoc/>
-    public float[][] Weights() => _eps.SnapshotWeights();
+    public float[][] Weights()
+    {
+        StoreResidentWeights();
+        return _eps.SnapshotWeights();
+    }
 
     /// <inheritdoc/>
-    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) => _eps.SnapshotState(metadata);
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) =>
+        _eps.SnapshotState(metadata, i => _residentOptimizer!.State(_backend.ComputeStream, _layout.Layers[i]));
+
+    /// <summary>Copies the device-resident layers' current weights into the param server, for a snapshot.</summary>
+    private void StoreResidentWeights()
+    {
+        if (!ResidentOnDevice)
+            return;
+        _backend.ComputeStream.Synchronize();
+        _eps.EnqueueStoreWeights(EmbeddingIndex, _backend.CopyStream, _embedding.View);
+        _eps.EnqueueStoreWeights(HeadIndex, _backend.CopyStream, _head.View);
+        _backend.CopyStream.Synchronize();
+    }
 
     /// <inheritdoc/>
     public void Dispose()

@@ -19,12 +19,16 @@ namespace L2L.Training;
 /// <param name="BusBytes">Bytes moved between host and device in this step.</param>
 /// <param name="DeviceAllocations">Device allocations made so far (constant after the first step).</param>
 /// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
+/// <param name="UpdateWaitSeconds">Time blocked before fetching a layer whose host update had not finished.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
+
+    /// <summary>The fraction of the step spent waiting for the param server's updates.</summary>
+    public double UpdateWaitFraction => StepSeconds > 0 ? UpdateWaitSeconds / StepSeconds : 0;
 }
 
 /// <summary>Runs training: builds the executor, feeds it batches, logs metrics and saves checkpoints.</summary>
@@ -60,10 +64,11 @@ public sealed class Trainer : IDisposable
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         if (options.Executor == ExecutorKind.Relay)
         {
-            _eps = new EagerParamServer(backend, _layout, weights, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads);
+            int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
+            _eps = new EagerParamServer(backend, _layout, weights, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume);
             }
             catch
             {
@@ -92,7 +97,7 @@ public sealed class Trainer : IDisposable
         var result = _executor.Step(step, _inputs, _targets);
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds);
+            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -137,6 +142,8 @@ public sealed class Trainer : IDisposable
         ["device_allocations"] = m.DeviceAllocations,
         ["copy_wait_s"] = m.CopyWaitSeconds,
         ["copy_wait_fraction"] = m.CopyWaitFraction,
+        ["update_wait_s"] = m.UpdateWaitSeconds,
+        ["update_wait_fraction"] = m.UpdateWaitFraction,
     });
 
     /// <summary>The current weights, one array per layer.</summary>
