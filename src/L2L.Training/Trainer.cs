@@ -60,12 +60,15 @@ public sealed class Trainer : IDisposable
         if (options.DeviceBudgetBytes is { } budget)
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
-        var weights = init ?? GptInit.Create(_layout, options.Seed);
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         if (options.Executor == ExecutorKind.Relay)
         {
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
-            _eps = new EagerParamServer(backend, _layout, weights, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
+            // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
+            _eps = init is not null
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice)
+                : new EagerParamServer(backend, _layout, (i, span) => GptInit.InitializeLayer(_layout.Layers[i], span, _layout.Config, options.Seed),
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
             try
             {
                 _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume);
@@ -78,7 +81,7 @@ public sealed class Trainer : IDisposable
         }
         else
         {
-            _executor = new ConventionalExecutor(backend, _layout, weights, options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
+            _executor = new ConventionalExecutor(backend, _layout, init ?? GptInit.Create(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
         }
     }
 
@@ -87,6 +90,9 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Optimizer steps completed.</summary>
     public long StepsDone => _executor.StepsDone;
+
+    /// <summary>Host bytes per parameter held by the relay's param server (null for the conventional executor).</summary>
+    public double? HostBytesPerParameter => _eps?.HostBytesPerParameter;
 
     /// <summary>Runs one step on the next minibatch and returns its metrics.</summary>
     public StepMetrics Step()

@@ -98,6 +98,8 @@ internal static class TrainCommand
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
             using var trainer = new Trainer(backend, options, source, weights, state);
+            if (trainer.HostBytesPerParameter is { } hostBytes)
+                Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();
