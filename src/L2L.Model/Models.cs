@@ -20,6 +20,21 @@ public static class Models
         };
     }
 
+    /// <summary>
+    /// Writes layer <c>i</c>'s fresh weights into a span, the same values as <see cref="Initialize"/>; for
+    /// filling buffers a caller owns (the param server's pinned memory) without holding the model twice.
+    /// </summary>
+    public static Action<int, Span<float>> LayerInitializer(ModelLayout layout, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        return layout.Config switch
+        {
+            GptConfig gpt => (i, span) => GptInit.InitializeLayer(layout.Layers[i], span, gpt, seed),
+            BertConfig => (i, span) => BertInit.InitializeLayer(layout, i, span, seed),
+            _ => throw new NotSupportedException($"No initialisation for model type '{layout.Config.ModelType}'."),
+        };
+    }
+
     /// <summary>The device layers of <paramref name="layout"/>'s model, with their kernels loaded on <paramref name="backend"/>.</summary>
     public static IModelLayers CreateLayers(Backend backend, ModelLayout layout)
     {

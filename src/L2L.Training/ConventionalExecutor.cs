@@ -6,6 +6,7 @@ using L2L.Backends.Ops;
 using L2L.Model;
 using L2L.Model.Device;
 using L2L.Training.Optim;
+using L2L.Training.Update;
 
 namespace L2L.Training;
 
@@ -21,14 +22,12 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
     private readonly IModelLayers _layers;
-    private readonly OptimizerOps _optimizer;
+    private readonly DeviceLayerOptimizer _optimizer;
     private readonly OptimizerSettings _settings;
-    private readonly LearningRateSchedule _schedule;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
     private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float>[] _params, _grads;
-    private readonly DeviceBuffer<float>[] _m = [], _v = [];
     private readonly IBlockActivations[] _acts;
     private readonly DeviceBuffer<float> _blockInputs, _headInput, _dStream;
     private readonly IModelScratch _scratch;
@@ -46,22 +45,20 @@ public sealed class ConventionalExecutor : IExecutor
         _backend = backend;
         _layout = layout;
         _settings = optimizer;
-        _schedule = schedule;
         _mb = microBatch;
         _microBatches = microBatches;
+        if (resume is not null)
+        {
+            if (!string.Equals(resume.Optimizer, EagerParamServer.OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
+                throw new InvalidDataException($"The checkpoint's optimizer state is for '{resume.Optimizer}', but training uses '{EagerParamServer.OptimizerName(optimizer.Kind)}'.");
+            StepsDone = resume.Step;
+        }
         try
         {
             _layers = Models.CreateLayers(backend, layout);
-            _optimizer = backend.Get<OptimizerOps>();
             var count = layout.Layers.Count;
             _params = new DeviceBuffer<float>[count];
             _grads = new DeviceBuffer<float>[count];
-            var adam = optimizer.Kind == OptimizerKind.AdamW;
-            if (adam)
-            {
-                _m = new DeviceBuffer<float>[count];
-                _v = new DeviceBuffer<float>[count];
-            }
             var s = backend.ComputeStream;
             for (var i = 0; i < count; i++)
             {
@@ -69,29 +66,8 @@ public sealed class ConventionalExecutor : IExecutor
                 _params[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Params, layer.Name));
                 _params[i].View.CopyFromCPU(s, weights[i]);
                 _grads[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Grads, layer.Name + ".grads"));
-                if (adam)
-                {
-                    _m[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".m"));
-                    _v[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".v"));
-                    if (resume is null)
-                    {
-                        _m[i].View.MemSetToZero(s);
-                        _v[i].View.MemSetToZero(s);
-                    }
-                    else
-                    {
-                        var (m, v) = OptimizerStateLayout.Split(layer, resume.LayerStates[i]);
-                        _m[i].View.CopyFromCPU(s, m);
-                        _v[i].View.CopyFromCPU(s, v);
-                    }
-                }
             }
-            if (resume is not null)
-            {
-                if (!string.Equals(resume.Optimizer, EagerParamServer.OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
-                    throw new InvalidDataException($"The checkpoint's optimizer state is for '{resume.Optimizer}', but training uses '{EagerParamServer.OptimizerName(optimizer.Kind)}'.");
-                StepsDone = resume.Step;
-            }
+            _optimizer = Track(new DeviceLayerOptimizer(backend, optimizer, schedule, layout.Layers, resume));
             var blocks = layout.Blocks.Count;
             _acts = new IBlockActivations[blocks];
             for (var l = 0; l < blocks; l++)
@@ -154,30 +130,8 @@ public sealed class ConventionalExecutor : IExecutor
             _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
         }
 
-        var lr = _schedule.At(step);
-        var t = step + 1;
-        var bc1 = (float)(1 - Math.Pow(_settings.Beta1, t));
-        var bc2 = (float)(1 - Math.Pow(_settings.Beta2, t));
         foreach (var layer in _layout.Layers)
-        {
-            var p = new LayerViews(layer, _params[layer.Index].View);
-            var g = new LayerViews(layer, _grads[layer.Index].View);
-            foreach (var slot in layer.Tensors)
-            {
-                var wd = slot.Decay ? _settings.WeightDecay : 0f;
-                if (_settings.Kind == OptimizerKind.AdamW)
-                {
-                    var m = new LayerViews(layer, _m[layer.Index].View);
-                    var v = new LayerViews(layer, _v[layer.Index].View);
-                    _optimizer.AdamW(s, p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName],
-                        lr, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
-                }
-                else
-                {
-                    _optimizer.Sgd(s, p[slot.LocalName], g[slot.LocalName], lr, wd);
-                }
-            }
-        }
+            _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step);
         _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
         s.Synchronize();
         StepsDone++;
@@ -205,23 +159,9 @@ public sealed class ConventionalExecutor : IExecutor
     public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null)
     {
         var s = _backend.ComputeStream;
-        var states = new float[_layout.Layers.Count][];
-        var adam = _settings.Kind == OptimizerKind.AdamW;
-        foreach (var layer in _layout.Layers)
-        {
-            if (!adam)
-            {
-                states[layer.Index] = [];
-                continue;
-            }
-            var m = new float[layer.Length];
-            var v = new float[layer.Length];
-            _m[layer.Index].View.CopyToCPU(s, m);
-            _v[layer.Index].View.CopyToCPU(s, v);
-            s.Synchronize();
-            states[layer.Index] = OptimizerStateLayout.Join(layer, m, v);
-        }
-        return new TrainingState(StepsDone, EagerParamServer.OptimizerName(_settings.Kind), adam ? 2 : 0, states,
+        s.Synchronize();
+        var states = _layout.Layers.Select(layer => _optimizer.State(s, layer)).ToArray();
+        return new TrainingState(StepsDone, EagerParamServer.OptimizerName(_settings.Kind), _optimizer.StateFloatsPerParam, states,
             metadata ?? new Dictionary<string, string>());
     }
 

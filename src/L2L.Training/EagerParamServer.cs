@@ -8,9 +8,9 @@ using L2L.Training.Optim;
 namespace L2L.Training;
 
 /// <summary>
-/// Holds the whole model on the host: per layer, FP32 master weights and a gradient buffer (both
-/// pinned and page-locked, so transfers run asynchronously on the copy stream) and optimizer
-/// state. A layer is updated on host threads as soon as its gradients have arrived
+/// Holds the whole model on the host: per layer, FP32 master weights (pinned and page-locked, so
+/// transfers run asynchronously on the copy stream) and optimizer state, plus a small ring of
+/// layer-sized pinned gradient buffers for the layers in flight. A layer is updated on host threads as soon as its gradients have arrived
 /// (<see cref="BeginUpdate"/>), while the device goes on with other layers; the next fetch of
 /// that layer (<see cref="EnqueueFetch"/>) first waits for its update. The tied token embedding
 /// lives in one layer, so it is updated once, after both of its gradient contributions have
@@ -23,48 +23,143 @@ namespace L2L.Training;
 public sealed class EagerParamServer : IDisposable
 {
     private readonly PinnedHostBuffer<float>[] _weights;
-    private readonly PinnedHostBuffer<float>[] _grads;
+    private readonly PinnedHostBuffer<float>[] _gradSlots;
+    private readonly int[] _slotOwner;   // the layer whose gradients occupy each slot, or -1
+    private readonly int[] _slotOfLayer; // the slot holding each layer's gradients, or -1
+    private readonly PinnedHostBuffer<float>?[] _ownGrads; // layers longer than a slot (e.g. an embedding updated here) have their own
+    private readonly PinnedHostBuffer<float>?[] _gradsOf;  // where each layer's gradients are while they wait for or feed an update
+    private readonly long[] _updateOrder; // when each layer's pending update was begun
+    private long _updatesBegun;
     private readonly float[][] _state;
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
+    private readonly bool[] _onDevice;
     private long _busBytes;
+    private long _updateWaitTicks;
+
+    /// <summary>Gradient buffers in the ring unless the executor asks for another count.</summary>
+    public const int DefaultGradientSlots = 3;
 
     /// <summary>Creates the server with <paramref name="initial"/> weights (one array per layer of <paramref name="layout"/>).</summary>
+    /// <param name="backend">The device whose page-locked memory the buffers use.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="initial">The initial weights, one array per layer (copied).</param>
+    /// <param name="optimizer">The host optimizer and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="threads">Host optimizer threads (null: all cores).</param>
+    /// <param name="deviceUpdated">
+    /// Layers the executor updates on the device (see <see cref="Update.DeviceLayerOptimizer"/>): the server
+    /// keeps their weights for checkpoints (the executor writes them back with <see cref="EnqueueStoreWeights"/>)
+    /// but no gradient buffer and no optimizer state for them.
+    /// </param>
+    /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
-        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null)
+        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
+        int gradientSlots = DefaultGradientSlots)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots)
     {
+    }
+
+    /// <summary>
+    /// Creates the server, letting <paramref name="initialize"/> write each layer's initial weights
+    /// straight into the server's pinned buffer (so they are never held twice).
+    /// </summary>
+    /// <param name="backend">The device whose page-locked memory the buffers use.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="initialize">Writes layer <c>i</c>'s initial weights into the span (its whole block); called for several layers at once.</param>
+    /// <param name="optimizer">The host optimizer and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="threads">Host optimizer threads (null: all cores).</param>
+    /// <param name="deviceUpdated">Layers the executor updates on the device (no gradient buffer or state here).</param>
+    /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
+    public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
+        LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
+        int gradientSlots = DefaultGradientSlots)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(gradientSlots, 2);
         Layout = layout;
         Settings = optimizer;
         Schedule = schedule;
         _optimizer = HostOptimizers.Create(optimizer, threads);
         var count = layout.Layers.Count;
-        if (initial.Count != count)
-            throw new ArgumentException($"Expected weights for {count} layers, got {initial.Count}.", nameof(initial));
         _weights = new PinnedHostBuffer<float>[count];
-        _grads = new PinnedHostBuffer<float>[count];
         _state = new float[count][];
         _updates = new Task?[count];
-        for (var i = 0; i < count; i++)
+        _updateOrder = new long[count];
+        _slotOfLayer = Enumerable.Repeat(-1, count).ToArray();
+        _ownGrads = new PinnedHostBuffer<float>?[count];
+        _gradsOf = new PinnedHostBuffer<float>?[count];
+        _onDevice = new bool[count];
+        foreach (var i in deviceUpdated ?? [])
+            _onDevice[i] = true;
+        if (resume is not null && (resume.StateFloatsPerParam != _optimizer.StateFloatsPerParam || !string.Equals(resume.Optimizer, OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase)))
+            throw new InvalidDataException(
+                $"The checkpoint's optimizer state is for '{resume.Optimizer}' ({resume.StateFloatsPerParam} floats per parameter), " +
+                $"but training uses '{OptimizerName(optimizer.Kind)}'. Resume with --optimizer {resume.Optimizer}, or start fresh with --init instead of --resume.");
+        try
         {
-            var length = layout.Layers[i].Length;
-            if (initial[i].Length != length)
-                throw new ArgumentException($"Layer '{layout.Layers[i].Name}' has {initial[i].Length} weights, expected {length}.", nameof(initial));
-            _weights[i] = backend.AllocatePinned<float>(length);
-            initial[i].AsSpan().CopyTo(_weights[i].Span);
-            _grads[i] = backend.AllocatePinned<float>(length);
-            _state[i] = new float[_optimizer.StateFloatsPerParam * length];
+            for (var i = 0; i < count; i++)
+            {
+                var length = layout.Layers[i].Length;
+                _weights[i] = backend.AllocatePinned<float>(length);
+                _state[i] = _onDevice[i] ? [] : new float[_optimizer.StateFloatsPerParam * length];
+                if (resume is not null && !_onDevice[i])
+                    resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+            }
+            // Gradients only for the layers in flight: a layer's gradients land in a free slot of a ring
+            // sized for the repeated block, and the slot is released when its update finishes, so the host
+            // never holds a full gradient copy. A host-updated layer longer than a block gets its own buffer.
+            var slotLength = layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
+            foreach (var layer in layout.Layers)
+            {
+                if (!_onDevice[layer.Index] && layer.Length > slotLength)
+                    _ownGrads[layer.Index] = backend.AllocatePinned<float>(layer.Length);
+            }
+            Parallel.For(0, count, i => initialize(i, _weights[i].Span));
+            _gradSlots = new PinnedHostBuffer<float>[slotLength > 0 ? gradientSlots : 0];
+            for (var k = 0; k < _gradSlots.Length; k++)
+                _gradSlots[k] = backend.AllocatePinned<float>(slotLength);
+            _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
+        }
+        catch
+        {
+            foreach (var w in _weights) w?.Dispose();
+            foreach (var g in _ownGrads) g?.Dispose();
+            foreach (var g in _gradSlots ?? []) g?.Dispose();
+            throw;
         }
         if (resume is not null)
-        {
-            if (resume.StateFloatsPerParam != _optimizer.StateFloatsPerParam || !string.Equals(resume.Optimizer, OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
-                throw new InvalidDataException(
-                    $"The checkpoint's optimizer state is for '{resume.Optimizer}' ({resume.StateFloatsPerParam} floats per parameter), " +
-                    $"but training uses '{OptimizerName(optimizer.Kind)}'. Resume with --optimizer {resume.Optimizer}, or start fresh with --init instead of --resume.");
-            for (var i = 0; i < count; i++)
-                resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
             StepsDone = resume.Step;
-        }
+        HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0)
+            + _state.Sum(st => (long)st.Length));
     }
+
+    private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
+    {
+        var count = layout.Layers.Count;
+        if (initial.Count != count)
+            throw new ArgumentException($"Expected weights for {count} layers, got {initial.Count}.", nameof(initial));
+        for (var i = 0; i < count; i++)
+        {
+            if (initial[i].Length != layout.Layers[i].Length)
+                throw new ArgumentException($"Layer '{layout.Layers[i].Name}' has {initial[i].Length} weights, expected {layout.Layers[i].Length}.", nameof(initial));
+        }
+        return (i, target) => initial[i].AsSpan().CopyTo(target);
+    }
+
+    /// <summary>
+    /// Host bytes this server holds: FP32 master weights, the gradient ring and the optimizer state
+    /// (the param server's own accounting; pinned buffers included).
+    /// </summary>
+    public long HostBytes { get; }
+
+    /// <summary>Host bytes per model parameter (<see cref="HostBytes"/> over the layout's parameter count).</summary>
+    public double HostBytesPerParameter => Layout.TotalLength > 0 ? (double)HostBytes / Layout.TotalLength : 0;
+
+    /// <summary>Layer-sized gradient buffers in the ring.</summary>
+    public int GradientSlots => _gradSlots.Length;
 
     /// <summary>The parameter layout.</summary>
     public ModelLayout Layout { get; }
@@ -81,13 +176,27 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Bytes moved between host and device by this server (weights in, gradients out).</summary>
     public long BusBytes => Interlocked.Read(ref _busBytes);
 
+    /// <summary>
+    /// Seconds the executor has spent blocked in <see cref="EnqueueFetch"/> waiting for a layer's host
+    /// update to finish — the device idles for that long unless it has queued work.
+    /// </summary>
+    public double UpdateWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _updateWaitTicks)).TotalSeconds;
+
+    /// <summary>Whether the executor updates layer <paramref name="layer"/> on the device.</summary>
+    public bool IsDeviceUpdated(int layer) => _onDevice[layer];
+
     /// <summary>The name used in checkpoints and on the command line.</summary>
     public static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
 
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s weights into <paramref name="target"/>, after its pending update finishes.</summary>
     public void EnqueueFetch(int layer, AcceleratorStream copyStream, ArrayView<float> target)
     {
-        WaitForUpdate(layer);
+        if (_updates[layer] is not null)
+        {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
+            WaitForUpdate(layer);
+            Interlocked.Add(ref _updateWaitTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
+        }
         var length = Layout.Layers[layer].Length;
         _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
         Interlocked.Add(ref _busBytes, length * sizeof(float));
@@ -96,10 +205,54 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed gradients from <paramref name="source"/> to the host.</summary>
     public void EnqueueGradients(int layer, AcceleratorStream copyStream, ArrayView<float> source)
     {
-        WaitForUpdate(layer); // the gradient buffer is still being read by the previous update
+        if (_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device; its gradients stay there.");
+        WaitForUpdate(layer);
+        if (_gradsOf[layer] is not null)
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' already has gradients waiting for BeginUpdate.");
+        if (_ownGrads[layer] is { } own)
+        {
+            _gradsOf[layer] = own;
+        }
+        else
+        {
+            var slot = AcquireSlot();
+            _slotOwner[slot] = layer;
+            _slotOfLayer[layer] = slot;
+            _gradsOf[layer] = _gradSlots[slot];
+        }
         var length = Layout.Layers[layer].Length;
-        _grads[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, length));
+        _gradsOf[layer]!.CopyFromDeviceAsync(copyStream, source.SubView(0, length));
         Interlocked.Add(ref _busBytes, length * sizeof(float));
+    }
+
+    /// <summary>A free gradient slot; when none is free, waits for the earliest-begun update that holds one.</summary>
+    private int AcquireSlot()
+    {
+        for (var k = 0; k < _slotOwner.Length; k++)
+        {
+            var owner = _slotOwner[k];
+            if (owner < 0)
+                return k;
+            if (_updates[owner] is { IsCompleted: true })
+            {
+                WaitForUpdate(owner); // releases the slot (and surfaces a failed update)
+                return k;
+            }
+        }
+        var oldest = -1;
+        foreach (var owner in _slotOwner)
+        {
+            if (_updates[owner] is not null && (oldest < 0 || _updateOrder[owner] < _updateOrder[oldest]))
+                oldest = owner;
+        }
+        if (oldest < 0)
+            throw new InvalidOperationException($"All {_slotOwner.Length} gradient slots hold gradients whose update has not begun.");
+        var slot = _slotOfLayer[oldest];
+        var start = System.Diagnostics.Stopwatch.GetTimestamp();
+        WaitForUpdate(oldest);
+        Interlocked.Add(ref _updateWaitTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
+        return slot;
     }
 
     /// <summary>
@@ -108,7 +261,13 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public void BeginUpdate(int layer, long step)
     {
-        WaitForUpdate(layer);
+        if (_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device.");
+        if (_gradsOf[layer] is null)
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' has no gradients to apply; call EnqueueGradients first.");
+        if (_updates[layer] is not null)
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is already being updated.");
+        _updateOrder[layer] = ++_updatesBegun;
         _updates[layer] = Task.Run(() => Update(layer, step));
     }
 
@@ -119,7 +278,7 @@ public sealed class EagerParamServer : IDisposable
         var t = checked((int)(step + 1));
         var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
-        var grads = _grads[layer].Span;
+        var grads = _gradsOf[layer]!.Span;
         var state = _state[layer].AsSpan();
         foreach (var slot in Layout.Layers[layer].Tensors)
         {
@@ -136,8 +295,21 @@ public sealed class EagerParamServer : IDisposable
         var task = _updates[layer];
         if (task is null)
             return;
-        task.GetAwaiter().GetResult();
-        _updates[layer] = null;
+        try
+        {
+            task.GetAwaiter().GetResult();
+        }
+        finally
+        {
+            _updates[layer] = null;
+            _gradsOf[layer] = null;
+            var slot = _slotOfLayer[layer];
+            if (slot >= 0)
+            {
+                _slotOwner[slot] = -1;
+                _slotOfLayer[layer] = -1;
+            }
+        }
     }
 
     /// <summary>Blocks until every pending update is done.</summary>
@@ -157,12 +329,35 @@ public sealed class EagerParamServer : IDisposable
         return _weights.Select(w => w.Span.ToArray()).ToArray();
     }
 
-    /// <summary>The optimizer state for a checkpoint, after pending updates finish.</summary>
-    public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>
+    /// The optimizer state for a checkpoint, after pending updates finish. <paramref name="deviceState"/>
+    /// supplies the state of the layers updated on the device, in the host layout.
+    /// </summary>
+    public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null, Func<int, float[]>? deviceState = null)
     {
         WaitAll();
+        var states = new float[_state.Length][];
+        for (var i = 0; i < states.Length; i++)
+        {
+            if (!_onDevice[i])
+                states[i] = (float[])_state[i].Clone();
+            else
+                states[i] = deviceState?.Invoke(i)
+                    ?? throw new InvalidOperationException($"Layer '{Layout.Layers[i].Name}' is updated on the device; its state must come from there.");
+        }
         return new TrainingState(StepsDone, OptimizerName(Settings.Kind), _optimizer.StateFloatsPerParam,
-            _state.Select(s => (float[])s.Clone()).ToArray(), metadata ?? new Dictionary<string, string>());
+            states, metadata ?? new Dictionary<string, string>());
+    }
+
+    /// <summary>
+    /// Enqueues the copy of a device-updated layer's current weights from <paramref name="source"/> into
+    /// the server's host copy, so snapshots and checkpoints see them (the server never updates them itself).
+    /// </summary>
+    public void EnqueueStoreWeights(int layer, AcceleratorStream copyStream, ArrayView<float> source)
+    {
+        if (!_onDevice[layer])
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the host; its weights are the server's own.");
+        _weights[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, Layout.Layers[layer].Length));
     }
 
     /// <summary>The master weights of one layer (read-only use; wait for its update first).</summary>
@@ -177,6 +372,7 @@ public sealed class EagerParamServer : IDisposable
     {
         try { WaitAll(); } catch (Exception) { /* disposal must release pinned memory regardless */ }
         foreach (var w in _weights) w.Dispose();
-        foreach (var g in _grads) g.Dispose();
+        foreach (var g in _gradSlots) g.Dispose();
+        foreach (var g in _ownGrads) g?.Dispose();
     }
 }

@@ -25,7 +25,8 @@ public enum StashPlacement
 /// <param name="Loss">Mean cross-entropy over the labelled targets of the minibatch (every token for GPT-2).</param>
 /// <param name="BusBytes">Bytes moved between host and device during the step.</param>
 /// <param name="CopyWaitSeconds">Time the host spent blocked on the copy stream, i.e. transfers that compute did not hide.</param>
-public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0);
+/// <param name="UpdateWaitSeconds">Time the host spent blocked before a layer's fetch, waiting for the param server to finish updating it.</param>
+public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

@@ -43,6 +43,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
+    private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
     private long _stashBytes;
     private double _copyWait;
 
@@ -52,7 +53,9 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="microBatch">The shape of one micro-batch.</param>
     /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
     /// <param name="placement">Where the stash and boundary gradients live.</param>
-    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement)
+    /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
+        TrainingState? resume = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -92,6 +95,16 @@ public sealed class RelayExecutor : IExecutor
             }
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(1));
+            if (ResidentOnDevice)
+            {
+                if (!eps.IsDeviceUpdated(HeadIndex))
+                    throw new ArgumentException("The embedding and head are updated on the device together, or both on the host.");
+                // They stay on the device for the whole run: uploaded once, updated there, written back for snapshots.
+                _residentOptimizer = Track(new Update.DeviceLayerOptimizer(backend, eps.Settings, eps.Schedule, [_layout.Embedding, _layout.Head], resume));
+                eps.EnqueueFetch(EmbeddingIndex, backend.CopyStream, _embedding.View);
+                eps.EnqueueFetch(HeadIndex, backend.CopyStream, _head.View);
+                backend.CopyStream.Synchronize();
+            }
         }
         catch
         {
@@ -99,6 +112,9 @@ public sealed class RelayExecutor : IExecutor
             throw;
         }
     }
+
+    /// <summary>Whether the embedding and head layers stay on the device with their optimizer there.</summary>
+    private bool ResidentOnDevice => _eps.IsDeviceUpdated(EmbeddingIndex);
 
     private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
@@ -197,6 +213,7 @@ public sealed class RelayExecutor : IExecutor
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
         var busBefore = _eps.BusBytes + _stashBytes;
+        var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
         // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
         var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
@@ -206,8 +223,11 @@ public sealed class RelayExecutor : IExecutor
         _scratch.LossTotal.View.MemSetToZero(s);
         _embeddingGrads.View.MemSetToZero(s);
         _headGrads.View.MemSetToZero(s);
-        _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
-        _eps.EnqueueFetch(HeadIndex, c, _head.View);
+        if (!ResidentOnDevice)
+        {
+            _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
+            _eps.EnqueueFetch(HeadIndex, c, _head.View);
+        }
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
@@ -258,8 +278,15 @@ public sealed class RelayExecutor : IExecutor
         var pending = new List<int>();
         s.Synchronize();
         WaitForCopies();
-        _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
-        pending.Add(HeadIndex);
+        if (ResidentOnDevice)
+        {
+            _residentOptimizer!.Step(s, _layout.Head, _head.View, _headGrads.View, step);
+        }
+        else
+        {
+            _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
+            pending.Add(HeadIndex);
+        }
         for (var l = L - 1; l >= 0; l--)
         {
             s.Synchronize();
@@ -308,23 +335,48 @@ public sealed class RelayExecutor : IExecutor
         s.Synchronize();
         WaitForCopies();
         _eps.BeginUpdate(BlockIndex(0), step);
-        _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
-        _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-        WaitForCopies();
-        _eps.BeginUpdate(EmbeddingIndex, step);
+        if (ResidentOnDevice)
+        {
+            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+            _residentOptimizer!.Step(s, _layout.Embedding, _embedding.View, _embeddingGrads.View, step);
+            WaitForCopies();
+        }
+        else
+        {
+            _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
+            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+            WaitForCopies();
+            _eps.BeginUpdate(EmbeddingIndex, step);
+        }
         _eps.CompleteStep();
 
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore);
     }
 
     /// <inheritdoc/>
-    public float[][] Weights() => _eps.SnapshotWeights();
+    public float[][] Weights()
+    {
+        StoreResidentWeights();
+        return _eps.SnapshotWeights();
+    }
 
     /// <inheritdoc/>
-    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) => _eps.SnapshotState(metadata);
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) =>
+        _eps.SnapshotState(metadata, i => _residentOptimizer!.State(_backend.ComputeStream, _layout.Layers[i]));
+
+    /// <summary>Copies the device-resident layers' current weights into the param server, for a snapshot.</summary>
+    private void StoreResidentWeights()
+    {
+        if (!ResidentOnDevice)
+            return;
+        _backend.ComputeStream.Synchronize();
+        _eps.EnqueueStoreWeights(EmbeddingIndex, _backend.CopyStream, _embedding.View);
+        _eps.EnqueueStoreWeights(HeadIndex, _backend.CopyStream, _head.View);
+        _backend.CopyStream.Synchronize();
+    }
 
     /// <inheritdoc/>
     public void Dispose()

@@ -34,8 +34,17 @@ public sealed record TrainOptions
     public bool Shuffle { get; init; }
     /// <summary>Host threads for the optimizer (null: all cores).</summary>
     public int? OptimizerThreads { get; init; }
+    /// <summary>
+    /// Relay only: where the embedding and head layers (resident on the device all step) are updated;
+    /// null picks the device when the optimizer has a device kernel (SGD, AdamW), else the host.
+    /// </summary>
+    public Update.UpdateLocation? EmbeddingUpdate { get; init; }
     /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
     public long? DeviceBudgetBytes { get; init; }
+
+    /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
+    public Update.UpdateLocation ResolvedEmbeddingUpdate =>
+        EmbeddingUpdate ?? (Update.DeviceLayerOptimizer.Supports(Optimizer.Kind) ? Update.UpdateLocation.Device : Update.UpdateLocation.Host);
 
     /// <summary>The micro-batch shape.</summary>
     public int MicroBatchSize => Batch / MicroBatches;
@@ -56,6 +65,8 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
+            throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }
 
     /// <summary>The learning-rate schedule these options describe.</summary>

@@ -19,12 +19,16 @@ namespace L2L.Training;
 /// <param name="BusBytes">Bytes moved between host and device in this step.</param>
 /// <param name="DeviceAllocations">Device allocations made so far (constant after the first step).</param>
 /// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
+/// <param name="UpdateWaitSeconds">Time blocked before fetching a layer whose host update had not finished.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
+
+    /// <summary>The fraction of the step spent waiting for the param server's updates.</summary>
+    public double UpdateWaitFraction => StepSeconds > 0 ? UpdateWaitSeconds / StepSeconds : 0;
 }
 
 /// <summary>Runs training: builds the executor, feeds it batches, logs metrics and saves checkpoints.</summary>
@@ -64,14 +68,18 @@ public sealed class Trainer : IDisposable
         if (options.DeviceBudgetBytes is { } budget)
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
-        var weights = init ?? Models.Initialize(_layout, options.Seed);
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         if (options.Executor == ExecutorKind.Relay)
         {
-            _eps = new EagerParamServer(backend, _layout, weights, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads);
+            int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
+            // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
+            _eps = init is not null
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice)
+                : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume);
             }
             catch
             {
@@ -81,7 +89,7 @@ public sealed class Trainer : IDisposable
         }
         else
         {
-            _executor = new ConventionalExecutor(backend, _layout, weights, options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
+            _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
         }
     }
 
@@ -99,6 +107,9 @@ public sealed class Trainer : IDisposable
     /// <summary>Optimizer steps completed.</summary>
     public long StepsDone => _executor.StepsDone;
 
+    /// <summary>Host bytes per parameter held by the relay's param server (null for the conventional executor).</summary>
+    public double? HostBytesPerParameter => _eps?.HostBytesPerParameter;
+
     /// <summary>Runs one step on the next minibatch and returns its metrics.</summary>
     public StepMetrics Step()
     {
@@ -108,7 +119,7 @@ public sealed class Trainer : IDisposable
         var result = _executor.Step(step, _inputs, _targets);
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds);
+            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -153,6 +164,8 @@ public sealed class Trainer : IDisposable
         ["device_allocations"] = m.DeviceAllocations,
         ["copy_wait_s"] = m.CopyWaitSeconds,
         ["copy_wait_fraction"] = m.CopyWaitFraction,
+        ["update_wait_s"] = m.UpdateWaitSeconds,
+        ["update_wait_fraction"] = m.UpdateWaitFraction,
     });
 
     /// <summary>The current weights, one array per layer.</summary>

@@ -40,10 +40,11 @@ internal static class TrainCommand
         var log = new Option<string?>("--log") { Description = "Write one JSON object per step to this file." };
         var plot = new Option<string?>("--plot") { Description = "Write a PNG plot of the loss curve to this file." };
         var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
+        var embeddingUpdate = new Option<string?>("--embedding-update") { Description = "Relay: update the embedding and head on the device (default for sgd/adamw: no step-boundary wait) or on the host (default for lamb)." };
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
 
         var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, budget })
+        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget })
             command.Options.Add(o);
 
         command.SetAction(parse => CliErrors.Run(() =>
@@ -89,6 +90,7 @@ internal static class TrainCommand
                 Shuffle = parse.GetValue(shuffle),
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
+                EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
             };
             options.Validate();
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
@@ -96,6 +98,8 @@ internal static class TrainCommand
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
             using var trainer = new Trainer(backend, options, source, weights, state);
+            if (trainer.HostBytesPerParameter is { } hostBytes)
+                Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();

@@ -35,6 +35,25 @@ public static class BertInit
         return result;
     }
 
+    /// <summary>Initialises layer <paramref name="index"/>'s block <paramref name="data"/>: the values <see cref="Create"/> gives that layer.</summary>
+    public static void InitializeLayer(ModelLayout layout, int index, Span<float> data, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        var config = layout.Config as BertConfig
+            ?? throw new ArgumentException($"BERT initialisation needs a BERT layout, got model type '{layout.Config.ModelType}'.", nameof(layout));
+        var layer = layout.Layers[index];
+        if (data.Length != layer.Length)
+            throw new ArgumentException($"Layer '{layer.Name}' has {layer.Length} floats, the buffer has {data.Length}.", nameof(data));
+        var chunk = GptInit.ChunkLength;
+        for (long start = 0; start < data.Length; start += chunk)
+            FillChunk(layer, data.Slice((int)start, (int)Math.Min(chunk, data.Length - start)), start, seed);
+        if (index == layout.Embedding.Index && layer.Tensors.Count > 0)
+        {
+            var word = layer["word_embeddings.weight"];
+            data.Slice((int)(word.Offset + (long)config.PadTokenId * config.HiddenSize), config.HiddenSize).Clear();
+        }
+    }
+
     private static void FillChunk(LayerLayout layer, Span<float> chunk, long start, int seed)
     {
         var rng = new SplitMix64(SplitMix64.Mix(SplitMix64.Mix((ulong)(uint)seed, (ulong)layer.Index), (ulong)start));

@@ -18,6 +18,8 @@ namespace L2L.Training.Benchmarks;
 /// <param name="BusBytesPerStep">Host/device bytes per step.</param>
 /// <param name="CopyWaitFraction">Median fraction of a step spent blocked on transfers.</param>
 /// <param name="Error">Why the configuration could not run (e.g. out of device memory), else null.</param>
+/// <param name="UpdateWaitFraction">Median fraction of a step spent blocked on the param server's host updates.</param>
+/// <param name="HostBytesPerParameter">The relay param server's host bytes per parameter; null for conventional.</param>
 public sealed record TrainBenchResult(
     string Executor,
     string? Stash,
@@ -29,7 +31,9 @@ public sealed record TrainBenchResult(
     IReadOnlyDictionary<string, long>? DevicePeakBytesByCategory,
     long BusBytesPerStep,
     double CopyWaitFraction,
-    string? Error);
+    string? Error,
+    double UpdateWaitFraction = 0,
+    double? HostBytesPerParameter = null);
 
 /// <summary>A whole run of <see cref="TrainBenchmark"/>, with the machine it ran on.</summary>
 public sealed record TrainBenchReport(
@@ -86,9 +90,10 @@ public static class TrainBenchmark
                     var result = new TrainBenchResult(name, stashName, u, options.Batch,
                         Median(metrics.Select(m => m.TokensPerSecond)), Median(metrics.Select(m => m.StepSeconds)),
                         metrics[^1].DevicePeakBytes, metrics[^1].DevicePeakBytesByCategory, metrics[^1].BusBytes,
-                        Median(metrics.Select(m => m.CopyWaitFraction)), null);
+                        Median(metrics.Select(m => m.CopyWaitFraction)), null,
+                        Median(metrics.Select(m => m.UpdateWaitFraction)), trainer.HostBytesPerParameter);
                     results.Add(result);
-                    log?.Invoke($"U={u,-3} {name,-12} {stashName ?? "",-6} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step  copy wait {result.CopyWaitFraction:P1}");
+                    log?.Invoke($"U={u,-3} {name,-12} {stashName ?? "",-6} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
                 }
                 catch (DeviceOutOfMemoryException e)
                 {
