@@ -74,4 +74,16 @@ public static class TextTokenizers
         }, new JsonSerializerOptions { WriteIndented = true });
         AtomicFile.Write(Path.Combine(dir, RecordFile), s => s.Write(System.Text.Encoding.UTF8.GetBytes(json + "\n")));
     }
+
+    /// <summary>Copies the tokenizer files present in <paramref name="fromDir"/> (record, tokenizer.json, vocab.json, merges.txt) into <paramref name="toDir"/>.</summary>
+    public static void CopyFiles(string fromDir, string toDir)
+    {
+        if (Path.GetFullPath(fromDir) == Path.GetFullPath(toDir)) return;
+        foreach (var name in new[] { RecordFile, TokenizerJsonFile, VocabFile, MergesFile })
+        {
+            var source = Path.Combine(fromDir, name);
+            if (File.Exists(source))
+                AtomicFile.Write(Path.Combine(toDir, name), s => { using var input = File.OpenRead(source); input.CopyTo(s); });
+        }
+    }
 }
