@@ -6,6 +6,7 @@ var root = new RootCommand("L2L: layer-to-layer relay training of transformer mo
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(PrepareCommand.Create());
+root.Subcommands.Add(GenerateCommand.Create());
 root.Subcommands.Add(DevicesCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 return await root.Parse(args).InvokeAsync();

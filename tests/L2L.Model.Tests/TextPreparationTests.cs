@@ -81,7 +81,7 @@ public sealed class TextPreparationTests
     {
         { "empty", [], "is empty" },
         { "binary", [0x7F, 0x45, 0x4C, 0x46, 0x02, 0x01, 0x00, 0x00, 0x41], "NUL" },
-        { "latin1", Encoding.Latin1.GetBytes("caf\u00e9 cr\u00e8me"), "not valid UTF-8" },
+        { "latin1", Encoding.Latin1.GetBytes("caf\u00e9 cr\u00e8me"), "not UTF-8 text" },
         { "missing", null, "not found" },
     };
 

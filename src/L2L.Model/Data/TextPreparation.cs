@@ -127,7 +127,7 @@ public static class TextPreparation
             }
             catch (DecoderFallbackException)
             {
-                throw new InvalidDataException($"Input file '{path}' is not valid UTF-8 text (an invalid byte sequence before byte {stream.Position}); convert it to UTF-8 first.");
+                throw new InvalidDataException($"Input file '{path}' is not UTF-8 text (an invalid byte sequence before byte {stream.Position}): a binary file, or text in another encoding; convert it to UTF-8 first.");
             }
             if (first && read > 0 && pending[0] == '\uFEFF')
             {
