@@ -2,6 +2,7 @@
 using L2L.Backends;
 using L2L.Model;
 using L2L.Model.Data;
+using L2L.Model.Tokenizers;
 using L2L.TestSupport;
 using Xunit;
 
@@ -37,6 +38,33 @@ public sealed class ValidationTests(BackendFixture fixture)
             Assert.Equal(last, perMicroBatch.Evaluate(validation, 3 * options.MicroBatches).Loss);
         using (var perBatch = new Evaluator(backend, layout, weights, options.Batch, options.SeqLen))
             Assert.Equal(last, perBatch.Evaluate(validation, 3).Loss, 1e-6);
+    }
+
+    [Fact]
+    public void CheckpointsCarryTheDatasTokenizer()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = TrainingHarness.Tiny();
+        var root = Path.Combine(Path.GetTempPath(), "l2l-training-tests", Guid.NewGuid().ToString("N"));
+        try
+        {
+            var data = Path.Combine(root, "data");
+            Directory.CreateDirectory(data);
+            TextTokenizers.WriteRecord(data, BpeTextTokenizer.Gpt2());
+            using var trainer = new Trainer(backend, TrainingHarness.Options(config, ExecutorKind.Relay, steps: 1), TrainingHarness.Corpus(config.VocabSize))
+            {
+                TokenizerDirectory = data,
+            };
+            trainer.Run(cancel: TestContext.Current.CancellationToken);
+            var checkpoint = Path.Combine(root, "ck");
+            trainer.Save(checkpoint);
+            trainer.Save(checkpoint); // a second save replaces the directory and must keep the record
+            Assert.Equal("gpt2", TextTokenizers.FromDirectory(checkpoint)!.Name);
+        }
+        finally
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        }
     }
 
     [Fact]
