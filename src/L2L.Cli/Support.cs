@@ -53,6 +53,13 @@ internal static class LossPlot
         var line = plot.Add.Scatter(xs, ys);
         line.LegendText = "training loss";
         line.MarkerSize = 0;
+        var validated = metrics.Where(m => m.ValLoss is not null).ToArray();
+        if (validated.Length > 0)
+        {
+            var val = plot.Add.Scatter(validated.Select(m => (double)m.Step).ToArray(), validated.Select(m => m.ValLoss!.Value).ToArray());
+            val.LegendText = "validation loss";
+            val.MarkerSize = 5;
+        }
         if (floor is { } f)
         {
             var h = plot.Add.HorizontalLine(f);

@@ -20,9 +20,10 @@ namespace L2L.Training;
 /// <param name="DeviceAllocations">Device allocations made so far (constant after the first step).</param>
 /// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
 /// <param name="UpdateWaitSeconds">Time blocked before fetching a layer whose host update had not finished.</param>
+/// <param name="ValLoss">Mean validation loss after this step, on steps where validation ran (<see cref="Trainer.EnableValidation"/>).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -41,6 +42,7 @@ public sealed class Trainer : IDisposable
     private readonly EagerParamServer? _eps;
     private readonly IExecutor _executor;
     private readonly int[] _inputs, _targets;
+    private Validation? _validation;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
@@ -131,6 +133,8 @@ public sealed class Trainer : IDisposable
         {
             cancel.ThrowIfCancellationRequested();
             var metrics = Step();
+            if (_validation is { } v && (metrics.Step % v.Every == 0 || metrics.Step == _options.Steps))
+                metrics = metrics with { ValLoss = Validate() };
             all.Add(metrics);
             if (log is not null)
             {
@@ -151,7 +155,7 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>One JSON line for the metrics file.</summary>
-    public static string ToJson(StepMetrics m) => JsonSerializer.Serialize(new Dictionary<string, object>
+    public static string ToJson(StepMetrics m) => JsonSerializer.Serialize(WithValidation(m, new Dictionary<string, object>
     {
         ["step"] = m.Step,
         ["loss"] = m.Loss,
@@ -166,7 +170,47 @@ public sealed class Trainer : IDisposable
         ["copy_wait_fraction"] = m.CopyWaitFraction,
         ["update_wait_s"] = m.UpdateWaitSeconds,
         ["update_wait_fraction"] = m.UpdateWaitFraction,
-    });
+    }));
+
+    private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
+    {
+        if (m.ValLoss is { } val) fields["val_loss"] = val;
+        return fields;
+    }
+
+    /// <summary>
+    /// Evaluates the model on <paramref name="data"/> every <paramref name="every"/> steps and after the last one, reporting
+    /// <see cref="StepMetrics.ValLoss"/>: the mean loss over the windows that <paramref name="batches"/> minibatches take
+    /// (batch i is step i's, unshuffled), run one micro-batch at a time through an <see cref="Evaluator"/> whose device
+    /// buffers are allocated here, once. It equals <c>l2l eval --batch B/U --seq T --batches K*U</c> on a checkpoint of the
+    /// same weights (and <c>--batch B --batches K</c> up to the order of the float sums).
+    /// </summary>
+    public void EnableValidation(ITokenSource data, int every, int batches)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (every < 1) throw new ArgumentException($"--val-every must be at least 1, got {every}.");
+        if (batches < 1) throw new ArgumentException($"--val-batches must be at least 1, got {batches}.");
+        if (data.VocabSize > _options.Config.VocabSize)
+            throw new ArgumentException($"The validation data ({data.Description}) uses a vocabulary of {data.VocabSize}, larger than the model's vocab_size {_options.Config.VocabSize}.");
+        _validation?.Evaluator.Dispose();
+        var weights = _executor.Weights();
+        _validation = new Validation(data, every, batches * _options.MicroBatches, weights,
+            new Evaluator(_backend, _layout, weights, _options.MicroBatchSize, _options.SeqLen));
+    }
+
+    /// <summary>The mean validation loss of the current weights (<see cref="EnableValidation"/> first).</summary>
+    public double Validate()
+    {
+        var v = _validation ?? throw new InvalidOperationException("Validation is not enabled.");
+        var current = _executor.Weights();
+        for (var l = 0; l < current.Length; l++) current[l].CopyTo(v.Weights[l], 0);
+        return v.Evaluator.Evaluate(v.Data, v.Batches).Loss;
+    }
+
+    private sealed record Validation(ITokenSource Data, int Every, int Batches, float[][] Weights, Evaluator Evaluator);
+
+    /// <summary>A directory whose tokenizer files (<see cref="L2L.Model.Tokenizers.TextTokenizers"/>) every saved checkpoint gets a copy of.</summary>
+    public string? TokenizerDirectory { get; set; }
 
     /// <summary>The current weights, one array per layer.</summary>
     public float[][] Weights() => _executor.Weights();
@@ -182,11 +226,14 @@ public sealed class Trainer : IDisposable
             ["seq"] = _options.SeqLen.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };
         Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(metadata));
+        if (TokenizerDirectory is { } tokenizer)
+            L2L.Model.Tokenizers.TextTokenizers.CopyFiles(tokenizer, dir);
     }
 
     /// <inheritdoc/>
     public void Dispose()
     {
+        _validation?.Evaluator.Dispose();
         _executor.Dispose();
         _eps?.Dispose();
     }

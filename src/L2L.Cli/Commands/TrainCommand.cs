@@ -3,6 +3,7 @@ using System.CommandLine;
 using L2L.Backends;
 using L2L.Model;
 using L2L.Model.Data;
+using L2L.Model.Tokenizers;
 using L2L.Training;
 using L2L.Training.Optim;
 using Spectre.Console;
@@ -42,9 +43,12 @@ internal static class TrainCommand
         var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
         var embeddingUpdate = new Option<string?>("--embedding-update") { Description = "Relay: update the embedding and head on the device (default for sgd/adamw: no step-boundary wait) or on the host (default for lamb)." };
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
+        var valData = new Option<string?>("--val-data") { Description = "Validation token file (llm.c .bin or bytes); its mean loss is reported as val_loss." };
+        var valEvery = new Option<int>("--val-every") { Description = "Validate every N steps (and after the last).", DefaultValueFactory = _ => 50 };
+        var valBatches = new Option<int>("--val-batches") { Description = "Validation batches of B sequences (the windows of unshuffled steps 0..K-1).", DefaultValueFactory = _ => 4 };
 
         var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget })
+        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
             command.Options.Add(o);
 
         command.SetAction(parse => CliErrors.Run(() =>
@@ -100,6 +104,13 @@ internal static class TrainCommand
             using var trainer = new Trainer(backend, options, source, weights, state);
             if (trainer.HostBytesPerParameter is { } hostBytes)
                 Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
+            var valSource = parse.GetValue(valData) is { } valPath ? TokenData.Open(valPath, cfg.VocabSize) : null;
+            using var valOwner = valSource as IDisposable;
+            if (valSource is not null)
+                trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
+            else if (parse.GetResult(valEvery) is { Implicit: false } || parse.GetResult(valBatches) is { Implicit: false })
+                throw new ArgumentException("--val-every and --val-batches need --val-data FILE.");
+            trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();
@@ -109,7 +120,7 @@ internal static class TrainCommand
                 metrics.Add(m);
                 if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
                     trainer.Save(saveDir);
-                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1))
+                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
                     Console.WriteLine(Line(m));
             }
             var start = trainer.StepsDone;
@@ -146,6 +157,14 @@ internal static class TrainCommand
         return command;
     }
 
+    // Where the run's tokenizer is recorded: beside the data (l2l prepare writes it there), else in the starting checkpoint.
+    private static string? TokenizerSource(string? dataPath, string? checkpointDir)
+    {
+        var dataDir = dataPath is null ? null : Path.GetDirectoryName(Path.GetFullPath(dataPath));
+        if (dataDir is not null && TextTokenizers.FromDirectory(dataDir) is not null) return dataDir;
+        return checkpointDir is not null && TextTokenizers.FromDirectory(checkpointDir) is not null ? checkpointDir : null;
+    }
+
     internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");
 
     private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
@@ -154,5 +173,5 @@ internal static class TrainCommand
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
 
     private static string Line(StepMetrics m) =>
-        $"step {m.Step} loss {m.Loss:F4} lr {m.LearningRate:G3} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}";
+        $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}";
 }
