@@ -44,7 +44,9 @@ public sealed class RelayExecutor : IExecutor
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
     private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
+    private readonly Stash.CompressedStash? _compressed;
     private long _stashBytes;
+    private long _step;
     private double _copyWait;
 
     /// <summary>Creates the executor and allocates every device buffer it will use.</summary>
@@ -54,8 +56,9 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
     /// <param name="placement">Where the stash and boundary gradients live.</param>
     /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    /// <param name="codec">How the stash is stored (default: FP32, exact).</param>
     public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
-        TrainingState? resume = null)
+        TrainingState? resume = null, Stash.StashCodecSettings? codec = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -80,7 +83,15 @@ public sealed class RelayExecutor : IExecutor
             _blockOut = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "block-out"));
             var a = microBatch.ActivationLength;
             var layers = _layout.Blocks.Count;
-            if (placement == StashPlacement.Device)
+            if (codec is { Enabled: true })
+            {
+                // Only encoded inputs are stashed (on the device, or on the host through two encoded slots). The forward
+                // must read exact inputs, so the running layer's activations of all U micro-batches stay on the device, in
+                // the boundary-gradient buffer, which the backward needs only later; the boundary gradients then stay there too.
+                _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a));
+                _deviceDx = Track(backend.Allocate<float>(microBatches * a, MemoryCategory.BoundaryGrads, "boundary-grads"));
+            }
+            else if (placement == StashPlacement.Device)
             {
                 _deviceStash = Track(backend.Allocate<float>(layers * microBatches * a, MemoryCategory.Stash, "stash"));
                 _deviceDx = Track(backend.Allocate<float>(microBatches * a, MemoryCategory.BoundaryGrads, "boundary-grads"));
@@ -129,30 +140,63 @@ public sealed class RelayExecutor : IExecutor
     private int U => _microBatches;
 
     private ArrayView<float> StashView(int level, int u) => _deviceStash!.Slice((level * (long)U + u) * A, A);
-    private ArrayView<float> In(int level, int u, int slot) => _placement == StashPlacement.Device ? StashView(level, u) : _inSlots[slot].View;
-    private ArrayView<float> Out(int level, int u, int slot) => _placement == StashPlacement.Device ? StashView(level, u) : _outSlots[slot].View;
-    private ArrayView<float> Dx(int u, int slot) => _placement == StashPlacement.Device ? _deviceDx!.Slice(u * A, A) : _dxSlots[slot].View;
+    // With a codec the forward reads and writes exact activations (X), and only their encodings are stashed.
+    private ArrayView<float> X(int u) => _deviceDx!.Slice(u * A, A);
+    private ArrayView<float> In(int level, int u, int slot) =>
+        _compressed is not null ? X(u) : _placement == StashPlacement.Device ? StashView(level, u) : _inSlots[slot].View;
+    private ArrayView<float> Out(int level, int u, int slot) =>
+        _compressed is not null ? (level == 0 ? X(u) : _blockOut.View) : _placement == StashPlacement.Device ? StashView(level, u) : _outSlots[slot].View;
+    private ArrayView<float> Dx(int u, int slot) => _compressed is not null || _placement == StashPlacement.Device ? X(u) : _dxSlots[slot].View;
+
+    /// <summary>
+    /// After the layer below wrote <see cref="Out"/>(level): with a codec, enqueues its encode into the stash
+    /// (keyed by step, level and micro-batch) and moves the exact values to X(u), the next layer's input.
+    /// </summary>
+    private void Stashed(int level, int u, int slot)
+    {
+        if (_compressed is null) return;
+        var s = _backend.ComputeStream;
+        var produced = Out(level, u, slot);
+        _compressed.Encode(s, _step, level, u, slot, produced);
+        if (level > 0) produced.CopyTo(s, X(u));
+    }
+
+    /// <summary>The stashed input of level <paramref name="level"/> for the backward's recomputation: decoded into a workspace buffer with a codec.</summary>
+    private ArrayView<float> Restore(int level, int u, int slot) =>
+        _compressed is not null ? _compressed.Decode(_backend.ComputeStream, level, u, slot) : In(level, u, slot);
 
     private void FetchStash(int level, int u, int slot)
     {
+        if (_compressed is not null)
+        {
+            _stashBytes += _compressed.Fetch(_backend.CopyStream, level, u, slot);
+            return;
+        }
         _hostStash!.CopyToDeviceAsync(_backend.CopyStream, _inSlots[slot].View, (level * (long)U + u) * A, A);
         _stashBytes += A * sizeof(float);
     }
 
     private void StoreStash(int level, int u, int slot)
     {
+        if (_compressed is not null)
+        {
+            _stashBytes += _compressed.Store(_backend.CopyStream, level, u, slot);
+            return;
+        }
         _hostStash!.CopyFromDeviceAsync(_backend.CopyStream, _outSlots[slot].View, (level * (long)U + u) * A, A);
         _stashBytes += A * sizeof(float);
     }
 
     private void FetchDx(int u, int slot)
     {
+        if (_compressed is not null) return; // the boundary gradients stay on the device
         _hostDx!.CopyToDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
         _stashBytes += A * sizeof(float);
     }
 
     private void StoreDx(int u, int slot)
     {
+        if (_compressed is not null) return;
         _hostDx!.CopyFromDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
         _stashBytes += A * sizeof(float);
     }
@@ -212,6 +256,8 @@ public sealed class RelayExecutor : IExecutor
         var s = _backend.ComputeStream;
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
+        var hostInputs = host && _compressed is null; // with a codec the forward reads exact inputs kept on the device
+        _step = step;
         var busBefore = _eps.BusBytes + _stashBytes;
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
@@ -231,7 +277,7 @@ public sealed class RelayExecutor : IExecutor
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
-            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); },
+            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); Stashed(0, u, k); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
 
@@ -250,8 +296,9 @@ public sealed class RelayExecutor : IExecutor
                     {
                         UploadBlockInputs(u);
                         _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
+                        Stashed(level + 1, u, k);
                     },
-                    host ? (u, k) => FetchStash(level, u, k) : null,
+                    hostInputs ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreStash(level + 1, u, k) : null);
             }
             else
@@ -266,7 +313,7 @@ public sealed class RelayExecutor : IExecutor
                         _layers.HeadForwardBackward(s, _mb, _head.View, _headGrads.View, _embedding.View, _embeddingGrads.View,
                             _blockOut.View, _inputs, Dx(u, k), _scratch, lossScale);
                     },
-                    host ? (u, k) => FetchStash(level, u, k) : null,
+                    hostInputs ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreDx(u, k) : null);
             }
         }
@@ -309,8 +356,9 @@ public sealed class RelayExecutor : IExecutor
                 (u, k) =>
                 {
                     UploadBlockInputs(u);
-                    _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act, _inputs);
-                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch, _inputs);
+                    var x = Restore(level, u, k);
+                    _layers.BlockForward(s, _mb, layer, p, x, _blockOut.View, _act, _inputs);
+                    _layers.BlockBackward(s, _mb, layer, p, g, x, Dx(u, k), _act, _scratch, _inputs);
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);

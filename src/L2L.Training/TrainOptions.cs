@@ -2,6 +2,7 @@
 using L2L.Backends;
 using L2L.Model;
 using L2L.Training.Optim;
+using L2L.Training.Stash;
 
 namespace L2L.Training;
 
@@ -41,6 +42,13 @@ public sealed record TrainOptions
     public Update.UpdateLocation? EmbeddingUpdate { get; init; }
     /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
     public long? DeviceBudgetBytes { get; init; }
+    /// <summary>Relay only: how the stashed block inputs are stored (FP32, or 8/4/2-bit codes with per-group ranges).</summary>
+    public StashCodec StashCodec { get; init; } = StashCodec.None;
+    /// <summary>Values per quantisation group of the stash codec (a multiple of 16).</summary>
+    public int StashGroup { get; init; } = StashCodecSettings.DefaultGroupSize;
+
+    /// <summary>The stash codec these options describe, keyed by <see cref="Seed"/>.</summary>
+    public StashCodecSettings StashCodecSettings => new(StashCodec, StashGroup, (ulong)(uint)Seed);
 
     /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
     public Update.UpdateLocation ResolvedEmbeddingUpdate =>
@@ -65,6 +73,9 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (StashCodec != StashCodec.None && Executor != ExecutorKind.Relay)
+            throw new ArgumentException("--stash-codec compresses the relay's stash and needs --executor relay.");
+        StashCodecSettings.Validate();
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

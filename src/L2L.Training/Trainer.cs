@@ -81,7 +81,7 @@ public sealed class Trainer : IDisposable
                     options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, codec: options.StashCodecSettings);
             }
             catch
             {

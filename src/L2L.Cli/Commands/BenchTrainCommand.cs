@@ -20,9 +20,12 @@ internal static class BenchTrainCommand
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda[:i] or opencl[:i]." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON." };
         var output = new Option<string?>("--out") { Description = "Also write the JSON report to this file (e.g. bench/results/train-<machine>.json)." };
+        var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, json, output })
             command.Options.Add(o);
+        command.Options.Add(stashCodec);
+        command.Options.Add(stashGroup);
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var name = parse.GetValue(config) is { } path ? Path.GetFileName(path) : parse.GetValue(model)!;
@@ -32,7 +35,8 @@ internal static class BenchTrainCommand
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             var quiet = parse.GetValue(json);
             var report = TrainBenchmark.Run(backend, name, cfg, parse.GetValue(microBatchSize), parse.GetValue(seq), us,
-                parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine);
+                parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine,
+                new L2L.Training.Stash.StashCodecSettings(Enums.Parse<L2L.Training.Stash.StashCodec>(parse.GetValue(stashCodec)!, "--stash-codec"), parse.GetValue(stashGroup)));
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
         }));

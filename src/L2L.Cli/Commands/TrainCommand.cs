@@ -45,11 +45,14 @@ internal static class TrainCommand
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
         var valData = new Option<string?>("--val-data") { Description = "Validation token file (llm.c .bin or bytes); its mean loss is reported as val_loss." };
         var valEvery = new Option<int>("--val-every") { Description = "Validate every N steps (and after the last).", DefaultValueFactory = _ => 50 };
+        var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var valBatches = new Option<int>("--val-batches") { Description = "Validation batches of B sequences (the windows of unshuffled steps 0..K-1).", DefaultValueFactory = _ => 4 };
 
         var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
         foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
             command.Options.Add(o);
+        command.Options.Add(stashCodec);
+        command.Options.Add(stashGroup);
 
         command.SetAction(parse => CliErrors.Run(() =>
         {
@@ -90,6 +93,8 @@ internal static class TrainCommand
                 Warmup = parse.GetValue(warmup),
                 Executor = Enums.Parse<ExecutorKind>(parse.GetValue(executor)!, "--executor"),
                 Stash = Enums.Parse<StashPlacement>(parse.GetValue(stash)!, "--stash"),
+                StashCodec = Enums.Parse<L2L.Training.Stash.StashCodec>(parse.GetValue(stashCodec)!, "--stash-codec"),
+                StashGroup = parse.GetValue(stashGroup),
                 Seed = parse.GetValue(seed),
                 Shuffle = parse.GetValue(shuffle),
                 OptimizerThreads = parse.GetValue(threads),
@@ -101,6 +106,8 @@ internal static class TrainCommand
 
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
+            if (options.StashCodecSettings is { Enabled: true } codec)
+                Console.WriteLine(StashCodecOptions.Describe(codec, options));
             using var trainer = new Trainer(backend, options, source, weights, state);
             if (trainer.HostBytesPerParameter is { } hostBytes)
                 Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");

@@ -44,7 +44,8 @@ public sealed record TrainBenchReport(
     int MicroBatchSize,
     int Seq,
     int Steps,
-    IReadOnlyList<TrainBenchResult> Results)
+    IReadOnlyList<TrainBenchResult> Results,
+    string StashCodec = "none")
 {
     /// <summary>Indented JSON.</summary>
     public string ToJson() => BenchmarkJson.Serialize(this);
@@ -59,10 +60,11 @@ public sealed record TrainBenchReport(
 /// </summary>
 public static class TrainBenchmark
 {
-    /// <summary>Runs every configuration; one that does not fit the device is reported with its error.</summary>
+    /// <summary>Runs every configuration; one that does not fit the device is reported with its error. <paramref name="codec"/> applies to the relay runs.</summary>
     public static TrainBenchReport Run(Backend backend, string modelName, IModelConfig config, int microBatchSize, int seq,
-        IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null)
+        IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null, Stash.StashCodecSettings? codec = null)
     {
+        codec ??= new Stash.StashCodecSettings();
         var results = new List<TrainBenchResult>();
         var data = new SyntheticCorpus(Math.Min(256, config.VocabSize));
         foreach (var u in microBatchCounts)
@@ -80,6 +82,8 @@ public static class TrainBenchmark
                     Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-4f),
                     Executor = executor,
                     Stash = stash ?? StashPlacement.Device,
+                    StashCodec = executor == ExecutorKind.Relay ? codec.Codec : Stash.StashCodec.None,
+                    StashGroup = codec.GroupSize,
                 };
                 var name = executor.ToString().ToLowerInvariant();
                 var stashName = stash?.ToString().ToLowerInvariant();
@@ -102,7 +106,8 @@ public static class TrainBenchmark
                 }
             }
         }
-        return new TrainBenchReport(MachineInfo.Current(), backend.Description, modelName, config.ParameterCount, microBatchSize, seq, steps, results);
+        var codecName = codec.Enabled ? $"{codec.Codec.ToString().ToLowerInvariant()} (groups of {codec.GroupSize})" : "none";
+        return new TrainBenchReport(MachineInfo.Current(), backend.Description, modelName, config.ParameterCount, microBatchSize, seq, steps, results, codecName);
     }
 
     private static double Median(IEnumerable<double> values)
