@@ -41,12 +41,11 @@ public sealed class RelayExecutor : IExecutor
     private readonly DeviceBuffer<float>? _deviceStash, _deviceDx;
     private readonly PinnedHostBuffer<float>? _hostStash, _hostDx;
     private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
+    private readonly Stash.CompressedStash? _compressed;
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
     private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
-    private readonly Stash.CompressedStash? _compressed;
     private long _stashBytes;
-    private long _step;
     private double _copyWait;
 
     /// <summary>Creates the executor and allocates every device buffer it will use.</summary>
@@ -152,14 +151,17 @@ public sealed class RelayExecutor : IExecutor
     /// After the layer below wrote <see cref="Out"/>(level): with a codec, enqueues its encode into the stash
     /// (keyed by step, level and micro-batch) and moves the exact values to X(u), the next layer's input.
     /// </summary>
-    private void Stashed(int level, int u, int slot)
+    private void Stashed(long step, int level, int u, int slot)
     {
         if (_compressed is null) return;
         var s = _backend.ComputeStream;
         var produced = Out(level, u, slot);
-        _compressed.Encode(s, _step, level, u, slot, produced);
+        _compressed.Encode(s, step, level, u, slot, produced);
         if (level > 0) produced.CopyTo(s, X(u));
     }
+
+    /// <summary>Whether the forward fetches its inputs from the host stash (not with a codec: it reads exact inputs kept on the device).</summary>
+    private bool HostInputs => _placement == StashPlacement.Host && _compressed is null;
 
     /// <summary>The stashed input of level <paramref name="level"/> for the backward's recomputation: decoded into a workspace buffer with a codec.</summary>
     private ArrayView<float> Restore(int level, int u, int slot) =>
@@ -256,8 +258,6 @@ public sealed class RelayExecutor : IExecutor
         var s = _backend.ComputeStream;
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
-        var hostInputs = host && _compressed is null; // with a codec the forward reads exact inputs kept on the device
-        _step = step;
         var busBefore = _eps.BusBytes + _stashBytes;
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
@@ -277,7 +277,7 @@ public sealed class RelayExecutor : IExecutor
         if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
-            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); Stashed(0, u, k); },
+            (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); Stashed(step, 0, u, k); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
 
@@ -296,9 +296,9 @@ public sealed class RelayExecutor : IExecutor
                     {
                         UploadBlockInputs(u);
                         _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
-                        Stashed(level + 1, u, k);
+                        Stashed(step, level + 1, u, k);
                     },
-                    hostInputs ? (u, k) => FetchStash(level, u, k) : null,
+                    HostInputs ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreStash(level + 1, u, k) : null);
             }
             else
@@ -313,7 +313,7 @@ public sealed class RelayExecutor : IExecutor
                         _layers.HeadForwardBackward(s, _mb, _head.View, _headGrads.View, _embedding.View, _embeddingGrads.View,
                             _blockOut.View, _inputs, Dx(u, k), _scratch, lossScale);
                     },
-                    hostInputs ? (u, k) => FetchStash(level, u, k) : null,
+                    HostInputs ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreDx(u, k) : null);
             }
         }
