@@ -29,6 +29,13 @@ public sealed record TrainOptions
     public ExecutorKind Executor { get; init; } = ExecutorKind.Relay;
     /// <summary>Stash placement for the relay executor.</summary>
     public StashPlacement Stash { get; init; } = StashPlacement.Device;
+    /// <summary>Relay only: how the stashed block inputs are stored (FP32, or 8/4/2-bit codes with per-group ranges).</summary>
+    public StashCodec StashCodec { get; init; } = StashCodec.None;
+    /// <summary>Values per quantisation group of the stash codec (a multiple of 16).</summary>
+    public int StashGroup { get; init; } = StashCodecSettings.DefaultGroupSize;
+
+    /// <summary>The stash codec these options describe, keyed by <see cref="Seed"/>.</summary>
+    public StashCodecSettings StashCodecSettings => new(StashCodec, StashGroup, (ulong)(uint)Seed);
     /// <summary>Seed for initialisation and shuffling.</summary>
     public int Seed { get; init; } = 1337;
     /// <summary>Take windows in a seeded random order instead of in sequence.</summary>
@@ -42,13 +49,6 @@ public sealed record TrainOptions
     public Update.UpdateLocation? EmbeddingUpdate { get; init; }
     /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
     public long? DeviceBudgetBytes { get; init; }
-    /// <summary>Relay only: how the stashed block inputs are stored (FP32, or 8/4/2-bit codes with per-group ranges).</summary>
-    public StashCodec StashCodec { get; init; } = StashCodec.None;
-    /// <summary>Values per quantisation group of the stash codec (a multiple of 16).</summary>
-    public int StashGroup { get; init; } = StashCodecSettings.DefaultGroupSize;
-
-    /// <summary>The stash codec these options describe, keyed by <see cref="Seed"/>.</summary>
-    public StashCodecSettings StashCodecSettings => new(StashCodec, StashGroup, (ulong)(uint)Seed);
 
     /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
     public Update.UpdateLocation ResolvedEmbeddingUpdate =>
@@ -69,13 +69,13 @@ public sealed record TrainOptions
         if (SeqLen < 1 || SeqLen > Config.MaxPositions)
             throw new ArgumentException($"--seq {SeqLen} must be between 1 and the model's longest sequence (n_positions / max_position_embeddings = {Config.MaxPositions}).");
         if (Warmup < 0) throw new ArgumentException("--warmup must not be negative.");
+        if (StashCodec != StashCodec.None && Executor != ExecutorKind.Relay)
+            throw new ArgumentException("--stash-codec compresses the relay's stash and needs --executor relay.");
+        StashCodecSettings.Validate();
         if (!(Optimizer.LearningRate > 0) || !float.IsFinite(Optimizer.LearningRate)) throw new ArgumentException("--lr must be a positive number.");
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
-        if (StashCodec != StashCodec.None && Executor != ExecutorKind.Relay)
-            throw new ArgumentException("--stash-codec compresses the relay's stash and needs --executor relay.");
-        StashCodecSettings.Validate();
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }
