@@ -32,6 +32,7 @@ internal static class TrainCommand
         var schedule = new Option<string>("--schedule") { Description = "constant or cosine (cosine decays to 10% of --lr at --steps).", DefaultValueFactory = _ => "constant" };
         var executor = new Option<string>("--executor") { Description = "relay (L2L) or conventional (all on the device).", DefaultValueFactory = _ => "relay" };
         var stash = new Option<string>("--stash") { Description = "Relay stash placement: device, or host (constant device memory).", DefaultValueFactory = _ => "device" };
+        var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
         var seed = new Option<int>("--seed") { Description = "Seed for initialisation and shuffling.", DefaultValueFactory = _ => 1337 };
         var shuffle = new Option<bool>("--shuffle") { Description = "Take windows in a seeded random order." };
@@ -45,7 +46,6 @@ internal static class TrainCommand
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
         var valData = new Option<string?>("--val-data") { Description = "Validation token file (llm.c .bin or bytes); its mean loss is reported as val_loss." };
         var valEvery = new Option<int>("--val-every") { Description = "Validate every N steps (and after the last).", DefaultValueFactory = _ => 50 };
-        var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var valBatches = new Option<int>("--val-batches") { Description = "Validation batches of B sequences (the windows of unshuffled steps 0..K-1).", DefaultValueFactory = _ => 4 };
 
         var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
