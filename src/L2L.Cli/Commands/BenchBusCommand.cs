@@ -17,7 +17,7 @@ internal static class BenchBusCommand
         var command = new Command("bus", "Host-to-device and device-to-host bandwidth of pinned transfers on the copy stream.");
         foreach (var o in new Option[] { mib, repeats, device, json, output })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        command.SetAction(parse =>
         {
             if (parse.GetValue(mib) < 1) throw new ArgumentException("--mib must be at least 1.");
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
@@ -27,7 +27,7 @@ internal static class BenchBusCommand
                 Console.WriteLine($"{backend.Description}: host->device {report.HostToDeviceBytesPerS / 1e9:F2} GB/s, device->host {report.DeviceToHostBytesPerS / 1e9:F2} GB/s ({MemoryTracker.Format(report.Bytes)} per transfer)");
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
-        }));
+        });
         return command;
     }
 }

@@ -20,7 +20,7 @@ internal static class BenchGemmCommand
         var command = new Command("gemm", "FP32 GEMM throughput of the engine's kernels, beside cuBLAS SGEMM when the device is CUDA.");
         foreach (var o in new Option[] { sizes, model, tokens, repeats, device, json, output })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        command.SetAction(parse =>
         {
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             var cpu = backend.Kind == DeviceKind.Cpu;
@@ -35,7 +35,7 @@ internal static class BenchGemmCommand
             var report = GemmBenchmark.Run(backend, shapes, parse.GetValue(repeats), quiet ? null : Console.WriteLine);
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
-        }));
+        });
         return command;
     }
 }

@@ -23,7 +23,7 @@ internal static class BenchTrainCommand
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, json, output })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        command.SetAction(parse =>
         {
             var name = parse.GetValue(config) is { } path ? Path.GetFileName(path) : parse.GetValue(model)!;
             var cfg = parse.GetValue(config) is { } p ? GptConfig.Load(p) : GptConfig.Preset(parse.GetValue(model)!);
@@ -35,7 +35,7 @@ internal static class BenchTrainCommand
                 parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine);
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
-        }));
+        });
         return command;
     }
 }
