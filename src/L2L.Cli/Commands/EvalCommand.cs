@@ -24,7 +24,7 @@ internal static class EvalCommand
             command.Options.Add(o);
         var rules = new RuleTable
         {
-            Rules.InputDirectory(checkpoint, "give a checkpoint directory (config.json and model.safetensors, as written by l2l train --save)"),
+            Rules.CheckpointInput(checkpoint, "give a checkpoint directory (config.json and model.safetensors, as written by l2l train --save)"),
             Rules.InputFile(data, DataSources.Expected),
             Rules.OneOf(dataFormat, DataSources.FormatNames, "data format"),
             Rules.AtLeast(batch, 1),

@@ -66,8 +66,8 @@ internal static class TrainCommand
             Rules.Exclusive(model, config, "--config describes the model itself; drop --model"),
             Rules.Exclusive(init, resume, "Use --init to start from a checkpoint's weights with a fresh optimizer, or --resume to continue its run"),
             Rules.InputFile(config, "give the path of a config.json with Hugging Face GPT-2 keys (a checkpoint directory goes to --init or --resume)"),
-            Rules.InputDirectory(init, CheckpointExpected),
-            Rules.InputDirectory(resume, CheckpointExpected),
+            Rules.CheckpointInput(init, CheckpointExpected),
+            Rules.CheckpointInput(resume, CheckpointExpected),
             Rules.InputFile(data, DataSources.Expected),
             Rules.OneOf(dataFormat, DataSources.FormatNames, "data format"),
             Rules.AtLeast(steps, 1L),
@@ -159,14 +159,15 @@ internal static class TrainCommand
             if (state is not null)
             {
                 // The step target matters only to a decaying schedule; the stash only to the relay.
-                foreach (var note in settings.Check(RunSettings.Describe(options), resumeDir!, key =>
-                             (key == RunSettings.Steps && options.Schedule == ScheduleKind.Constant) ||
-                             (key == RunSettings.Stash && options.Executor == ExecutorKind.Conventional)))
-                    env.Out.WriteLine($"note: {note}.");
+                var notes = settings.Check(RunSettings.Describe(options), resumeDir!, key =>
+                    (key == RunSettings.Steps && options.Schedule == ScheduleKind.Constant) ||
+                    (key == RunSettings.Stash && options.Executor == ExecutorKind.Conventional));
                 var stateFloats = options.Optimizer.Kind == OptimizerKind.Sgd ? 0 : 2;
                 if (state.StateFloatsPerParam != stateFloats)
                     throw new CliException($"--resume '{resumeDir}' holds {state.Optimizer} optimizer state, which --optimizer {options.Optimizer.Kind.ToString().ToLowerInvariant()} cannot continue. " +
                         "Resume with the checkpoint's optimizer, or use --init to start from its weights with a fresh optimizer");
+                foreach (var note in notes)
+                    env.Out.WriteLine($"note: {note}.");
                 if (state.Step >= options.Steps)
                 {
                     env.Out.WriteLine($"checkpoint '{resumeDir}' is already at step {state.Step}, at or past --steps {options.Steps}: nothing to train, nothing saved. " +

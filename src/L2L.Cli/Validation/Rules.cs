@@ -90,6 +90,16 @@ public static class Rules
         new($"{option.Name} input directory", parse => parse.GetValue(option) is not { } path ? null
             : PathProbe.ReadableDirectory(path) is { } problem ? $"{Typed(parse, option)} '{path}' {problem}. {Capital(expected)}" : null);
 
+    /// <summary>The option (when given) must name a readable directory holding a checkpoint's config and model files.</summary>
+    public static Rule CheckpointInput(Option<string?> option, string expected) =>
+        new($"{option.Name} checkpoint", parse =>
+        {
+            if (parse.GetValue(option) is not { } path) return null;
+            if (PathProbe.ReadableDirectory(path) is { } problem) return $"{Typed(parse, option)} '{path}' {problem}. {Capital(expected)}";
+            var missing = new[] { L2L.Model.Checkpoint.ConfigFile, L2L.Model.Checkpoint.ModelFile }.FirstOrDefault(f => !File.Exists(Path.Combine(path, f)));
+            return missing is null ? null : $"{Typed(parse, option)} '{path}' has no {missing}, so it is not a checkpoint. {Capital(expected)}";
+        });
+
     /// <summary>The option (when given) must name a file that can be created or written (tried, then undone), ending in <paramref name="extension"/> when given.</summary>
     public static Rule OutputFile(Option<string?> option, string what, string? extension = null) =>
         new($"{option.Name} output file", parse =>
