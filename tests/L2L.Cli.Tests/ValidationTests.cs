@@ -123,6 +123,14 @@ public sealed class ValidationTests(BackendFixture fixture)
         { Eval, "--checkpoint @/emptydir", "--checkpoint '@/emptydir' has no config.json" },
     };
 
+    public static TheoryData<string, string, string> Bench => new()
+    {
+        { "bench bus --device cpu", "--mib 0", "--mib 0 is out of range" },
+        { "bench train --device cpu", "--device gpu:x", "--device: 'gpu:x' has a bad device index" },
+        { "bench train --device cpu", "--model gpt3", "--model gpt3 is not a known model preset" },
+        { "bench gemm --device cpu", "--out @/emptydir", "--out '@/emptydir' is a directory" },
+    };
+
     public static TheoryData<string, string, string> Usage => new()
     {
         { Train, "--steps abc", "Cannot parse argument 'abc' for option '--steps'" },
@@ -143,6 +151,8 @@ public sealed class ValidationTests(BackendFixture fixture)
     [Theory, MemberData(nameof(Data))] public void DataRules(string command, string change, string expected) => Check(command, change, expected);
 
     [Theory, MemberData(nameof(Resume))] public void ResumeRules(string command, string change, string expected) => Check(command, change, expected);
+
+    [Theory, MemberData(nameof(Bench))] public void BenchRules(string command, string change, string expected) => Check(command, change, expected);
 
     [Theory, MemberData(nameof(Usage))] public void UsageErrorsExitTwo(string command, string change, string expected) => Check(command, change, expected, code: 2);
 
