@@ -88,9 +88,21 @@ internal sealed class Workspace : IDisposable
         foreach (var entry in Directory.EnumerateFileSystemEntries(Path, "*", SearchOption.AllDirectories))
         {
             var key = System.IO.Path.GetRelativePath(Path, entry);
-            all[key] = File.Exists(entry) ? Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(entry))) : "dir";
+            all[key] = !File.Exists(entry) ? "dir" : Hash(entry);
         }
         return all;
+    }
+
+    private static string Hash(string file)
+    {
+        try
+        {
+            return Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(file)));
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return $"unreadable, {new FileInfo(file).Length} bytes";
+        }
     }
 
     /// <summary>The step count recorded in a checkpoint's training state.</summary>
