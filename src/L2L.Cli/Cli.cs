@@ -91,7 +91,10 @@ public static partial class Cli
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            var command = string.Join(' ', parse.CommandResult.Command.Name == root.Name ? ["l2l"] : new[] { "l2l", parse.CommandResult.Command.Name });
+            var names = new List<string>();
+            for (var r = parse.CommandResult; r is not null && r.Command != root; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+                names.Insert(0, r.Command.Name);
+            var command = string.Join(' ', names.Prepend("l2l"));
             stderr.WriteLine($"error: {OneLine(parse.Errors[0].Message)} Run '{command} --help' for the options.");
             return 2;
         }

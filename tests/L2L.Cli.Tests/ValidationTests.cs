@@ -135,7 +135,8 @@ public sealed class ValidationTests(BackendFixture fixture)
     {
         { Train, "--steps abc", "Cannot parse argument 'abc' for option '--steps'" },
         { Train, "--bogus 1", "Unrecognized command or argument '--bogus'" },
-        { "", "", "Required command was not provided" },
+        { "", "", "Required command was not provided. Run 'l2l --help' for the options." },
+        { "bench bus", "--mib x", "Run 'l2l bench bus --help' for the options." },
     };
 
     [Theory, MemberData(nameof(Ranges))] public void RangeRules(string command, string change, string expected) => Check(command, change, expected);
