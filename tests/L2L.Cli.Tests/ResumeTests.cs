@@ -75,4 +75,16 @@ public sealed class ResumeTests(BackendFixture fixture)
         Rejected.Check(result, 1, "--steps 4 differs from the 2 that checkpoint", before, ws);
         Assert.Equal(0, ws.Run(fixture, "train --resume @/cos --steps 3 --override steps --device cpu").ExitCode);
     }
+
+    [Theory]
+    [InlineData("--executor conventional", "--stash host", "--stash applies only to --executor relay")]
+    [InlineData("--executor conventional", "--optimizer-threads 1", "--optimizer-threads applies only to --executor relay")]
+    [InlineData("--optimizer sgd --lr 0.1", "--beta1 0.8", "--beta1 applies only to --optimizer adamw or lamb")]
+    public void OptionsThatDoNotApplyToTheInheritedSettingsAreRejected(string recorded, string typed, string expected)
+    {
+        using var ws = Workspace.Create(fixture);
+        Assert.Equal(0, ws.Run(fixture, $"train --config @/tiny.json --steps 1 --batch 2 --seq 4 {recorded} --device cpu --save @/other").ExitCode);
+        var before = ws.Snapshot();
+        Rejected.Check(ws.Run(fixture, $"train --resume @/other --steps 2 {typed} --device cpu"), 1, expected, before, ws);
+    }
 }

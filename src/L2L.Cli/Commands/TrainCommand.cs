@@ -58,8 +58,12 @@ internal static class TrainCommand
             (RunSettings.Epsilon, eps), (RunSettings.Schedule, schedule), (RunSettings.Warmup, warmup), (RunSettings.Steps, steps),
             (RunSettings.Shuffle, shuffle), (RunSettings.Seed, seed), (RunSettings.Executor, executor), (RunSettings.Stash, stash),
         ];
-        bool Relay(ParseResult p) => string.Equals(p.GetValue(executor), "relay", StringComparison.OrdinalIgnoreCase);
-        bool Adam(ParseResult p) => !string.Equals(p.GetValue(optimizer), "sgd", StringComparison.OrdinalIgnoreCase);
+        // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
+        IReadOnlyDictionary<string, string>? inherited = null;
+        string Effective(ParseResult p, Option<string> o, string key) =>
+            !Rules.Given(p, o) && inherited is not null && inherited.TryGetValue(key, out var v) ? v : p.GetValue(o)!;
+        bool Relay(ParseResult p) => string.Equals(Effective(p, executor, RunSettings.Executor), "relay", StringComparison.OrdinalIgnoreCase);
+        bool Adam(ParseResult p) => !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "sgd", StringComparison.OrdinalIgnoreCase);
         var rules = new RuleTable
         {
             Rules.OneOf(model, GptConfig.PresetNames, "model preset"),
@@ -91,7 +95,7 @@ internal static class TrainCommand
             Rules.OneOf(stash, Enum.GetNames<StashPlacement>().Select(n => n.ToLowerInvariant()), "stash placement"),
             Rules.AppliesOnlyTo(stash, Relay, "--executor relay"),
             Rules.AppliesOnlyTo(threads, Relay, "--executor relay"),
-            Rules.Custom("--optimizer lamb needs --executor relay", p => Relay(p) || !string.Equals(p.GetValue(optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
+            Rules.Custom("--optimizer lamb needs --executor relay", p => Relay(p) || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
                 : $"{Rules.Typed(p, optimizer)} lamb runs on the host and needs --executor relay. Use --executor relay, or --optimizer adamw or sgd"),
             Rules.AtLeast(threads, 1),
             Rules.Positive(budget),
@@ -134,6 +138,11 @@ internal static class TrainCommand
                 cfg = explicitConfig ?? GptConfig.Preset(parse.GetValue(model)!);
             }
 
+            if (state is not null)
+            {
+                inherited = state.Metadata;
+                rules.Check(parse); // again, now that untyped settings come from the checkpoint
+            }
             var settings = new ResumeSettings(parse, state?.Metadata, recorded, parse.GetValue(overrides) ?? []);
             static float Number(string text) => float.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
             static int Integer(string text) => int.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
