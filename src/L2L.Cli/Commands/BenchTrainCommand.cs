@@ -1,6 +1,7 @@
 // `l2l bench train`: relay (device and host stash) against conventional training over micro-batch counts.
 using System.CommandLine;
 using L2L.Backends;
+using L2L.Cli.Validation;
 using L2L.Model;
 using L2L.Training.Benchmarks;
 
@@ -23,8 +24,20 @@ internal static class BenchTrainCommand
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, json, output })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        var rules = new RuleTable
         {
+            Rules.OneOf(model, GptConfig.PresetNames, "model preset"),
+            Rules.InputFile(config, "give the path of a config.json with Hugging Face GPT-2 keys"),
+            Rules.AtLeast(microBatchSize, 1),
+            Rules.AtLeast(seq, 1),
+            Rules.AtLeast(steps, 1),
+            Rules.AtLeast(warmup, 0),
+            Rules.Device(device),
+            Rules.OutputFile(output, "the JSON report"),
+        };
+        command.SetAction(parse =>
+        {
+            rules.Check(parse);
             var name = parse.GetValue(config) is { } path ? Path.GetFileName(path) : parse.GetValue(model)!;
             var cfg = parse.GetValue(config) is { } p ? ModelConfigs.Load(p) : ModelConfigs.Preset(parse.GetValue(model)!);
             var us = parse.GetValue(counts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
@@ -35,7 +48,7 @@ internal static class BenchTrainCommand
                 parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine);
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
-        }));
+        });
         return command;
     }
 }
