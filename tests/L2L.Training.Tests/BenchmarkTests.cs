@@ -54,4 +54,16 @@ public sealed class BenchmarkTests(BackendFixture fixture)
         Assert.True(report.HostToDeviceBytesPerS > 0 && report.DeviceToHostBytesPerS > 0);
         Assert.Equal(0, backend.Memory.CurrentBytes);
     }
+
+    [Fact]
+    public void AttentionBenchmarkTimesBothPassesAndCountsItsWorkspace()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = AttentionBenchmark.Run(backend, [(2, 5, 8, 2)], repeats: 1);
+        var r = Assert.Single(report.Results);
+        Assert.True(r.ForwardMs > 0 && r.BackwardMs > 0 && r.Tflops > 0);
+        Assert.Equal("rows", r.Path);
+        Assert.Equal((2 * 5 * 8 + 2 * 2 * 5 * 2) * 4L, r.WorkspaceBytes); // output, lse and the backward's delta
+        Assert.Equal(0, backend.Memory.CurrentBytes);
+    }
 }
