@@ -51,6 +51,23 @@ public sealed class PtxHotLoopTests : IDisposable
     public void GemmLoopsHaveNo64BitDivision(string kernel) =>
         AssertNoDivisionInInnermostLoops(kernel, Compile(typeof(GemmKernels), kernel));
 
+    [Theory]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesNNKernel))]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesNTKernel))]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesTNKernel))]
+    public void GpuGemmInnerLoopDoesAtLeastFourMultiplyAddsPerSharedLoad(string kernel)
+    {
+        var ptx = Compile(typeof(GemmKernels), kernel);
+        var hot = PtxLoop.Hot(ptx);
+        _output.WriteLine($"{kernel}: hot loop {hot.InstructionCount} instructions, {hot.MultiplyAdds} multiply-adds, {hot.SharedLoads} shared loads, " +
+            $"{(double)hot.InstructionCount / hot.MultiplyAdds:F2} instructions per multiply-add");
+        Assert.Equal(64, hot.MultiplyAdds); // the 8 x 8 register tile, once per k
+        Assert.True(hot.MultiplyAdds >= 4 * hot.SharedLoads, $"{kernel}: {hot.MultiplyAdds} multiply-adds for {hot.SharedLoads} shared loads");
+        Assert.All(hot.Instructions.Where(i => i.StartsWith("ld.shared", StringComparison.Ordinal)), i => Assert.StartsWith("ld.shared.v4.f32", i));
+        Assert.Empty(hot.Divisions64);
+        Assert.DoesNotContain(".local", ptx); // no spilled register tile
+    }
+
     [Fact]
     public void LoopFinderFindsNestedLoopsAndCountsMultiplyAdds()
     {
