@@ -68,10 +68,10 @@ public sealed class AttentionOps
             (s, c, a1, a2, a3, a4, a5, kl, km, d) => k(s, c, a1, a2, a3, a4, a5, kl, km, d));
     }
 
-    /// <summary>The length of the log-sum-exp buffer <see cref="Forward"/> saves: (B, NH, T).</summary>
+    /// <summary>The length of the log-sum-exp buffer <c>Forward</c> saves: (B, NH, T).</summary>
     public static long LseLength(int b, int t, int nh) => (long)b * nh * t;
 
-    /// <summary>The scratch length <see cref="Backward"/> needs: one (B, NH, T) row term.</summary>
+    /// <summary>The scratch length <c>Backward</c> needs: one (B, NH, T) row term.</summary>
     public static long BackwardScratchLength(int b, int t, int c, int nh) => LseLength(b, t, nh);
 
     /// <summary>The path <paramref name="path"/> resolves to on this accelerator for heads of <paramref name="headSize"/> channels.</summary>
@@ -89,7 +89,7 @@ public sealed class AttentionOps
 
     /// <summary>
     /// <c>output</c> (B, T, C) = attention of <c>qkv</c> (B, T, 3C); saves each query row's log-sum-exp <c>lse</c>
-    /// (B, NH, T) for <see cref="Backward"/>. <c>keyLengths</c> is (B) or empty, <c>keyMask</c> (B*T) or empty.
+    /// (B, NH, T) for <c>Backward</c>. <c>keyLengths</c> is (B) or empty, <c>keyMask</c> (B*T) or empty.
     /// Neither output may alias <c>qkv</c>.
     /// </summary>
     public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
@@ -104,9 +104,14 @@ public sealed class AttentionOps
             _rows.Value.Forward(s, RowLaunch(LseLength(b, t, nh)), output, lse, qkv, keyLengths, keyMask, d);
     }
 
+    /// <summary>The forward pass without a per-key mask (<c>keyMask</c> empty), on the accelerator's default path.</summary>
+    public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
+        => Forward(s, output, lse, qkv, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
+
     /// <summary>
     /// Assigns (does not accumulate) <c>dQkv</c> (B, T, 3C), the gradient of the loss with respect to <c>qkv</c>, from
-    /// <c>dOutput</c> (B, T, C), and the <c>output</c> and <c>lse</c> that <see cref="Forward"/> computed for the same
+    /// <c>dOutput</c> (B, T, C), and the <c>output</c> and <c>lse</c> that <c>Forward</c> computed for the same
     /// <c>qkv</c> and masking. <c>scratch</c> needs at least <see cref="BackwardScratchLength"/> elements; its contents
     /// are overwritten. <c>dQkv</c> must not alias any input.
     /// </summary>
@@ -138,6 +143,11 @@ public sealed class AttentionOps
             k.Key(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
         }
     }
+
+    /// <summary>The backward pass without a per-key mask (<c>keyMask</c> empty), on the accelerator's default path.</summary>
+    public void Backward(AcceleratorStream s, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
+        => Backward(s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
 
     private static AttentionDims Validate(ArrayView<float> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask,
         int b, int t, int c, int nh, bool causal)

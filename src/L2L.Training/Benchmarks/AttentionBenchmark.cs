@@ -29,7 +29,7 @@ public sealed record AttentionBenchReport(MachineInfo Machine, string Device, st
     public string ToJson() => BenchmarkJson.Serialize(this);
 }
 
-/// <summary>Times <see cref="AttentionOps.Forward"/> and <see cref="AttentionOps.Backward"/> (causal) on given shapes.</summary>
+/// <summary>Times <see cref="AttentionOps"/> forward and backward (causal) on given shapes.</summary>
 public static class AttentionBenchmark
 {
     /// <summary>
