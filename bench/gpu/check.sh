@@ -88,9 +88,9 @@ else
   gemm=(--model gpt2)
   att_gpt2=(--model gpt2 --batch 8 --seq 1024); att_medium=(--model gpt2-medium --batch 8 --seq 1024)
   bus=(--mib 256); hostopt=(--params 268435456)
-  train_gpt2=(--model gpt2 --seq 1024 --micro-batch-size 4,8,16,32 --micro-batches 1,4 --steps 2 --warmup 1)
-  train_medium=(--model gpt2-medium --seq 1024 --micro-batch-size 2,4,8,16 --micro-batches 1,4 --steps 2 --warmup 1)
-  torch_shapes=("gpt2 16 1024" "gpt2-medium 8 1024")
+  train_gpt2=(--model gpt2 --seq 1024 --micro-batch-size 8,32 --micro-batches 1,4 --steps 2 --warmup 1)
+  train_medium=(--model gpt2-medium --seq 1024 --micro-batch-size 4,16 --micro-batches 1,4 --steps 2 --warmup 1)
+  torch_shapes=("gpt2 32 1024" "gpt2-medium 16 1024")
 fi
 step gemm 20 90 "${l2l[@]}" bench gemm --device "$device" "${gemm[@]}" --out "$out/gemm.json"
 step attention-gpt2 10 60 "${l2l[@]}" bench attention --device "$device" "${att_gpt2[@]}" --out "$out/attention-gpt2.json"
