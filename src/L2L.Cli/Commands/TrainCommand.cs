@@ -1,4 +1,4 @@
-// `l2l train`: trains a GPT-2-style model with the relay or conventional executor.
+// `l2l train`: trains a GPT-2 or BERT model with the relay or conventional executor.
 using System.CommandLine;
 using L2L.Backends;
 using L2L.Model;
@@ -17,6 +17,7 @@ internal static class TrainCommand
         var config = new Option<string?>("--config") { Description = "A Hugging Face config.json, GPT-2 or BERT by its model_type (overrides --model)." };
         var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
         var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
+        var labels = new Option<string?>("--labels") { Description = "BERT: llm.c .bin of targets aligned with --data (65535 = not scored). Default: mask 15% of tokens on the fly, keyed by --seed." };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step (B).", DefaultValueFactory = _ => 8 };
         var micro = new Option<int>("--micro-batches") { Description = "Micro-batches per step (U); must divide --batch.", DefaultValueFactory = _ => 2 };
@@ -42,8 +43,8 @@ internal static class TrainCommand
         var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
 
-        var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, budget })
+        var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
+        foreach (var o in new Option[] { model, config, init, data, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, budget })
             command.Options.Add(o);
 
         command.SetAction(parse => CliErrors.Run(() =>
@@ -92,10 +93,11 @@ internal static class TrainCommand
             };
             options.Validate();
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
+            var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
 
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
-            using var trainer = new Trainer(backend, options, source, weights, state);
+            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();
