@@ -121,3 +121,20 @@ public sealed class BertCheckpointResumeTests(BackendFixture fixture) : IDisposa
             TrainingHarness.Corpus(), labels: TrainingHarness.Corpus()));
     }
 }
+
+public sealed class BertLearningTests(BackendFixture fixture)
+{
+    [Fact]
+    public void TrainingLowersTheMaskedLoss()
+    {
+        // From ln(36) = 3.58: the masked symbols are predictable from their neighbours in the Markov corpus.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var options = BertHarness.Options(BertHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 8, seq: 16, steps: 120) with
+        {
+            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-2f),
+        };
+        var run = BertHarness.Run(backend, options);
+        Assert.True(run.Losses[^10..].Average() < run.Losses[..10].Average() - 0.5,
+            $"loss went from {run.Losses[..10].Average():F3} to {run.Losses[^10..].Average():F3}");
+    }
+}
