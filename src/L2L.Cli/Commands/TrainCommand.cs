@@ -127,7 +127,9 @@ internal static class TrainCommand
             }
             if (metrics.Count > 0)
                 Console.WriteLine($"final: {Line(metrics[^1])}");
-            if (source is SyntheticCorpus corpus)
+            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+            if (floor is not null && source is SyntheticCorpus corpus)
                 Console.WriteLine($"corpus entropy rate (the lowest achievable loss): {corpus.EntropyRateNats:F4} nats/token");
             if (saveDir is not null)
             {
@@ -136,7 +138,7 @@ internal static class TrainCommand
             }
             if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
             {
-                LossPlot.Save(plotPath, metrics, (source as SyntheticCorpus)?.EntropyRateNats);
+                LossPlot.Save(plotPath, metrics, floor);
                 Console.WriteLine($"wrote {plotPath}");
             }
             return 0;
