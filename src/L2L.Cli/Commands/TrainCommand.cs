@@ -1,4 +1,4 @@
-// `l2l train`: trains a GPT-2-style model with the relay or conventional executor.
+// `l2l train`: trains a GPT-2 or BERT model with the relay or conventional executor.
 using System.CommandLine;
 using L2L.Backends;
 using L2L.Cli.Validation;
@@ -19,6 +19,7 @@ internal static class TrainCommand
         var config = new Option<string?>("--config") { Description = "A Hugging Face config.json, GPT-2 or BERT by its model_type (overrides --model)." };
         var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
         var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
+        var labels = new Option<string?>("--labels") { Description = "BERT: llm.c .bin of targets aligned with --data (65535 = not scored). Default: mask 15% of tokens on the fly, keyed by --seed." };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step (B).", DefaultValueFactory = _ => 8 };
         var micro = new Option<int>("--micro-batches") { Description = "Micro-batches per step (U); must divide --batch.", DefaultValueFactory = _ => 2 };
@@ -51,8 +52,8 @@ internal static class TrainCommand
         var dataFormat = DataSources.FormatOption();
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
-        var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, dataFormat, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, overrides, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
+        var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
+        foreach (var o in new Option[] { model, config, init, data, dataFormat, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, overrides, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
             command.Options.Add(o);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
@@ -118,6 +119,7 @@ internal static class TrainCommand
                 || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
                 : "--embedding-update device needs an optimizer with a device kernel, and lamb runs on the host only. Use --embedding-update host, or --optimizer adamw or sgd"),
             Rules.InputFile(valData, DataSources.Expected),
+            Rules.InputFile(labels, "give an llm.c .bin file of BERT targets aligned with --data (65535 where a position is not scored)"),
             Rules.AtLeast(valEvery, 1),
             Rules.AtLeast(valBatches, 1),
             Rules.Requires(valEvery, valData, "it says how often to validate on that file"),
@@ -202,11 +204,13 @@ internal static class TrainCommand
             }
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen);
             using var sourceLifetime = source as IDisposable;
+            var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
+            using var labelLifetime = labelSource as IDisposable;
 
             using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
             var backend = lease.Backend;
             env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
-            using var trainer = new Trainer(backend, options, source, weights, state);
+            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             if (trainer.HostBytesPerParameter is { } hostBytes)
                 env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
             var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
@@ -252,8 +256,10 @@ internal static class TrainCommand
             }
             if (metrics.Count > 0)
                 env.Out.WriteLine($"final: {Line(metrics[^1])}");
-            if (source is SyntheticCorpus corpus && !stopped)
-                env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {corpus.EntropyRateNats:F4} nats/token");
+            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+            if (floor is { } rate && !stopped)
+                env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
             var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
             if (saved)
             {
@@ -262,7 +268,7 @@ internal static class TrainCommand
             }
             if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
             {
-                LossPlot.Save(plotPath, metrics, (source as SyntheticCorpus)?.EntropyRateNats);
+                LossPlot.Save(plotPath, metrics, floor);
                 env.Out.WriteLine($"wrote {plotPath}");
             }
             if (!stopped) return 0;
