@@ -60,24 +60,24 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
 
     public bool AllReduce(int count)
     {
-        float[] buffer = Values(mpi.Rank, count, 0);
+        float[] buffer = ScenarioData.Values(mpi.Rank, count, 0);
         mpi.AllReduceSum(buffer);
-        float[] serial = SerialSum(count, 0, reverse: false);
-        float[] reverse = SerialSum(count, 0, reverse: true);
+        float[] serial = ScenarioData.SerialSum(R, count, 0, reverse: false);
+        float[] reverse = ScenarioData.SerialSum(R, count, 0, reverse: true);
         int mismatches = Mismatches(buffer, serial);
         int orderMatters = Mismatches(serial, reverse);
         bool agree = AgreesWithRankZero(buffer);
-        Say($"count={count} hash={Hash(buffer):x16} mismatches-vs-rank-order-serial={mismatches} elements-where-reverse-order-differs={orderMatters} agrees-with-rank0={agree}");
+        Say($"count={count} hash={ScenarioData.Hash(buffer):x16} mismatches-vs-rank-order-serial={mismatches} elements-where-reverse-order-differs={orderMatters} agrees-with-rank0={agree}");
         return mismatches == 0 && agree;
     }
 
     public bool RoundTrip(int block)
     {
         // Reduce-scatter a buffer of R blocks, then all-gather the reduced blocks: the result is the all-reduce.
-        float[] send = Values(mpi.Rank, block * R, 1);
+        float[] send = ScenarioData.Values(mpi.Rank, block * R, 1);
         float[] mine = new float[block];
         mpi.ReduceScatterBlockSum(send, mine);
-        float[] serial = SerialSum(block * R, 1, reverse: false);
+        float[] serial = ScenarioData.SerialSum(R, block * R, 1, reverse: false);
         int scatterMismatches = Mismatches(mine, serial.AsSpan(mpi.Rank * block, block).ToArray());
         float[] all = new float[block * R];
         mpi.AllGather(mine, all);
@@ -98,17 +98,17 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
         long before = mpi.NativeCallCount;
         bool ok = true;
 
-        float[] buffer = Values(mpi.Rank, count, 2);
+        float[] buffer = ScenarioData.Values(mpi.Rank, count, 2);
         mpi.AllReduceSum(buffer);
-        int a = Mismatches(buffer, SerialSum(count, 2, reverse: false));
+        int a = Mismatches(buffer, ScenarioData.SerialSum(R, count, 2, reverse: false));
         long allReduceCalls = mpi.NativeCallCount - before;
         long expectedAllReduce = 2 * CallPieces.Count(count, (long)max * R);
 
         before = mpi.NativeCallCount;
-        float[] send = Values(mpi.Rank, block * R, 3);
+        float[] send = ScenarioData.Values(mpi.Rank, block * R, 3);
         float[] mine = new float[block];
         mpi.ReduceScatterBlockSum(send, mine);
-        float[] serial = SerialSum(block * R, 3, reverse: false);
+        float[] serial = ScenarioData.SerialSum(R, block * R, 3, reverse: false);
         int b = Mismatches(mine, serial.AsSpan(mpi.Rank * block, block).ToArray());
         long scatterCalls = mpi.NativeCallCount - before;
 
@@ -145,7 +145,7 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
             Environment.Exit(3);
         }
         Say("entering the all-reduce (timeout 10 s)");
-        float[] buffer = Values(mpi.Rank, 1000, 4);
+        float[] buffer = ScenarioData.Values(mpi.Rank, 1000, 4);
         mpi.AllReduceSum(buffer);
         Say("all-reduce returned although a rank had exited");
         return false;
@@ -162,7 +162,7 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
             return false;
         }
         Say("entering the all-reduce (timeout 3 s)");
-        float[] buffer = Values(mpi.Rank, 1000, 4);
+        float[] buffer = ScenarioData.Values(mpi.Rank, 1000, 4);
         mpi.AllReduceSum(buffer);
         Say("all-reduce returned although a rank never joined");
         return false;
@@ -170,26 +170,38 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
 
     private bool AgreesWithRankZero(float[] buffer)
     {
-        var hash = BitConverter.GetBytes(Hash(buffer));
+        var hash = BitConverter.GetBytes(ScenarioData.Hash(buffer));
         var root = (byte[])hash.Clone();
         mpi.Broadcast(root, root: 0);
         return hash.AsSpan().SequenceEqual(root);
     }
 
-    // The sum every rank must hold: element by element, rank 0's value plus rank 1's plus … (or the reverse order, to show order matters).
-    private float[] SerialSum(int count, int salt, bool reverse)
+    private static int Mismatches(float[] a, float[] b)
     {
-        float[] sum = Values(reverse ? R - 1 : 0, count, salt);
-        for (int k = 1; k < R; k++)
+        if (a.Length != b.Length) return Math.Max(a.Length, b.Length);
+        int n = 0;
+        for (int i = 0; i < a.Length; i++) if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i])) n++;
+        return n;
+    }
+}
+
+/// <summary>The inputs of the scenarios and the results they must produce, shared with the tests.</summary>
+public static class ScenarioData
+{
+    /// <summary>The sum every rank must hold: element by element, rank 0's value plus rank 1's plus … (or the reverse order, to show order matters).</summary>
+    public static float[] SerialSum(int ranks, int count, int salt, bool reverse)
+    {
+        float[] sum = Values(reverse ? ranks - 1 : 0, count, salt);
+        for (int k = 1; k < ranks; k++)
         {
-            float[] next = Values(reverse ? R - 1 - k : k, count, salt);
+            float[] next = Values(reverse ? ranks - 1 - k : k, count, salt);
             for (int i = 0; i < count; i++) sum[i] += next[i];
         }
         return sum;
     }
 
-    // Values of mixed sign spanning 2^-20..2^20, so the rounding of a sum depends on its order.
-    private static float[] Values(int rank, int count, int salt)
+    /// <summary>Rank <paramref name="rank"/>'s input: values of mixed sign spanning 2^-20..2^20, so the rounding of a sum depends on its order.</summary>
+    public static float[] Values(int rank, int count, int salt)
     {
         var values = new float[count];
         for (int i = 0; i < count; i++)
@@ -209,15 +221,8 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
         return z ^ (z >> 31);
     }
 
-    private static int Mismatches(float[] a, float[] b)
-    {
-        if (a.Length != b.Length) return Math.Max(a.Length, b.Length);
-        int n = 0;
-        for (int i = 0; i < a.Length; i++) if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i])) n++;
-        return n;
-    }
-
-    private static ulong Hash(float[] values)
+    /// <summary>FNV-1a over the float bits: one number that differs when any bit of the result does.</summary>
+    public static ulong Hash(float[] values)
     {
         ulong h = 1469598103934665603UL;
         foreach (float v in values) h = (h ^ (uint)BitConverter.SingleToInt32Bits(v)) * 1099511628211UL;

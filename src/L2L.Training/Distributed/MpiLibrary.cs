@@ -186,18 +186,6 @@ internal sealed unsafe class OpenMpiLibrary : MpiLibrary
 /// <summary>The MPICH ABI: handles are the integer constants of MPICH's mpi.h (shared by Intel MPI, Cray MPICH, MVAPICH).</summary>
 internal sealed unsafe class MpichLibrary : MpiLibrary
 {
-    /// <summary>MPI_COMM_WORLD in MPICH's mpi.h.</summary>
-    public const int CommWorld = 0x44000000;
-
-    /// <summary>MPI_FLOAT in MPICH's mpi.h.</summary>
-    public const int FloatType = 0x4c00040a;
-
-    /// <summary>MPI_BYTE in MPICH's mpi.h.</summary>
-    public const int ByteType = 0x4c00010d;
-
-    /// <summary>MPI_SUM in MPICH's mpi.h (not used by the ordered reductions, kept for the header check).</summary>
-    public const int SumOp = 0x58000003;
-
     private static readonly nint InPlace = -1; // MPI_IN_PLACE in MPICH's mpi.h
     private readonly delegate* unmanaged<int, int*, int> _commRank, _commSize;
     private readonly delegate* unmanaged<int, int> _barrier;
@@ -216,22 +204,38 @@ internal sealed unsafe class MpichLibrary : MpiLibrary
         _abort = (delegate* unmanaged<int, int, int>)Export("MPI_Abort");
     }
 
-    internal override int CommWorldRank() { int r; Check(_commRank(CommWorld, &r), "MPI_Comm_rank"); return r; }
+    internal override int CommWorldRank() { int r; Check(_commRank(MpichHandles.CommWorld, &r), "MPI_Comm_rank"); return r; }
 
-    internal override int CommWorldSize() { int s; Check(_commSize(CommWorld, &s), "MPI_Comm_size"); return s; }
+    internal override int CommWorldSize() { int s; Check(_commSize(MpichHandles.CommWorld, &s), "MPI_Comm_size"); return s; }
 
-    internal override void Barrier() => Check(_barrier(CommWorld), "MPI_Barrier");
+    internal override void Barrier() => Check(_barrier(MpichHandles.CommWorld), "MPI_Barrier");
 
     internal override void AlltoallFloat(float* send, float* receive, int count) =>
-        Check(_alltoall(send, count, FloatType, receive, count, FloatType, CommWorld), "MPI_Alltoall");
+        Check(_alltoall(send, count, MpichHandles.Float, receive, count, MpichHandles.Float, MpichHandles.CommWorld), "MPI_Alltoall");
 
     internal override void AllgatherFloat(float* send, float* receive, int count) =>
-        Check(_allgather(send == null ? (void*)InPlace : send, count, FloatType, receive, count, FloatType, CommWorld), "MPI_Allgather");
+        Check(_allgather(send == null ? (void*)InPlace : send, count, MpichHandles.Float, receive, count, MpichHandles.Float, MpichHandles.CommWorld), "MPI_Allgather");
 
     internal override void BroadcastBytes(byte* buffer, int count, int root) =>
-        Check(_bcast(buffer, count, ByteType, root, CommWorld), "MPI_Bcast");
+        Check(_bcast(buffer, count, MpichHandles.Byte, root, MpichHandles.CommWorld), "MPI_Bcast");
 
-    internal override void Abort(int errorCode) => _abort(CommWorld, errorCode);
+    internal override void Abort(int errorCode) => _abort(MpichHandles.CommWorld, errorCode);
+}
+
+/// <summary>The predefined handles of the MPICH ABI, as MPICH's mpi.h defines them (the tests compare them with the installed header).</summary>
+public static class MpichHandles
+{
+    /// <summary>MPI_COMM_WORLD.</summary>
+    public const int CommWorld = 0x44000000;
+
+    /// <summary>MPI_FLOAT.</summary>
+    public const int Float = 0x4c00040a;
+
+    /// <summary>MPI_BYTE.</summary>
+    public const int Byte = 0x4c00010d;
+
+    /// <summary>MPI_SUM (unused: sums are formed locally in rank order; kept so the header check covers it).</summary>
+    public const int Sum = 0x58000003;
 }
 
 /// <summary>An MPI call failed or no usable MPI library was found.</summary>
