@@ -100,6 +100,20 @@ public sealed class TransportSetupTests
         Assert.Equal(MpichHandles.Float, Define(text, "MPI_FLOAT"));
         Assert.Equal(MpichHandles.Byte, Define(text, "MPI_BYTE"));
         Assert.Equal(MpichHandles.Sum, Define(text, "MPI_SUM"));
+        Assert.Matches(@"#define\s+MPI_IN_PLACE\s+\(void \*\) -1", text);
+    }
+
+    [Fact]
+    public void OpenMpiHandles_AreTheExportedObjectsTheHeaderNames()
+    {
+        string? header = new[] { "/usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h", "/usr/lib/aarch64-linux-gnu/openmpi/include/mpi.h", "/usr/include/openmpi/mpi.h" }
+            .FirstOrDefault(File.Exists);
+        if (header is null) Assert.Skip("Open MPI's mpi.h is not installed (Debian: apt-get install libopenmpi-dev), so the handle names were not checked.");
+        string text = File.ReadAllText(header);
+        // Open MPI defines each handle as the address of an exported object; these are the ones the binding resolves.
+        foreach (var (handle, symbol) in new[] { ("MPI_COMM_WORLD", "ompi_mpi_comm_world"), ("MPI_FLOAT", "ompi_mpi_float"), ("MPI_BYTE", "ompi_mpi_byte"), ("MPI_SUM", "ompi_mpi_op_sum") })
+            Assert.Matches($@"#define\s+{handle}\s+OMPI_PREDEFINED_GLOBAL\(\s*MPI_\w+,\s*{symbol}\)", text);
+        Assert.Matches(@"#define\s+MPI_IN_PLACE\s+\(\(void \*\) 1\)", text);
     }
 
     private static int Define(string header, string name)
