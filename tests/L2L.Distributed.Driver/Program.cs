@@ -19,7 +19,17 @@ internal static unsafe class Program
             MaxElementsPerCall = scenario == "chunked" ? 5 : int.MaxValue,
             CollectiveTimeout = TimeSpan.FromSeconds(60),
         };
-        using var mpi = MpiCollectives.Initialize(MpiLaunch.Detect().LoadLibrary(), options);
+        MpiCollectives mpi;
+        try
+        {
+            mpi = MpiCollectives.Initialize(MpiLaunch.Detect(), options);
+        }
+        catch (MpiException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        using var owned = mpi;
         var run = new Scenario(mpi);
         bool ok = scenario switch
         {

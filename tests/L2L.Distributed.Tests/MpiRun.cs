@@ -57,7 +57,10 @@ internal sealed class MpiRun
     }
 
     /// <summary>Runs <c>launcher -np ranks dotnet L2L.Distributed.Driver.dll scenario args…</c>.</summary>
-    public MpiRunResult Run(int ranks, string scenario, params string[] args)
+    public MpiRunResult Run(int ranks, string scenario, params string[] args) => Run(ranks, scenario, args, environment: new Dictionary<string, string>());
+
+    /// <summary>As above, with extra environment variables for the ranks.</summary>
+    public MpiRunResult Run(int ranks, string scenario, string[] args, IReadOnlyDictionary<string, string> environment)
     {
         SkipIfMissing();
         string driver = Path.Combine(AppContext.BaseDirectory, "L2L.Distributed.Driver.dll");
@@ -78,6 +81,7 @@ internal sealed class MpiRun
         start.Environment["TERM"] = "dumb";
         start.Environment.Remove("L2L_MPI_LIBRARY");
         start.Environment.Remove("L2L_MPI_TIMEOUT");
+        foreach (var (name, value) in environment) start.Environment[name] = value;
 
         var clock = Stopwatch.StartNew();
         using var process = Process.Start(start)!;

@@ -110,6 +110,20 @@ public sealed partial class MpirunTests
         Assert.True(result.Elapsed < TimeSpan.FromSeconds(60), result.ToString());
     }
 
+    [Fact]
+    public void LibraryOfTheOtherFamily_IsOneClearError()
+    {
+        // Open MPI's mpirun starting ranks that load MPICH: each rank would be a world of one, training alone.
+        var openMpi = MpiRun.Get("openmpi");
+        openMpi.SkipIfMissing();
+        if (!File.Exists("/usr/lib/x86_64-linux-gnu/libmpich.so.12") && !File.Exists("/usr/lib/aarch64-linux-gnu/libmpich.so.12"))
+            Assert.Skip("libmpich.so.12 is not installed (Debian: apt-get install mpich), so the mismatch could not be staged.");
+        var result = openMpi.Run(2, "info", [], new Dictionary<string, string> { ["L2L_MPI_LIBRARY"] = "libmpich.so.12" });
+        Assert.True(result.ExitCode != 0, result.ToString());
+        Assert.Contains("error: The launcher started 2 ranks but libmpich.so.12 (Mpich ABI) sees a world of 1", result.Error);
+        Assert.DoesNotContain("PASS", result.Out);
+    }
+
     [GeneratedRegex(@"elements-where-reverse-order-differs=(\d+)")]
     private static partial Regex OrderDiffers();
 }

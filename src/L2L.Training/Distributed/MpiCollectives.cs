@@ -77,7 +77,25 @@ public sealed unsafe class MpiCollectives : IHostCollectives
     /// Initializes MPI once per process with the library the environment points to (<see cref="MpiLaunch.Detect()"/>) and
     /// the options of <see cref="MpiOptions.FromEnvironment"/> unless given.
     /// </summary>
-    public static MpiCollectives Initialize(MpiOptions? options = null) => Initialize(MpiLaunch.Detect().LoadLibrary(), options ?? MpiOptions.FromEnvironment());
+    public static MpiCollectives Initialize(MpiOptions? options = null) => Initialize(MpiLaunch.Detect(), options ?? MpiOptions.FromEnvironment());
+
+    /// <summary>
+    /// Loads the library <paramref name="launch"/> names, initializes MPI, and checks that the library sees the world the
+    /// launcher started: a library of the other family would run each rank as a world of its own.
+    /// </summary>
+    public static MpiCollectives Initialize(MpiLaunch launch, MpiOptions options)
+    {
+        var mpi = Initialize(launch.LoadLibrary(), options);
+        if (launch.WorldSizeHint is int expected && expected != mpi.WorldSize)
+        {
+            string library = $"{mpi.Library.Path} ({mpi.Library.Abi} ABI)";
+            mpi.Dispose();
+            throw new MpiException(
+                $"The launcher started {expected} ranks but {library} sees a world of {mpi.WorldSize}: the MPI library does not belong to this launcher. " +
+                $"Start with the launcher of that library, or set {MpiLaunch.LibraryVariable} to the launcher's libmpi.");
+        }
+        return mpi;
+    }
 
     /// <summary>Initializes MPI once per process with <paramref name="library"/>.</summary>
     public static MpiCollectives Initialize(MpiLibrary library, MpiOptions options)
@@ -232,6 +250,7 @@ public sealed unsafe class MpiCollectives : IHostCollectives
         Console.Error.WriteLine(message);
         Console.Error.Flush();
         _library.Abort(exitCode);
+        Environment.Exit(exitCode); // MPI_Abort does not return; this covers a library that does
     }
 
     /// <summary>Stops the watchdog and finalizes MPI.</summary>
