@@ -41,13 +41,13 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int Index = 0)
             "cuda" or "gpu" => DeviceKind.Cuda,
             "opencl" or "cl" => DeviceKind.OpenCL,
             _ => throw new FormatException(
-                $"Unknown device '{text}'. Use auto, cpu, cuda or opencl, optionally followed by ':index' (e.g. cuda:1)."),
+                $"'{text}' is not a device. Use auto, cpu, cuda or opencl, optionally followed by ':index' (e.g. cuda:1)."),
         };
         var index = 0;
-        if (parts.Length == 2 && (!int.TryParse(parts[1], out index) || index < 0))
-            throw new FormatException($"Bad device index in '{text}': expected a non-negative integer after ':'.");
+        if (parts.Length == 2 && (!int.TryParse(parts[1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out index)))
+            throw new FormatException($"'{text}' has a bad device index. Put a non-negative integer after ':' (e.g. {parts[0]}:0).");
         if (kind == DeviceKind.Auto && parts.Length == 2)
-            throw new FormatException($"'{text}': 'auto' takes no index.");
+            throw new FormatException($"'{text}' is not a device: 'auto' takes no index. Use auto, or a kind with an index such as cuda:1.");
         return new DeviceSpec(kind, index);
     }
 
@@ -55,16 +55,31 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int Index = 0)
     /// The spec to use: the explicit option when given and not <c>auto</c>, else <see cref="EnvironmentVariable"/>
     /// when set, else <c>auto</c>.
     /// </summary>
-    public static DeviceSpec Resolve(string? option)
+    /// <param name="option">The option's value, if any.</param>
+    /// <param name="optionName">How the option is called in messages (e.g. <c>--device</c>).</param>
+    /// <exception cref="FormatException">The option or the environment variable is not a device; the message names which one.</exception>
+    public static DeviceSpec Resolve(string? option, string optionName = "--device")
     {
         if (!string.IsNullOrWhiteSpace(option))
         {
-            var spec = Parse(option);
+            var spec = ParseFrom(option, optionName);
             if (spec.Kind != DeviceKind.Auto)
                 return spec;
         }
         var env = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        return string.IsNullOrWhiteSpace(env) ? Auto : Parse(env);
+        return string.IsNullOrWhiteSpace(env) ? Auto : ParseFrom(env, EnvironmentVariable);
+    }
+
+    private static DeviceSpec ParseFrom(string text, string source)
+    {
+        try
+        {
+            return Parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw new FormatException($"{source}: {e.Message}", e);
+        }
     }
 
     /// <inheritdoc/>

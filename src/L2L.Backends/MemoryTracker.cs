@@ -163,7 +163,7 @@ public sealed class MemoryTracker
             $"Device out of memory allocating '{name}' ({CategoryName(category)}, {Format(bytes)}); " +
             $"in use: {(inUse.Length == 0 ? "nothing" : inUse)}; {limit}. " +
             "Try the relay executor with --stash host, a smaller micro-batch (more --micro-batches for the same --batch), " +
-            "a shorter --seq, or run `l2l plan` to pick settings that fit.", inner);
+            "a shorter --seq or a smaller --batch; `l2l bench train` reports the device peak of each executor and stash placement.", inner);
     }
 
     /// <summary>Formats a byte count for people (KiB, MiB, GiB).</summary>

@@ -1,4 +1,7 @@
-// Small helpers shared by the commands: enum parsing, data selection, error reporting, the loss plot.
+// Small helpers shared by the commands: enum parsing, data selection, checkpoint tidying, the loss plot.
+using System.CommandLine;
+using L2L.Cli.Validation;
+using L2L.Model;
 using L2L.Model.Data;
 using L2L.Training;
 
@@ -18,26 +21,51 @@ internal static class Enums
 
 internal static class DataSources
 {
-    /// <summary>The token source for --data: a file, or the built-in synthetic corpus when none is given.</summary>
-    public static ITokenSource Open(string? path, int vocabSize) =>
-        path is null ? new SyntheticCorpus(Math.Min(256, vocabSize)) : TokenData.Open(path, vocabSize);
+    /// <summary>What --data expects, for messages.</summary>
+    public const string Expected = "give a token file: an llm.c .bin file, or any other file read as bytes (or a .bin read as bytes with --data-format bytes)";
+
+    /// <summary>The values --data-format takes.</summary>
+    public static IReadOnlyList<string> FormatNames { get; } = ["auto", "llmc", "bytes"];
+
+    /// <summary>The --data-format option.</summary>
+    public static Option<string> FormatOption() => new("--data-format")
+    {
+        Description = "How to read --data: auto (a .bin must be an llm.c token file; other files are llm.c if they start with its magic, else bytes), llmc, or bytes.",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>
+    /// The token source for --data (a file, or the built-in synthetic corpus when none is given),
+    /// checked to hold at least one window of <paramref name="seqLen"/> + 1 tokens.
+    /// </summary>
+    public static ITokenSource Open(string? path, int vocabSize, string format, int seqLen)
+    {
+        if (path is null) return new SyntheticCorpus(Math.Min(256, vocabSize));
+        var source = TokenData.Open(path, vocabSize, Enums.Parse<TokenFileFormat>(format, "--data-format"));
+        if (source.Length < seqLen + 1L)
+        {
+            (source as IDisposable)?.Dispose();
+            throw new CliException($"--data '{path}' holds {source.Length} tokens, fewer than one window of --seq {seqLen} + 1 = {seqLen + 1L} tokens. " +
+                "Use a shorter --seq or a longer data file");
+        }
+        return source;
+    }
 }
 
-internal static class CliErrors
+internal static class Checkpoints
 {
-    /// <summary>Runs a command body, turning expected failures into one clear message and exit code 1.</summary>
-    public static int Run(Func<int> body)
+    /// <summary>Recovers or removes what an interrupted save left beside <paramref name="dir"/>, saying what it did.</summary>
+    public static void Tidy(string? dir, CliEnvironment env)
     {
+        if (dir is null) return;
         try
         {
-            return body();
+            foreach (var line in Checkpoint.RecoverInterruptedSave(dir))
+                env.Out.WriteLine($"note: {line}.");
         }
-        catch (Exception e) when (e is ArgumentException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException
-                                   or L2L.Backends.DeviceNotFoundException or L2L.Backends.DeviceOutOfMemoryException
-                                   or NonFiniteLossException or NotSupportedException or IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
+            // An unusable path: the validation rules report it.
         }
     }
 }

@@ -1,5 +1,5 @@
 // Multi-head scaled-dot-product attention over a fused qkv tensor (GPT-2 / llm.c layout), forward and backward,
-// with causal masking, per-sequence key lengths, a per-key padding mask, or any combination.
+// flash-style: no T x T tensor is stored, only each query row's log-sum-exp; causal, key-length and key-mask masking.
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -21,6 +21,9 @@ public readonly struct AttentionDims
         HeadSize = c / nh;
         Causal = causal ? 1 : 0;
         Scale = 1.0f / MathF.Sqrt(HeadSize);
+        Tiles = (t + AttentionKernels.Tile - 1) / AttentionKernels.Tile;
+        // An odd row stride in shared memory puts the rows of a tile's 32 threads on 32 different banks.
+        Stride = HeadSize | 1;
     }
 
     /// <summary>Batch size.</summary>
@@ -43,217 +46,521 @@ public readonly struct AttentionDims
 
     /// <summary>The score scale <c>1 / sqrt(HeadSize)</c>.</summary>
     public readonly float Scale;
+
+    /// <summary>Tiles of <see cref="AttentionKernels.Tile"/> positions per sequence (the tiled kernels' unit of work).</summary>
+    public readonly int Tiles;
+
+    /// <summary>Row stride of a head-sized row in the tiled kernels' shared memory (odd).</summary>
+    public readonly int Stride;
 }
 
 /// <summary>
-/// Attention kernels. Shapes: <c>qkv</c> (B, T, 3C) holding q, k, v in that order along the last
-/// dimension, head <c>h</c> using channels <c>h*hs .. h*hs+hs-1</c> of each; output (B, T, C);
-/// probabilities (B, NH, T, T) indexed [b, h, query, key].
-/// <para>
-/// Masking: query <c>t</c> of sequence <c>b</c> attends key <c>j</c> when all three hold:
-/// <c>j &lt; keyLengths[b]</c> (clamped to [0, T]; <c>keyLengths</c> (B) or empty = T),
-/// <c>j &lt;= t</c> if causal, and <c>keyMask[b*T + j] != 0</c> (<c>keyMask</c> (B, T) or empty = every key).
-/// The first two make a prefix of the keys, which the loops run over; the mask then skips keys inside it.
-/// A query with no key to attend gets an all-zero probability row and output.
-/// </para>
-/// <para>
-/// Only <see cref="AttentionSoftmaxKernel"/> and <see cref="AttentionQkvBackwardKernel"/> read the mask:
-/// masked probabilities are written as exactly 0, so the value sum and the softmax backward, which multiply
-/// by them, give exactly 0 for masked keys without it.
-/// </para>
+/// Attention kernels. Shapes: <c>qkv</c> (B, T, 3C) holding q, k, v in that order along the last dimension,
+/// head <c>h</c> using channels <c>h*hs .. h*hs+hs-1</c> of each; output (B, T, C); <c>lse</c> (B, NH, T), the
+/// natural log of each query row's softmax denominator including the max, i.e. <c>log sum_j exp(s_j)</c> over the
+/// visible keys (negative infinity for a query with none). Key <c>j</c> of sequence <c>b</c> is visible to query
+/// <c>t</c> when <c>j &lt; clamp(keyLengths[b], 0, T)</c> (<c>keyLengths</c> (B) or empty: all), <c>keyMask[b*T+j]
+/// != 0</c> (<c>keyMask</c> (B*T) or empty: all), and, when causal, <c>j &lt;= t</c>. A query with no visible key
+/// gets a zero output and contributes no gradient.
 /// </summary>
 /// <remarks>
-/// Every kernel is explicitly grouped with a grid-stride loop over rows or output elements, and every
-/// output element is written by exactly one thread from a sum in a fixed order: no atomics, no shared
-/// memory, results independent of the launch. A thread owns a whole row (or one output's whole sum),
-/// which keeps the CPU accelerator free of barriers and gives it a loop of work per thread.
+/// Two families compute the same thing. The row kernels give one thread a whole query row (or key row in the
+/// backward) with no shared memory and no barriers: the CPU accelerator's path (each simulated thread is an OS
+/// thread and a barrier is a thread rendezvous) and the fallback for heads wider than <see cref="MaxTiledHeadSize"/>.
+/// The tiled kernels run one group of <see cref="Tile"/> threads per tile of 32 positions of one (b, h), stage
+/// the other side's rows through shared memory a tile at a time, and are the GPU path. Every output element is
+/// written by one thread from a sum in a fixed order: no atomics, results independent of the launch. Index
+/// decomposition is 32-bit and outside the key loops, which only add offsets.
 /// </remarks>
 public static class AttentionKernels
 {
-    /// <summary>
-    /// Scores and softmax: for each row (b, h, t) writes <c>probs[b,h,t,:]</c> = softmax over the visible keys of
-    /// <c>q[b,t,h] . k[b,j,h] * scale</c>, max-subtracted, and 0 for masked keys.
-    /// Shapes: <c>probs</c> (B, NH, T, T), <c>qkv</c> (B, T, 3C), <c>keyLengths</c> (B) or empty, <c>keyMask</c> (B, T) or empty.
-    /// </summary>
-    public static void AttentionSoftmaxKernel(ArrayView<float> probs, ArrayView<float> qkv, ArrayView<int> keyLengths,
-        ArrayView<int> keyMask, AttentionDims d)
-    {
-        long rows = (long)d.B * d.NH * d.T;
-        long stride = Grid.DimX * Group.DimX;
-        long c3 = 3L * d.C;
-        for (long r = Grid.GlobalIndex.X; r < rows; r += stride)
-        {
-            int t = (int)(r % d.T);
-            long bh = r / d.T;
-            int h = (int)(bh % d.NH);
-            int b = (int)(bh / d.NH);
-            int n = KeyCount(keyLengths, d, b, t);
-            long q = ((long)b * d.T + t) * c3 + (long)h * d.HeadSize;
-            long k0 = (long)b * d.T * c3 + d.C + (long)h * d.HeadSize;
-            long p = r * d.T;
-            long m = (long)b * d.T;
+    /// <summary>Positions per tile and threads per group in the tiled kernels.</summary>
+    public const int Tile = 32;
 
-            // Online max and sum, so the row is visited twice: once for scores, once to normalise them.
-            // sum stays 0 until the first visible key and is at least 1 after it.
+    /// <summary>Query rows staged per step in the tiled key/value backward (shared memory is the limit).</summary>
+    public const int QueryTile = 16;
+
+    /// <summary>The widest head the tiled kernels take (their shared memory is sized for it).</summary>
+    public const int MaxTiledHeadSize = 64;
+
+    private const int RowCapacity = Tile * (MaxTiledHeadSize + 1);
+    private const int QueryRowCapacity = QueryTile * (MaxTiledHeadSize + 1);
+
+    /// <summary>
+    /// Forward, one thread per query row (b, h, t): online softmax over the visible keys, accumulating the
+    /// output row in place (rescaled when the running max grows), then normalised; writes <c>lse</c>.
+    /// Shapes: <c>output</c> (B, T, C), <c>lse</c> (B, NH, T), <c>qkv</c> (B, T, 3C), <c>keyLengths</c> (B) or empty,
+    /// <c>keyMask</c> (B*T) or empty.
+    /// </summary>
+    public static void AttentionForwardRowsKernel(ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        int rows = d.B * d.NH * d.T;
+        int stride = Grid.DimX * Group.DimX;
+        int c3 = 3 * d.C;
+        int hs = d.HeadSize;
+        bool masked = keyMask.Length != 0;
+        for (int r = Grid.GlobalIndex.X; r < rows; r += stride)
+        {
+            int t = r % d.T;
+            int bh = r / d.T;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            int n = KeyCount(keyLengths, d, b, t);
+            long seq = (long)b * d.T;
+            long q = (seq + t) * c3 + h * hs;
+            long k = seq * c3 + d.C + h * hs;
+            long o = (seq + t) * d.C + h * hs;
+            for (int c = 0; c < hs; c++)
+                output[o + c] = 0f;
+
             float max = float.NegativeInfinity;
             float sum = 0f;
-            for (int j = 0; j < n; j++)
+            for (int j = 0; j < n; j++, k += c3)
             {
-                if (KeyMasked(keyMask, m + j))
+                if (masked && keyMask[seq + j] == 0)
                     continue;
-                long k = k0 + j * c3;
                 float dot = 0f;
-                for (int c = 0; c < d.HeadSize; c++)
+                for (int c = 0; c < hs; c++)
                     dot += qkv[q + c] * qkv[k + c];
                 float s = dot * d.Scale;
-                probs[p + j] = s;
-                if (sum == 0f)
+                long v = k + d.C;
+                if (s > max)
                 {
+                    float correction = XMath.Exp(max - s);
+                    sum = sum * correction + 1f;
                     max = s;
-                    sum = 1f;
-                }
-                else if (s > max)
-                {
-                    sum = sum * XMath.Exp(max - s) + 1f;
-                    max = s;
+                    for (int c = 0; c < hs; c++)
+                        output[o + c] = output[o + c] * correction + qkv[v + c];
                 }
                 else
                 {
-                    sum += XMath.Exp(s - max);
+                    float p = XMath.Exp(s - max);
+                    sum += p;
+                    for (int c = 0; c < hs; c++)
+                        output[o + c] += p * qkv[v + c];
                 }
             }
-            float inv = sum > 0f ? 1f / sum : 0f;
-            for (int j = 0; j < n; j++)
-                probs[p + j] = KeyMasked(keyMask, m + j) ? 0f : XMath.Exp(probs[p + j] - max) * inv;
-            for (int j = n; j < d.T; j++)
-                probs[p + j] = 0f;
-        }
-    }
-
-    /// <summary>
-    /// <c>output[b,t,h*hs+i] = sum_j probs[b,h,t,j] * v[b,j,h*hs+i]</c> over the visible keys.
-    /// Shapes: <c>output</c> (B, T, C), <c>probs</c> (B, NH, T, T), <c>qkv</c> (B, T, 3C), <c>keyLengths</c> (B) or empty.
-    /// </summary>
-    public static void AttentionValuesKernel(ArrayView<float> output, ArrayView<float> probs, ArrayView<float> qkv, ArrayView<int> keyLengths, AttentionDims d)
-    {
-        long total = (long)d.B * d.T * d.C;
-        long stride = Grid.DimX * Group.DimX;
-        long c3 = 3L * d.C;
-        for (long i = Grid.GlobalIndex.X; i < total; i += stride)
-        {
-            int ch = (int)(i % d.C);
-            long bt = i / d.C;
-            int t = (int)(bt % d.T);
-            int b = (int)(bt / d.T);
-            int h = ch / d.HeadSize;
-            int n = KeyCount(keyLengths, d, b, t);
-            long p = (((long)b * d.NH + h) * d.T + t) * d.T;
-            long v = (long)b * d.T * c3 + 2L * d.C + ch;
-            float sum = 0f;
-            for (int j = 0; j < n; j++)
-                sum += probs[p + j] * qkv[v + j * c3];
-            output[i] = sum;
-        }
-    }
-
-    /// <summary>
-    /// Softmax backward per row (b, h, t): <c>dP[j] = dOutput[b,t,h] . v[b,j,h]</c>, then
-    /// <c>dScores[j] = P[j] * (dP[j] - sum_j' P[j'] * dP[j'])</c> (before the <c>1/sqrt(hs)</c> scale), 0 for masked keys.
-    /// Shapes: <c>dScores</c> (B, NH, T, T), <c>dOutput</c> (B, T, C), <c>qkv</c> (B, T, 3C), <c>probs</c> (B, NH, T, T),
-    /// <c>keyLengths</c> (B) or empty.
-    /// </summary>
-    public static void AttentionScoresBackwardKernel(ArrayView<float> dScores, ArrayView<float> dOutput, ArrayView<float> qkv,
-        ArrayView<float> probs, ArrayView<int> keyLengths, AttentionDims d)
-    {
-        long rows = (long)d.B * d.NH * d.T;
-        long stride = Grid.DimX * Group.DimX;
-        long c3 = 3L * d.C;
-        for (long r = Grid.GlobalIndex.X; r < rows; r += stride)
-        {
-            int t = (int)(r % d.T);
-            long bh = r / d.T;
-            int h = (int)(bh % d.NH);
-            int b = (int)(bh / d.NH);
-            int n = KeyCount(keyLengths, d, b, t);
-            long dy = ((long)b * d.T + t) * d.C + (long)h * d.HeadSize;
-            long v0 = (long)b * d.T * c3 + 2L * d.C + (long)h * d.HeadSize;
-            long p = r * d.T;
-
-            float dot = 0f;
-            for (int j = 0; j < n; j++)
+            if (sum > 0f)
             {
-                long v = v0 + j * c3;
-                float dp = 0f;
-                for (int c = 0; c < d.HeadSize; c++)
-                    dp += dOutput[dy + c] * qkv[v + c];
-                dScores[p + j] = dp;
-                dot += probs[p + j] * dp;
-            }
-            for (int j = 0; j < n; j++)
-                dScores[p + j] = probs[p + j] * (dScores[p + j] - dot);
-            for (int j = n; j < d.T; j++)
-                dScores[p + j] = 0f;
-        }
-    }
-
-    /// <summary>
-    /// Assigns the gradient of the whole fused input: for each element of <c>dQkv</c>,
-    /// <c>dq[b,t] = scale * sum_j dScores[b,h,t,j] k[b,j]</c>, <c>dk[b,j] = scale * sum_t dScores[b,h,t,j] q[b,t]</c>,
-    /// <c>dv[b,j] = sum_t probs[b,h,t,j] dOutput[b,t]</c>, each summed over the queries/keys the mask lets through.
-    /// Shapes: <c>dQkv</c> (B, T, 3C), <c>dOutput</c> (B, T, C), <c>qkv</c> (B, T, 3C), <c>probs</c> and <c>dScores</c>
-    /// (B, NH, T, T), <c>keyLengths</c> (B) or empty, <c>keyMask</c> (B, T) or empty.
-    /// </summary>
-    public static void AttentionQkvBackwardKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
-        ArrayView<float> probs, ArrayView<float> dScores, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
-    {
-        long c3 = 3L * d.C;
-        long total = (long)d.B * d.T * c3;
-        long stride = Grid.DimX * Group.DimX;
-        for (long i = Grid.GlobalIndex.X; i < total; i += stride)
-        {
-            int col = (int)(i % c3);
-            long bt = i / c3;
-            int t = (int)(bt % d.T);
-            int b = (int)(bt / d.T);
-            int part = col / d.C;
-            int ch = col - part * d.C;
-            int h = ch / d.HeadSize;
-            long rows = ((long)b * d.NH + h) * d.T; // first probability row of (b, h)
-            long seq = (long)b * d.T * c3;
-            float sum = 0f;
-            if (part == 0)
-            {
-                // Query t: its row of dScores against the keys it sees.
-                int n = KeyCount(keyLengths, d, b, t);
-                long p = (rows + t) * d.T;
-                long k = seq + d.C + ch;
-                for (int j = 0; j < n; j++)
-                    sum += dScores[p + j] * qkv[k + j * c3];
-                sum *= d.Scale;
+                float inv = 1f / sum;
+                for (int c = 0; c < hs; c++)
+                    output[o + c] *= inv;
+                lse[r] = max + XMath.Log(sum);
             }
             else
             {
-                // Key t: the column t of dScores / probs over the queries that see it; a masked key gets exactly 0.
-                int kl = KeyLimit(keyLengths, d, b);
-                if (t < kl && !KeyMasked(keyMask, (long)b * d.T + t))
+                lse[r] = float.NegativeInfinity;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Backward preprocessing, one thread per query row: <c>delta[b,h,t] = sum_i dOutput[b,t,h,i] * output[b,t,h,i]</c>,
+    /// which equals <c>sum_j P[t,j] dP[t,j]</c>, the softmax backward's row term. Shapes: <c>delta</c> (B, NH, T),
+    /// <c>dOutput</c> and <c>output</c> (B, T, C).
+    /// </summary>
+    public static void AttentionBackwardDeltaKernel(ArrayView<float> delta, ArrayView<float> dOutput, ArrayView<float> output, AttentionDims d)
+    {
+        int rows = d.B * d.NH * d.T;
+        int stride = Grid.DimX * Group.DimX;
+        int hs = d.HeadSize;
+        for (int r = Grid.GlobalIndex.X; r < rows; r += stride)
+        {
+            int t = r % d.T;
+            int bh = r / d.T;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            long o = ((long)b * d.T + t) * d.C + h * hs;
+            float sum = 0f;
+            for (int c = 0; c < hs; c++)
+                sum += dOutput[o + c] * output[o + c];
+            delta[r] = sum;
+        }
+    }
+
+    /// <summary>
+    /// Query gradient, one thread per query row: recomputes <c>P[t,j] = exp(s[t,j] - lse[t])</c> for the visible keys and
+    /// assigns <c>dq[t] = scale * sum_j P[t,j] (dOutput[t] . v[j] - delta[t]) k[j]</c> into the q part of <c>dQkv</c>.
+    /// Shapes: <c>dQkv</c> and <c>qkv</c> (B, T, 3C), <c>dOutput</c> (B, T, C), <c>lse</c> and <c>delta</c> (B, NH, T).
+    /// </summary>
+    public static void AttentionBackwardQueryRowsKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        int rows = d.B * d.NH * d.T;
+        int stride = Grid.DimX * Group.DimX;
+        int c3 = 3 * d.C;
+        int hs = d.HeadSize;
+        bool masked = keyMask.Length != 0;
+        for (int r = Grid.GlobalIndex.X; r < rows; r += stride)
+        {
+            int t = r % d.T;
+            int bh = r / d.T;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            int n = KeyCount(keyLengths, d, b, t);
+            long seq = (long)b * d.T;
+            long q = (seq + t) * c3 + h * hs;
+            long k = seq * c3 + d.C + h * hs;
+            long dy = (seq + t) * d.C + h * hs;
+            for (int c = 0; c < hs; c++)
+                dQkv[q + c] = 0f;
+            float rowLse = lse[r];
+            float rowDelta = delta[r];
+            for (int j = 0; j < n; j++, k += c3)
+            {
+                if (masked && keyMask[seq + j] == 0)
+                    continue;
+                long v = k + d.C;
+                float dot = 0f;
+                float dp = 0f;
+                for (int c = 0; c < hs; c++)
                 {
-                    int first = d.Causal != 0 ? t : 0;
-                    if (part == 1)
+                    dot += qkv[q + c] * qkv[k + c];
+                    dp += dOutput[dy + c] * qkv[v + c];
+                }
+                float ds = XMath.Exp(dot * d.Scale - rowLse) * (dp - rowDelta) * d.Scale;
+                for (int c = 0; c < hs; c++)
+                    dQkv[q + c] += ds * qkv[k + c];
+            }
+        }
+    }
+
+    /// <summary>
+    /// Key and value gradients, one thread per key row (b, h, j): over the queries that see key j, recomputes
+    /// <c>P[t,j]</c> and assigns <c>dv[j] = sum_t P[t,j] dOutput[t]</c> and
+    /// <c>dk[j] = scale * sum_t P[t,j] (dOutput[t] . v[j] - delta[t]) q[t]</c> into the k and v parts of <c>dQkv</c>.
+    /// Shapes as <see cref="AttentionBackwardQueryRowsKernel"/>.
+    /// </summary>
+    public static void AttentionBackwardKeyRowsKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        int rows = d.B * d.NH * d.T;
+        int stride = Grid.DimX * Group.DimX;
+        int c3 = 3 * d.C;
+        int hs = d.HeadSize;
+        for (int r = Grid.GlobalIndex.X; r < rows; r += stride)
+        {
+            int j = r % d.T;
+            int bh = r / d.T;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            long seq = (long)b * d.T;
+            long k = (seq + j) * c3 + d.C + h * hs;
+            long v = k + d.C;
+            for (int c = 0; c < hs; c++)
+            {
+                dQkv[k + c] = 0f;
+                dQkv[v + c] = 0f;
+            }
+            bool visible = j < KeyLimit(keyLengths, d, b) && (keyMask.Length == 0 || keyMask[seq + j] != 0);
+            if (!visible)
+                continue;
+            int first = d.Causal != 0 ? j : 0;
+            long q = (seq + first) * c3 + h * hs;
+            long dy = (seq + first) * d.C + h * hs;
+            int row = bh * d.T + first;
+            for (int t = first; t < d.T; t++, q += c3, dy += d.C, row++)
+            {
+                float dot = 0f;
+                float dp = 0f;
+                for (int c = 0; c < hs; c++)
+                {
+                    dot += qkv[q + c] * qkv[k + c];
+                    dp += dOutput[dy + c] * qkv[v + c];
+                }
+                float p = XMath.Exp(dot * d.Scale - lse[row]);
+                float ds = p * (dp - delta[row]) * d.Scale;
+                for (int c = 0; c < hs; c++)
+                {
+                    dQkv[v + c] += p * dOutput[dy + c];
+                    dQkv[k + c] += ds * qkv[q + c];
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Forward, tiled: a group of <see cref="Tile"/> threads per tile of queries of one (b, h), one query per thread;
+    /// q rows and the output accumulators in shared memory, keys and values staged a tile at a time; online softmax
+    /// per key. Needs <c>HeadSize &lt;= </c><see cref="MaxTiledHeadSize"/> and groups of exactly <see cref="Tile"/>
+    /// threads. Shapes as <see cref="AttentionForwardRowsKernel"/>.
+    /// </summary>
+    public static void AttentionForwardTiledKernel(ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        var sQ = SharedMemory.Allocate<float>(RowCapacity);
+        var sO = SharedMemory.Allocate<float>(RowCapacity);
+        var sK = SharedMemory.Allocate<float>(RowCapacity);
+        var sV = SharedMemory.Allocate<float>(RowCapacity);
+        var sVisible = SharedMemory.Allocate<int>(Tile);
+        int tid = Group.IdxX;
+        int hs = d.HeadSize;
+        int ld = d.Stride;
+        int c3 = 3 * d.C;
+        int tiles = d.B * d.NH * d.Tiles;
+        for (int tile = Grid.IdxX; tile < tiles; tile += Grid.DimX)
+        {
+            int qt = tile % d.Tiles;
+            int bh = tile / d.Tiles;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            long seq = (long)b * d.T;
+            int t0 = qt * Tile;
+            int t = t0 + tid;
+            int limit = KeyLimit(keyLengths, d, b);
+            int n = t < d.T ? (d.Causal != 0 && t + 1 < limit ? t + 1 : limit) : 0;
+            int keyEnd = d.Causal != 0 && t0 + Tile < limit ? t0 + Tile : limit;
+
+            StageRows(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
+            int mine = tid * ld;
+            for (int c = 0; c < hs; c++)
+                sO[mine + c] = 0f;
+            float max = float.NegativeInfinity;
+            float sum = 0f;
+            for (int k0 = 0; k0 < keyEnd; k0 += Tile)
+            {
+                Group.Barrier(); // the previous key tile is no longer read
+                long kBase = seq * c3 + d.C + h * hs;
+                StageRows(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
+                StageRows(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
+                int key = k0 + tid;
+                sVisible[tid] = key < limit && (keyMask.Length == 0 || keyMask[seq + key] != 0) ? 1 : 0;
+                Group.Barrier();
+                int jEnd = n - k0 < Tile ? n - k0 : Tile;
+                for (int jj = 0; jj < jEnd; jj++)
+                {
+                    if (sVisible[jj] == 0)
+                        continue;
+                    int kr = jj * ld;
+                    float dot = 0f;
+                    for (int c = 0; c < hs; c++)
+                        dot += sQ[mine + c] * sK[kr + c];
+                    float s = dot * d.Scale;
+                    if (s > max)
                     {
-                        long q = seq + ch;
-                        for (int tq = first; tq < d.T; tq++)
-                            sum += dScores[(rows + tq) * d.T + t] * qkv[q + tq * c3];
-                        sum *= d.Scale;
+                        float correction = XMath.Exp(max - s);
+                        sum = sum * correction + 1f;
+                        max = s;
+                        for (int c = 0; c < hs; c++)
+                            sO[mine + c] = sO[mine + c] * correction + sV[kr + c];
                     }
                     else
                     {
-                        long dy = (long)b * d.T * d.C + ch;
-                        for (int tq = first; tq < d.T; tq++)
-                            sum += probs[(rows + tq) * d.T + t] * dOutput[dy + (long)tq * d.C];
+                        float p = XMath.Exp(s - max);
+                        sum += p;
+                        for (int c = 0; c < hs; c++)
+                            sO[mine + c] += p * sV[kr + c];
                     }
                 }
             }
-            dQkv[i] = sum;
+            if (t < d.T)
+            {
+                long o = (seq + t) * d.C + h * hs;
+                float inv = sum > 0f ? 1f / sum : 0f;
+                for (int c = 0; c < hs; c++)
+                    output[o + c] = sO[mine + c] * inv;
+                lse[bh * d.T + t] = sum > 0f ? max + XMath.Log(sum) : float.NegativeInfinity;
+            }
+            Group.Barrier(); // this tile's q rows are no longer read
+        }
+    }
+
+    /// <summary>
+    /// Query gradient, tiled like <see cref="AttentionForwardTiledKernel"/>: each thread keeps its query's q, dOutput
+    /// and dq rows in shared memory while key and value tiles stream through. Shapes as
+    /// <see cref="AttentionBackwardQueryRowsKernel"/>.
+    /// </summary>
+    public static void AttentionBackwardQueryTiledKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        var sQ = SharedMemory.Allocate<float>(RowCapacity);
+        var sDy = SharedMemory.Allocate<float>(RowCapacity);
+        var sDq = SharedMemory.Allocate<float>(RowCapacity);
+        var sK = SharedMemory.Allocate<float>(RowCapacity);
+        var sV = SharedMemory.Allocate<float>(RowCapacity);
+        var sVisible = SharedMemory.Allocate<int>(Tile);
+        int tid = Group.IdxX;
+        int hs = d.HeadSize;
+        int ld = d.Stride;
+        int c3 = 3 * d.C;
+        int tiles = d.B * d.NH * d.Tiles;
+        for (int tile = Grid.IdxX; tile < tiles; tile += Grid.DimX)
+        {
+            int qt = tile % d.Tiles;
+            int bh = tile / d.Tiles;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            long seq = (long)b * d.T;
+            int t0 = qt * Tile;
+            int t = t0 + tid;
+            int limit = KeyLimit(keyLengths, d, b);
+            int n = t < d.T ? (d.Causal != 0 && t + 1 < limit ? t + 1 : limit) : 0;
+            int keyEnd = d.Causal != 0 && t0 + Tile < limit ? t0 + Tile : limit;
+
+            StageRows(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
+            StageRows(sDy, dOutput, seq * d.C + h * hs, t0, d.T, d.C, hs, ld, Tile);
+            int mine = tid * ld;
+            for (int c = 0; c < hs; c++)
+                sDq[mine + c] = 0f;
+            float rowLse = t < d.T ? lse[bh * d.T + t] : 0f;
+            float rowDelta = t < d.T ? delta[bh * d.T + t] : 0f;
+            for (int k0 = 0; k0 < keyEnd; k0 += Tile)
+            {
+                Group.Barrier();
+                long kBase = seq * c3 + d.C + h * hs;
+                StageRows(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
+                StageRows(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
+                int key = k0 + tid;
+                sVisible[tid] = key < limit && (keyMask.Length == 0 || keyMask[seq + key] != 0) ? 1 : 0;
+                Group.Barrier();
+                int jEnd = n - k0 < Tile ? n - k0 : Tile;
+                for (int jj = 0; jj < jEnd; jj++)
+                {
+                    if (sVisible[jj] == 0)
+                        continue;
+                    int kr = jj * ld;
+                    float dot = 0f;
+                    float dp = 0f;
+                    for (int c = 0; c < hs; c++)
+                    {
+                        dot += sQ[mine + c] * sK[kr + c];
+                        dp += sDy[mine + c] * sV[kr + c];
+                    }
+                    float ds = XMath.Exp(dot * d.Scale - rowLse) * (dp - rowDelta) * d.Scale;
+                    for (int c = 0; c < hs; c++)
+                        sDq[mine + c] += ds * sK[kr + c];
+                }
+            }
+            if (t < d.T)
+            {
+                long q = (seq + t) * c3 + h * hs;
+                for (int c = 0; c < hs; c++)
+                    dQkv[q + c] = sDq[mine + c];
+            }
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>
+    /// Key and value gradients, tiled: a group of <see cref="Tile"/> threads per tile of keys of one (b, h), one key per
+    /// thread with its k, v, dk and dv rows in shared memory; the queries that can see the tile stream through
+    /// <see cref="QueryTile"/> rows at a time with their dOutput, lse and delta. Shapes as
+    /// <see cref="AttentionBackwardQueryRowsKernel"/>.
+    /// </summary>
+    public static void AttentionBackwardKeyTiledKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+    {
+        var sK = SharedMemory.Allocate<float>(RowCapacity);
+        var sV = SharedMemory.Allocate<float>(RowCapacity);
+        var sDk = SharedMemory.Allocate<float>(RowCapacity);
+        var sDv = SharedMemory.Allocate<float>(RowCapacity);
+        var sQ = SharedMemory.Allocate<float>(QueryRowCapacity);
+        var sDy = SharedMemory.Allocate<float>(QueryRowCapacity);
+        var sLse = SharedMemory.Allocate<float>(QueryTile);
+        var sDelta = SharedMemory.Allocate<float>(QueryTile);
+        int tid = Group.IdxX;
+        int hs = d.HeadSize;
+        int ld = d.Stride;
+        int c3 = 3 * d.C;
+        int tiles = d.B * d.NH * d.Tiles;
+        for (int tile = Grid.IdxX; tile < tiles; tile += Grid.DimX)
+        {
+            int kt = tile % d.Tiles;
+            int bh = tile / d.Tiles;
+            int h = bh % d.NH;
+            int b = bh / d.NH;
+            long seq = (long)b * d.T;
+            int j0 = kt * Tile;
+            int j = j0 + tid;
+            int limit = KeyLimit(keyLengths, d, b);
+            bool visible = j < limit && (keyMask.Length == 0 || keyMask[seq + j] != 0);
+
+            long kBase = seq * c3 + d.C + h * hs;
+            StageRows(sK, qkv, kBase, j0, d.T, c3, hs, ld, Tile);
+            StageRows(sV, qkv, kBase + d.C, j0, d.T, c3, hs, ld, Tile);
+            int mine = tid * ld;
+            for (int c = 0; c < hs; c++)
+            {
+                sDk[mine + c] = 0f;
+                sDv[mine + c] = 0f;
+            }
+            // Keys at or past the key limit are seen by nobody; the whole group skips the query loop together.
+            int first = d.Causal != 0 ? j0 : 0;
+            int queryEnd = j0 < limit ? d.T : first;
+            for (int q0 = first; q0 < queryEnd; q0 += QueryTile)
+            {
+                Group.Barrier();
+                StageRows(sQ, qkv, seq * c3 + h * hs, q0, d.T, c3, hs, ld, QueryTile);
+                StageRows(sDy, dOutput, seq * d.C + h * hs, q0, d.T, d.C, hs, ld, QueryTile);
+                if (tid < QueryTile)
+                {
+                    int tq = q0 + tid;
+                    sLse[tid] = tq < d.T ? lse[bh * d.T + tq] : 0f;
+                    sDelta[tid] = tq < d.T ? delta[bh * d.T + tq] : 0f;
+                }
+                Group.Barrier();
+                if (!visible)
+                    continue;
+                int iEnd = d.T - q0 < QueryTile ? d.T - q0 : QueryTile;
+                // Causal: queries before this key do not see it.
+                int iStart = d.Causal != 0 && j > q0 ? j - q0 : 0;
+                for (int ii = iStart; ii < iEnd; ii++)
+                {
+                    int qr = ii * ld;
+                    float dot = 0f;
+                    float dp = 0f;
+                    for (int c = 0; c < hs; c++)
+                    {
+                        dot += sQ[qr + c] * sK[mine + c];
+                        dp += sDy[qr + c] * sV[mine + c];
+                    }
+                    float p = XMath.Exp(dot * d.Scale - sLse[ii]);
+                    float ds = p * (dp - sDelta[ii]) * d.Scale;
+                    for (int c = 0; c < hs; c++)
+                    {
+                        sDv[mine + c] += p * sDy[qr + c];
+                        sDk[mine + c] += ds * sQ[qr + c];
+                    }
+                }
+            }
+            if (j < d.T)
+            {
+                long k = (seq + j) * c3 + d.C + h * hs;
+                for (int c = 0; c < hs; c++)
+                {
+                    dQkv[k + c] = sDk[mine + c];
+                    dQkv[k + d.C + c] = sDv[mine + c];
+                }
+            }
+            Group.Barrier();
+        }
+    }
+
+    /// <summary>
+    /// Copies rows <c>first .. first+rows-1</c> (head-sized, <paramref name="rowStride"/> apart from <paramref name="baseOffset"/>)
+    /// into shared rows <paramref name="ld"/> apart, zeros past <paramref name="t"/>; the group's threads split each row.
+    /// </summary>
+    private static void StageRows(ArrayView<float> shared, ArrayView<float> source, long baseOffset, int first, int t,
+        int rowStride, int hs, int ld, int rows)
+    {
+        int tid = Group.IdxX;
+        int threads = Group.DimX;
+        long src = baseOffset + (long)first * rowStride;
+        for (int r = 0; r < rows; r++, src += rowStride)
+        {
+            int dst = r * ld;
+            // A branch, not a select: rows past the end must not be read at all.
+            if (first + r < t)
+            {
+                for (int c = tid; c < hs; c += threads)
+                    shared[dst + c] = source[src + c];
+            }
+            else
+            {
+                for (int c = tid; c < hs; c += threads)
+                    shared[dst + c] = 0f;
+            }
         }
     }
 
@@ -266,10 +573,7 @@ public static class AttentionKernels
         return kl < 0 ? 0 : kl > d.T ? d.T : kl;
     }
 
-    /// <summary>Whether the padding mask hides key <c>keyMask[index]</c> (index = b*T + j); an empty mask hides none.</summary>
-    private static bool KeyMasked(ArrayView<int> keyMask, long index) => keyMask.Length != 0 && keyMask[index] == 0;
-
-    /// <summary>The number of keys (a prefix) query <paramref name="t"/> of sequence <paramref name="b"/> attends.</summary>
+    /// <summary>The prefix of keys query <paramref name="t"/> of sequence <paramref name="b"/> may see before the key mask.</summary>
     private static int KeyCount(ArrayView<int> keyLengths, AttentionDims d, int b, int t)
     {
         int kl = KeyLimit(keyLengths, d, b);

@@ -45,11 +45,17 @@ public static partial class Checkpoint
     /// everything is written and flushed into a fresh directory beside it, then the old directory is
     /// renamed aside, the new one renamed in, and the old one deleted. A failure before the swap
     /// leaves an existing checkpoint untouched; a crash during the swap leaves the previous
-    /// checkpoint in a sibling named <c>.{name}.old-*</c>, which <see cref="Load"/> points at.
+    /// checkpoint in a sibling named <c>.{name}.old-*</c>, which the next save or load renames back
+    /// (see <see cref="RecoverInterruptedSave"/>).
     /// </summary>
     /// <remarks>Other files inside <paramref name="dir"/> do not survive a save: the directory belongs to the checkpoint.</remarks>
+    /// <param name="dir">The checkpoint directory.</param>
+    /// <param name="layout">The model's layout.</param>
+    /// <param name="layers">One array per layer.</param>
+    /// <param name="state">Optimizer state, or null for weights only.</param>
+    /// <param name="notice">Receives one sentence per leftover of an interrupted save that was recovered or removed.</param>
     /// <exception cref="ArgumentException">Layer or state arrays do not match <paramref name="layout"/>.</exception>
-    public static void Save(string dir, ModelLayout layout, IReadOnlyList<float[]> layers, TrainingState? state = null)
+    public static void Save(string dir, ModelLayout layout, IReadOnlyList<float[]> layers, TrainingState? state = null, Action<string>? notice = null)
     {
         ArgumentNullException.ThrowIfNull(dir);
         ArgumentNullException.ThrowIfNull(layout);
@@ -67,6 +73,7 @@ public static partial class Checkpoint
         var name = Path.GetFileName(target);
         Directory.CreateDirectory(parent);
         if (File.Exists(target)) throw new IOException($"Cannot save a checkpoint to '{target}': it is a file, not a directory.");
+        foreach (var line in RecoverInterruptedSave(dir)) notice?.Invoke(line);
 
         var staging = Path.Combine(parent, $".{name}.new-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
@@ -157,15 +164,17 @@ public static partial class Checkpoint
     /// </summary>
     /// <param name="dir">Checkpoint directory.</param>
     /// <param name="expected">When given, the checkpoint's config must equal it.</param>
+    /// <param name="notice">Receives one sentence per leftover of an interrupted save that was recovered or removed.</param>
     /// <returns>The config and one array per layer of <c>new ModelLayout(Config).Layers</c>.</returns>
     /// <exception cref="DirectoryNotFoundException">No such directory.</exception>
     /// <exception cref="InvalidDataException">
     /// Config differs from <paramref name="expected"/> (the keys are named), or tensors are missing,
     /// have the wrong shape or dtype, or are unknown (all problems are listed, with the file).
     /// </exception>
-    public static (IModelConfig Config, float[][] Layers) Load(string dir, IModelConfig? expected = null)
+    public static (IModelConfig Config, float[][] Layers) Load(string dir, IModelConfig? expected = null, Action<string>? notice = null)
     {
         ArgumentNullException.ThrowIfNull(dir);
+        foreach (var line in RecoverInterruptedSave(dir)) notice?.Invoke(line);
         RequireDirectory(dir);
         var configPath = Path.Combine(dir, ConfigFile);
         var config = ModelConfigs.Load(configPath);
@@ -312,6 +321,46 @@ public static partial class Checkpoint
         var metadata = file.Metadata.Where(p => p.Key is not (StepKey or OptimizerKey or StateFloatsKey))
             .ToDictionary(p => p.Key, p => p.Value, StringComparer.Ordinal);
         return new TrainingState(step, optimizer, perParam, states, metadata);
+    }
+
+    /// <summary>
+    /// Tidies what an interrupted <see cref="Save"/> left beside <paramref name="dir"/>. When the
+    /// checkpoint is missing but the previous one was renamed aside (<c>.{name}.old-*</c>), the most
+    /// recent such copy is renamed back; staging directories (<c>.{name}.new-*</c>, whose swap never
+    /// happened) and old copies of a checkpoint that is in place are deleted.
+    /// </summary>
+    /// <returns>One sentence per directory recovered or removed (empty when there was nothing to do).</returns>
+    public static IReadOnlyList<string> RecoverInterruptedSave(string dir)
+    {
+        ArgumentNullException.ThrowIfNull(dir);
+        var target = Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+        var parent = Path.GetDirectoryName(target);
+        var done = new List<string>();
+        if (parent is null || !Directory.Exists(parent)) return done;
+        var name = Path.GetFileName(target);
+        string[] Siblings(string kind) => Directory.GetDirectories(parent, $".{name}.{kind}-*");
+        var olds = Siblings("old").OrderByDescending(Directory.GetLastWriteTimeUtc).ToList();
+        if (!Directory.Exists(target) && !File.Exists(target) && olds.Count > 0)
+        {
+            try
+            {
+                Directory.Move(olds[0], target);
+                done.Add($"recovered checkpoint '{target}' from '{olds[0]}', left by a save that was interrupted while swapping directories");
+                olds.RemoveAt(0);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return done; // Load's error names the copy, so the user can rename it by hand.
+            }
+        }
+        if (!Directory.Exists(target)) olds.Clear(); // never delete the only copy of a checkpoint
+        foreach (var leftover in Siblings("new").Concat(olds))
+        {
+            TryDeleteDirectory(leftover);
+            if (!Directory.Exists(leftover))
+                done.Add($"removed '{leftover}', left by an interrupted checkpoint save");
+        }
+        return done;
     }
 
     private static void RequireDirectory(string dir)

@@ -265,7 +265,7 @@ public sealed class RelayExecutor : IExecutor
         var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
         var lossScale = 1f / labelled;
 
-        // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
+        // Forward. The embedding and head layers stay on the device for the whole step (the head's decoder is tied to the token embedding).
         _scratch.LossTotal.View.MemSetToZero(s);
         _embeddingGrads.View.MemSetToZero(s);
         _headGrads.View.MemSetToZero(s);

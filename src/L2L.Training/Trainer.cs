@@ -150,8 +150,29 @@ public sealed class Trainer : IDisposable
     {
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
-        // A resumed run appends to its log; a fresh one starts it anew.
-        return new StreamWriter(path, append: _executor.StepsDone > 0);
+        // A resumed run appends to its log, after dropping the lines of steps past its checkpoint (a
+        // run that went on after its last save), so no step is logged twice; a fresh one starts anew.
+        var done = _executor.StepsDone;
+        if (done > 0 && File.Exists(path))
+        {
+            var lines = File.ReadAllLines(path);
+            var keep = lines.TakeWhile(line => LoggedStep(line) is not { } s || s <= done).ToArray();
+            if (keep.Length < lines.Length) File.WriteAllLines(path, keep);
+        }
+        return new StreamWriter(path, append: done > 0);
+    }
+
+    private static long? LoggedStep(string line)
+    {
+        try
+        {
+            using var json = JsonDocument.Parse(line);
+            return json.RootElement.TryGetProperty("step", out var step) && step.TryGetInt64(out var s) ? s : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     /// <summary>One JSON line for the metrics file.</summary>
@@ -215,17 +236,12 @@ public sealed class Trainer : IDisposable
     /// <summary>The current weights, one array per layer.</summary>
     public float[][] Weights() => _executor.Weights();
 
-    /// <summary>Saves the model and optimizer state to <paramref name="dir"/> (atomically: a failed save leaves the old checkpoint intact).</summary>
-    public void Save(string dir)
+    /// <summary>Saves the model, optimizer state and run settings (<see cref="RunSettings"/>) to <paramref name="dir"/> (atomically: a failed save leaves the old checkpoint intact).</summary>
+    /// <param name="dir">The checkpoint directory.</param>
+    /// <param name="notice">Receives a sentence for each leftover of an earlier interrupted save that was tidied.</param>
+    public void Save(string dir, Action<string>? notice = null)
     {
-        var metadata = new Dictionary<string, string>
-        {
-            ["executor"] = _options.Executor.ToString().ToLowerInvariant(),
-            ["seed"] = _options.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["batch"] = _options.Batch.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["seq"] = _options.SeqLen.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        };
-        Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(metadata));
+        Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(RunSettings.Describe(_options)), notice);
         if (TokenizerDirectory is { } tokenizer)
             L2L.Model.Tokenizers.TextTokenizers.CopyFiles(tokenizer, dir);
     }

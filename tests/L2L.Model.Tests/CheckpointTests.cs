@@ -227,16 +227,51 @@ public class CheckpointTests
     }
 
     [Fact]
-    public void InterruptedSwapIsExplainedOnLoad()
+    public void InterruptedSwapIsRecoveredOnLoad()
+    {
+        using var tmp = new TempDirectory();
+        var dir = Path.Combine(tmp.Path, "ckpt");
+        var layout = new ModelLayout(Config);
+        var layers = RandomLayers(layout, 1);
+        Checkpoint.Save(dir, layout, layers);
+        // The state a crash between the two renames leaves behind: the old checkpoint aside, the new one staged.
+        Directory.Move(dir, Path.Combine(tmp.Path, ".ckpt.old-0123"));
+        Directory.CreateDirectory(Path.Combine(tmp.Path, ".ckpt.new-4567"));
+        var notices = new List<string>();
+        Assert.Equal(layers[1], Checkpoint.Load(dir, notice: notices.Add).Layers[1]);
+        Assert.Equal(2, notices.Count);
+        Assert.Contains(".ckpt.old-0123", notices[0]);
+        Assert.Contains(".ckpt.new-4567", notices[1]);
+        Assert.Equal(["ckpt"], Directory.GetDirectories(tmp.Path).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void StaleSwapDirectoriesAreRemovedOnSave()
     {
         using var tmp = new TempDirectory();
         var dir = Path.Combine(tmp.Path, "ckpt");
         var layout = new ModelLayout(Config);
         Checkpoint.Save(dir, layout, RandomLayers(layout, 1));
-        // The state a crash between the two renames leaves behind.
+        Directory.CreateDirectory(Path.Combine(tmp.Path, ".ckpt.old-89ab"));
+        Directory.CreateDirectory(Path.Combine(tmp.Path, ".ckpt.new-cdef"));
+        Directory.CreateDirectory(Path.Combine(tmp.Path, ".other.new-0000")); // another checkpoint's: not ours to touch
+        var notices = new List<string>();
+        Checkpoint.Save(dir, layout, RandomLayers(layout, 2), notice: notices.Add);
+        Assert.Equal(2, notices.Count);
+        Assert.Equal([".other.new-0000", "ckpt"], Directory.GetDirectories(tmp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void AnUnrecoverableSwapIsExplainedOnLoad()
+    {
+        using var tmp = new TempDirectory();
+        var dir = Path.Combine(tmp.Path, "ckpt");
+        var layout = new ModelLayout(Config);
+        Checkpoint.Save(dir, layout, RandomLayers(layout, 1));
         Directory.Move(dir, Path.Combine(tmp.Path, ".ckpt.old-0123"));
-        var e = Assert.Throws<DirectoryNotFoundException>(() => Checkpoint.Load(dir));
-        Assert.Contains(".ckpt.old-0123", e.Message);
+        File.WriteAllText(dir, "in the way"); // a file where the checkpoint should go blocks the rename back
+        Assert.Contains(".ckpt.old-0123", Assert.ThrowsAny<IOException>(() => Checkpoint.Load(dir)).Message);
+        Assert.True(Directory.Exists(Path.Combine(tmp.Path, ".ckpt.old-0123"))); // the only copy is kept
     }
 
     /// <summary>Layer arrays that fail with an I/O error after a number of reads.</summary>

@@ -130,4 +130,40 @@ public class TokenDataTests
         Assert.Contains("position", e.Message);
         Assert.Contains("195", e.Message); // the first byte of 'Ü' in UTF-8
     }
+
+    [Fact]
+    public void ABinFileMustBeAnLlmcFileUnlessBytesAreAskedFor()
+    {
+        using var dir = new TempDirectory();
+        var path = dir.File("notes.bin");
+        var bytes = "plain text, not tokens, long enough to hold a header's first words"u8.ToArray();
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => TokenData.Open(path, 50257));
+        Assert.Contains("not an llm.c token file", e.Message);
+        Assert.Contains($"not the magic number {TokenData.Magic}", e.Message);
+        Assert.Contains("--data-format bytes", e.Message);
+
+        using var raw = (IDisposable)TokenData.Open(path, 50257, TokenFileFormat.Bytes);
+        Assert.Equal(bytes.Length, ((ITokenSource)raw).Length);
+        Assert.Contains("raw bytes", ((ITokenSource)raw).Description);
+
+        var tiny = dir.File("tiny.bin");
+        File.WriteAllBytes(tiny, [1, 2]);
+        Assert.Contains("it has only 2 bytes", Assert.Throws<InvalidDataException>(() => TokenData.Open(tiny, 256)).Message);
+    }
+
+    [Fact]
+    public void TheFormatCanBeForcedEitherWay()
+    {
+        using var dir = new TempDirectory();
+        var tokens = dir.File("tokens.dat");
+        TokenData.WriteBin(tokens, new ushort[] { 5, 6, 7 });
+        using (var auto = (IDisposable)TokenData.Open(tokens, 256))
+            Assert.Equal(3, ((ITokenSource)auto).Length); // the magic number makes it llm.c whatever the name
+        using (var asBytes = (IDisposable)TokenData.Open(tokens, 256, TokenFileFormat.Bytes))
+            Assert.Equal(TokenData.HeaderBytes + 6, ((ITokenSource)asBytes).Length);
+        var text = dir.File("text.txt");
+        File.WriteAllText(text, "hello");
+        Assert.Contains("not an llm.c token file", Assert.Throws<InvalidDataException>(() => TokenData.Open(text, 256, TokenFileFormat.Llmc)).Message);
+    }
 }

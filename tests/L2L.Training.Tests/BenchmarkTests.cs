@@ -43,6 +43,28 @@ public sealed class BenchmarkTests(BackendFixture fixture)
         Assert.True(device[1].DevicePeakBytes > device[0].DevicePeakBytes);
         // Weights cross the bus once per pass whatever the micro-batch count.
         Assert.Equal(device[0].BusBytesPerStep, device[1].BusBytesPerStep);
+        Assert.All(report.Results, r => Assert.Equal(2, r.MicroBatchSize));
+        Assert.True(report.ModelFlopsPerToken > 6.0 * 12 * TrainingHarness.Tiny().Layers * TrainingHarness.Tiny().Channels * TrainingHarness.Tiny().Channels);
+    }
+
+    [Fact]
+    public void TrainBenchmarkPastItsBudgetSkipsAndSaysSo()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = TrainBenchmark.Run(backend, "tiny", TrainingHarness.Tiny(), [1, 2], seq: 8, microBatchCounts: [1], steps: 1, warmup: 0, budgetSeconds: 0);
+        Assert.Equal(6, report.Results.Count);
+        Assert.All(report.Results, r => Assert.StartsWith("skipped: over the", r.Error));
+    }
+
+    [Fact]
+    public void TrainBenchmarkRunsBert()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = TrainBenchmark.Run(backend, "bert", BertHarness.Tiny(), microBatchSize: 2, seq: 8, microBatchCounts: [1, 2], steps: 1, warmup: 0);
+        Assert.Equal(6, report.Results.Count);
+        Assert.All(report.Results, r => Assert.True(r.Error is null && r.TokensPerSecond > 0 && r.DevicePeakBytes > 0));
+        Assert.Single(report.Results.Where(r => r.Stash == "host").Select(r => r.DevicePeakBytes).Distinct());
+        Assert.Equal(BertHarness.Tiny().ParameterCount, report.Parameters);
     }
 
     [Fact]
@@ -52,6 +74,18 @@ public sealed class BenchmarkTests(BackendFixture fixture)
         var report = BusBenchmark.Run(backend, bytes: 1 << 16, repeats: 1);
         Assert.Equal(1 << 16, report.Bytes);
         Assert.True(report.HostToDeviceBytesPerS > 0 && report.DeviceToHostBytesPerS > 0);
+        Assert.Equal(0, backend.Memory.CurrentBytes);
+    }
+
+    [Fact]
+    public void AttentionBenchmarkTimesBothPassesAndCountsItsWorkspace()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = AttentionBenchmark.Run(backend, [(2, 5, 8, 2)], repeats: 1);
+        var r = Assert.Single(report.Results);
+        Assert.True(r.ForwardMs > 0 && r.BackwardMs > 0 && r.Tflops > 0);
+        Assert.Equal("rows", r.Path);
+        Assert.Equal((2 * 5 * 8 + 2 * 2 * 5 * 2) * 4L, r.WorkspaceBytes); // output, lse and the backward's delta
         Assert.Equal(0, backend.Memory.CurrentBytes);
     }
 }

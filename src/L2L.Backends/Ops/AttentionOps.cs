@@ -1,95 +1,156 @@
-// Launchers for multi-head scaled-dot-product attention over a fused qkv tensor (B, T, 3C).
+// Launchers for multi-head scaled-dot-product attention over a fused qkv tensor (B, T, 3C), flash-style (no T x T buffers).
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
 
 namespace L2L.Backends.Ops;
 
+/// <summary>Which kernel family computes attention.</summary>
+public enum AttentionPath
+{
+    /// <summary>Tiled on GPUs when the head fits (<see cref="AttentionKernels.MaxTiledHeadSize"/>), row kernels otherwise and on the CPU accelerator.</summary>
+    Auto,
+
+    /// <summary>One thread per query (or key) row, no shared memory: the CPU accelerator's path.</summary>
+    Rows,
+
+    /// <summary>Shared-memory tiles of <see cref="AttentionKernels.Tile"/> positions: the GPU path.</summary>
+    Tiled,
+}
+
 /// <summary>
-/// Causal and/or padded multi-head attention, forward and backward, loaded once per accelerator.
+/// Causal and/or masked multi-head attention, forward and backward, loaded once per accelerator.
 /// Layout as GPT-2: <c>qkv</c> (B, T, 3C) with q, k, v along the last dimension; head <c>h</c> uses channels
 /// <c>h*hs .. h*hs+hs-1</c> of each, <c>hs = C / NH</c>; output (B, T, C); scores scaled by <c>1/sqrt(hs)</c>.
-/// <c>keyLengths</c> (B, int32) restricts sequence <c>b</c>'s queries to keys <c>0 .. keyLengths[b]-1</c>
-/// (values are clamped to [0, T]; a query with no visible key gets zero probabilities and a zero output);
-/// an empty view means no padding. <c>keyMask</c> (B, T, int32) hides individual keys: key <c>j</c> of sequence
-/// <c>b</c> is attended only where <c>keyMask[b*T + j] != 0</c> (BERT's padding mask, which may hide interior
-/// positions); an empty view hides none. The three restrictions combine: a key is attended when it is inside the
-/// key length, not after the query when causal, and not masked. Results are deterministic: no atomics.
+/// Masking: <c>keyLengths</c> (B, int32) restricts sequence <c>b</c>'s queries to keys <c>0 .. keyLengths[b]-1</c>
+/// (clamped to [0, T]); <c>keyMask</c> (B*T, int32) lets key <c>j</c> of sequence <c>b</c> be attended only where
+/// <c>keyMask[b*T+j] != 0</c>; an empty view means no such restriction. A query with no visible key gets a zero output.
+/// The forward saves only each query row's log-sum-exp (B, NH, T); the backward recomputes the probabilities tile by
+/// tile, so the memory is O(B*NH*T). Results are deterministic: no atomics.
 /// </summary>
 public sealed class AttentionOps
 {
-    private readonly Accelerator _accelerator;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> _softmax;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims> _values;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims> _scoresBackward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> _qkvBackward;
+    private delegate void RowsKernel(AcceleratorStream s, KernelConfig config, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d);
 
-    /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
+    private delegate void BackwardKernel(AcceleratorStream s, KernelConfig config, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d);
+
+    private readonly Accelerator _accelerator;
+    private readonly Lazy<Kernels> _rows;
+    private readonly Lazy<Kernels> _tiled;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionDims> _delta;
+
+    private sealed record Kernels(RowsKernel Forward, BackwardKernel Query, BackwardKernel Key);
+
+    /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator (each family on first use).</summary>
     public AttentionOps(Backend backend)
     {
         _accelerator = backend.Accelerator;
-        _softmax = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(
-            AttentionKernels.AttentionSoftmaxKernel);
-        _values = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
-            AttentionKernels.AttentionValuesKernel);
-        _scoresBackward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDims>(
-            AttentionKernels.AttentionScoresBackwardKernel);
-        _qkvBackward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(
-            AttentionKernels.AttentionQkvBackwardKernel);
+        var a = _accelerator;
+        _delta = a.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionDims>(AttentionKernels.AttentionBackwardDeltaKernel);
+        _rows = new Lazy<Kernels>(() => Load(AttentionKernels.AttentionForwardRowsKernel,
+            AttentionKernels.AttentionBackwardQueryRowsKernel, AttentionKernels.AttentionBackwardKeyRowsKernel));
+        _tiled = new Lazy<Kernels>(() => Load(AttentionKernels.AttentionForwardTiledKernel,
+            AttentionKernels.AttentionBackwardQueryTiledKernel, AttentionKernels.AttentionBackwardKeyTiledKernel));
+    }
+
+    private Kernels Load(
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> forward,
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> query,
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> key)
+    {
+        var f = _accelerator.LoadKernel(forward);
+        var q = _accelerator.LoadKernel(query);
+        var k = _accelerator.LoadKernel(key);
+        return new Kernels((s, c, a1, a2, a3, kl, km, d) => f(s, c, a1, a2, a3, kl, km, d),
+            (s, c, a1, a2, a3, a4, a5, kl, km, d) => q(s, c, a1, a2, a3, a4, a5, kl, km, d),
+            (s, c, a1, a2, a3, a4, a5, kl, km, d) => k(s, c, a1, a2, a3, a4, a5, kl, km, d));
+    }
+
+    /// <summary>The length of the log-sum-exp buffer <c>Forward</c> saves: (B, NH, T).</summary>
+    public static long LseLength(int b, int t, int nh) => (long)b * nh * t;
+
+    /// <summary>The scratch length <c>Backward</c> needs: one (B, NH, T) row term.</summary>
+    public static long BackwardScratchLength(int b, int t, int c, int nh) => LseLength(b, t, nh);
+
+    /// <summary>The path <paramref name="path"/> resolves to on this accelerator for heads of <paramref name="headSize"/> channels.</summary>
+    public AttentionPath Resolve(AttentionPath path, int headSize)
+    {
+        if (path == AttentionPath.Tiled && (headSize > AttentionKernels.MaxTiledHeadSize || _accelerator.MaxNumThreadsPerGroup < AttentionKernels.Tile))
+            throw new ArgumentException(
+                $"The tiled attention path needs heads of at most {AttentionKernels.MaxTiledHeadSize} channels (got {headSize}) and groups of " +
+                $"{AttentionKernels.Tile} threads (this accelerator allows {_accelerator.MaxNumThreadsPerGroup}); use the row path.", nameof(path));
+        if (path != AttentionPath.Auto)
+            return path;
+        return _accelerator.AcceleratorType != AcceleratorType.CPU && headSize <= AttentionKernels.MaxTiledHeadSize
+            ? AttentionPath.Tiled : AttentionPath.Rows;
     }
 
     /// <summary>
-    /// <c>output</c> (B, T, C) = attention of <c>qkv</c> (B, T, 3C); saves the softmax probabilities <c>probs</c>
-    /// (B, NH, T, T), masked entries 0, for <c>Backward</c>.
-    /// <c>keyLengths</c> is (B) or empty, <c>keyMask</c> (B, T) or empty. Neither output may alias <c>qkv</c>.
+    /// <c>output</c> (B, T, C) = attention of <c>qkv</c> (B, T, 3C); saves each query row's log-sum-exp <c>lse</c>
+    /// (B, NH, T) for <c>Backward</c>. <c>keyLengths</c> is (B) or empty, <c>keyMask</c> (B*T) or empty.
+    /// Neither output may alias <c>qkv</c>.
     /// </summary>
-    public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> probs, ArrayView<float> qkv,
-        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal)
+    public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto)
     {
         var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
         Check.Length(output, (long)b * t * c, nameof(output));
-        Check.Length(probs, ProbsLength(b, t, nh), nameof(probs));
-        _softmax(s, RowLaunch(ProbsLength(b, t, nh) / t), probs, qkv, keyLengths, keyMask, d);
-        _values(s, Launch.Elementwise(_accelerator, output.Length), output, probs, qkv, keyLengths, d);
+        Check.Length(lse, LseLength(b, t, nh), nameof(lse));
+        if (Resolve(path, d.HeadSize) == AttentionPath.Tiled)
+            _tiled.Value.Forward(s, TileLaunch(d), output, lse, qkv, keyLengths, keyMask, d);
+        else
+            _rows.Value.Forward(s, RowLaunch(LseLength(b, t, nh)), output, lse, qkv, keyLengths, keyMask, d);
     }
 
-    /// <summary>The forward pass without a per-key mask (<c>keyMask</c> empty).</summary>
-    public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> probs, ArrayView<float> qkv,
+    /// <summary>The forward pass without a per-key mask (<c>keyMask</c> empty), on the accelerator's default path.</summary>
+    public void Forward(AcceleratorStream s, ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
         ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
-        => Forward(s, output, probs, qkv, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
-
-    /// <summary>The scratch length <c>Backward</c> needs: one (B, NH, T, T) tensor for the score gradients.</summary>
-    public static long BackwardScratchLength(int b, int t, int c, int nh) => ProbsLength(b, t, nh);
+        => Forward(s, output, lse, qkv, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
 
     /// <summary>
     /// Assigns (does not accumulate) <c>dQkv</c> (B, T, 3C), the gradient of the loss with respect to <c>qkv</c>, from
-    /// <c>dOutput</c> (B, T, C) and the <c>probs</c> (B, NH, T, T) saved by <c>Forward</c> for the same
-    /// <c>qkv</c>, <c>keyLengths</c>, <c>keyMask</c> and causal flag. <c>scratch</c> needs at least
-    /// <see cref="BackwardScratchLength"/> elements; its contents are overwritten. <c>dQkv</c> must not alias any input.
-    /// Masked keys get exactly zero key and value gradients.
+    /// <c>dOutput</c> (B, T, C), and the <c>output</c> and <c>lse</c> that <c>Forward</c> computed for the same
+    /// <c>qkv</c> and masking. <c>scratch</c> needs at least <see cref="BackwardScratchLength"/> elements; its contents
+    /// are overwritten. <c>dQkv</c> must not alias any input.
     /// </summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
-        ArrayView<float> probs, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal)
+        ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto)
     {
         var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
         Check.Length(dQkv, qkv.Length, nameof(dQkv));
         Check.Length(dOutput, (long)b * t * c, nameof(dOutput));
-        var probsLength = ProbsLength(b, t, nh);
-        Check.Length(probs, probsLength, nameof(probs));
+        Check.Length(output, (long)b * t * c, nameof(output));
+        var rows = LseLength(b, t, nh);
+        Check.Length(lse, rows, nameof(lse));
         Check.AtLeast(scratch, BackwardScratchLength(b, t, c, nh), nameof(scratch));
-        var dScores = scratch.SubView(0, probsLength);
-        _scoresBackward(s, RowLaunch(probsLength / t), dScores, dOutput, qkv, probs, keyLengths, d);
-        _qkvBackward(s, Launch.Elementwise(_accelerator, dQkv.Length), dQkv, dOutput, qkv, probs, dScores, keyLengths, keyMask, d);
+        var delta = scratch.SubView(0, rows);
+        _delta(s, RowLaunch(rows), delta, dOutput, output, d);
+        if (Resolve(path, d.HeadSize) == AttentionPath.Tiled)
+        {
+            var k = _tiled.Value;
+            var config = TileLaunch(d);
+            k.Query(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+            k.Key(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+        }
+        else
+        {
+            var k = _rows.Value;
+            var config = RowLaunch(rows);
+            k.Query(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+            k.Key(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+        }
     }
 
-    /// <summary>The backward pass without a per-key mask (<c>keyMask</c> empty).</summary>
+    /// <summary>The backward pass without a per-key mask (<c>keyMask</c> empty), on the accelerator's default path.</summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
-        ArrayView<float> probs, ArrayView<float> scratch, ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
-        => Backward(s, dQkv, dOutput, qkv, probs, scratch, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
+        ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
+        => Backward(s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
 
-    private static long ProbsLength(int b, int t, int nh) => (long)b * nh * t * t;
-
-    private static AttentionDims Validate(ArrayView<float> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal)
+    private static AttentionDims Validate(ArrayView<float> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal)
     {
         Check.Positive(b, nameof(b));
         Check.Positive(t, nameof(t));
@@ -97,6 +158,9 @@ public sealed class AttentionOps
         Check.Positive(nh, nameof(nh));
         if (c % nh != 0)
             throw new ArgumentException($"The channel count c = {c} is not a multiple of the head count nh = {nh}.", nameof(c));
+        // The kernels decompose row indices in 32 bits; offsets into the tensors are 64-bit.
+        if (LseLength(b, t, nh) > int.MaxValue || 3L * c > int.MaxValue)
+            throw new ArgumentException($"B*NH*T = {LseLength(b, t, nh)} query rows exceed 2^31-1; split the batch into smaller micro-batches.", nameof(b));
         Check.Length(qkv, 3L * b * t * c, nameof(qkv));
         if (keyLengths.Length != 0)
             Check.Length(keyLengths, b, nameof(keyLengths));
@@ -105,14 +169,26 @@ public sealed class AttentionOps
         return new AttentionDims(b, t, c, nh, causal);
     }
 
+    // A tile per group; every (b, h, tile) once when the device holds them, else a grid-stride over them.
+    private KernelConfig TileLaunch(AttentionDims d)
+    {
+        long tiles = (long)d.B * d.NH * d.Tiles;
+        return new KernelConfig(RowLaunchGroups(tiles, AttentionKernels.Tile, waves: 8), AttentionKernels.Tile);
+    }
+
     // A thread owns a whole row of T keys, so rows are few and heavy: smaller groups spread them over more
     // multiprocessors on a GPU.
     private KernelConfig RowLaunch(long rows)
     {
         var group = Launch.GroupSize(_accelerator, 64);
-        var waves = _accelerator.AcceleratorType == AcceleratorType.CPU ? 1L : 4L;
+        return new KernelConfig(RowLaunchGroups((rows + group - 1) / group, group, waves: 4), group);
+    }
+
+    private int RowLaunchGroups(long wanted, int group, long waves)
+    {
+        if (_accelerator.AcceleratorType == AcceleratorType.CPU)
+            waves = 1;
         var maxGroups = Math.Max(1L, _accelerator.MaxNumThreads * waves / group);
-        var groups = Math.Clamp((rows + group - 1) / group, 1, maxGroups);
-        return new KernelConfig((int)groups, group);
+        return (int)Math.Clamp(wanted, 1, maxGroups);
     }
 }

@@ -16,10 +16,25 @@ public enum GemmLayout
     TN = GemmKernels.LayoutTN,
 }
 
+/// <summary>Which kernel a <see cref="GemmOps"/> runs its products with.</summary>
+public enum GemmPath
+{
+    /// <summary><see cref="GemmKernels.GemmDirectKernel"/>: no shared memory, no barriers (the CPU accelerator's path).</summary>
+    Direct,
+
+    /// <summary><see cref="GemmKernels.GemmKernel"/>: run-time geometry, 4 x 4 outputs per thread.</summary>
+    SharedTiles,
+
+    /// <summary>The <c>GemmLargeTiles*Kernel</c>s: 128 x 128 tiles, 8 x 8 outputs per thread, one kernel per layout (the GPU path).</summary>
+    LargeTiles,
+}
+
 /// <summary>
-/// Matrix products and the bias gradient, loaded once per accelerator. On GPUs the product runs
-/// <see cref="GemmKernels.GemmKernel"/>: 16 x 16 threads (or the largest square group the device allows) with 4 x 4
-/// outputs each, so 64 x 64 tiles, staging K 16 at a time in shared memory. On the CPU accelerator it runs
+/// Matrix products and the bias gradient, loaded once per accelerator. On GPUs whose groups hold 256 threads the
+/// product runs the large-tile kernels (<see cref="GemmKernels.GemmLargeTilesNNKernel"/> and its NT and TN
+/// siblings): 128 x 128 tiles, 8 x 8 outputs per thread, K staged 8 at a time through double-buffered shared memory;
+/// a product whose matrices are too large for their 32-bit offsets falls back to <see cref="GemmKernels.GemmKernel"/>
+/// with 16 x 16 threads, 4 x 4 outputs each, which is also the path of smaller GPUs. On the CPU accelerator it runs
 /// <see cref="GemmKernels.GemmDirectKernel"/>: there every simulated thread is an OS thread and a group barrier costs
 /// hundreds of microseconds, so register blocking without shared memory is several times faster.
 /// Results are deterministic for a given accelerator and geometry (no atomics).
@@ -34,11 +49,32 @@ public sealed class GemmOps
     private readonly int _tileK;
     private readonly int _biasColumns;
     private readonly int _biasGroup;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>[]? _large;
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator and picks the kernel and geometry for it.</summary>
     public GemmOps(Backend backend)
-        : this(backend, DefaultSide(backend.Accelerator), DefaultSide(backend.Accelerator), DefaultTileK(backend.Accelerator))
+        : this(backend, DefaultPath(backend.Accelerator))
     {
+    }
+
+    /// <summary>
+    /// Loads the kernels for <paramref name="path"/>: <see cref="GemmPath.LargeTiles"/> needs groups of
+    /// <see cref="GemmKernels.LargeTileThreads"/> threads (and keeps the shared-tile kernel for products too large for it).
+    /// </summary>
+    public GemmOps(Backend backend, GemmPath path)
+        : this(backend, FallbackSide(backend.Accelerator, path), FallbackSide(backend.Accelerator, path), FallbackSide(backend.Accelerator, path) == 0 ? 0 : 16)
+    {
+        if (path != GemmPath.LargeTiles)
+            return;
+        if (_accelerator.MaxNumThreadsPerGroup < GemmKernels.LargeTileThreads)
+            throw new ArgumentException($"The large-tile GEMM needs groups of {GemmKernels.LargeTileThreads} threads; this accelerator allows {_accelerator.MaxNumThreadsPerGroup}.", nameof(path));
+        _large =
+        [
+            _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmLargeTilesNNKernel),
+            _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmLargeTilesNTKernel),
+            _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmLargeTilesTNKernel),
+        ];
+        Path = GemmPath.LargeTiles;
     }
 
     /// <summary>
@@ -51,6 +87,7 @@ public sealed class GemmOps
     {
         _accelerator = backend.Accelerator;
         UsesSharedMemoryTiles = threadsX != 0 || threadsY != 0 || tileK != 0;
+        Path = UsesSharedMemoryTiles ? GemmPath.SharedTiles : GemmPath.Direct;
         if (UsesSharedMemoryTiles)
         {
             Check.Positive(threadsX, nameof(threadsX));
@@ -78,15 +115,31 @@ public sealed class GemmOps
         _biasColumns = Math.Min(_biasGroup, Math.Max(1, _accelerator.WarpSize));
     }
 
-    /// <summary>True when products run the shared-memory tiled kernel, false for the barrier-free one.</summary>
+    /// <summary>True when products run a shared-memory tiled kernel, false for the barrier-free one.</summary>
     public bool UsesSharedMemoryTiles { get; }
 
+    /// <summary>The kernel products run with.</summary>
+    public GemmPath Path { get; }
+
+    /// <summary>
+    /// True when a product of this shape runs the large-tile kernels: their 32-bit offsets, which may run a tile and
+    /// a K slice past each matrix, must fit.
+    /// </summary>
+    public static bool FitsLargeTiles(int m, int n, int k) =>
+        ((long)m + GemmKernels.LargeTile) * (k + GemmKernels.LargeTileK) <= int.MaxValue
+        && ((long)n + GemmKernels.LargeTile) * (k + GemmKernels.LargeTileK) <= int.MaxValue;
+
+    // The shared-tile kernel's square side for a path: it is the path itself, or the large-tile path's fallback
+    // (on the CPU accelerator that fallback is the barrier-free kernel).
+    private static int FallbackSide(Accelerator accelerator, GemmPath path) =>
+        path == GemmPath.Direct || (path == GemmPath.LargeTiles && IsCpu(accelerator)) ? 0
+        : accelerator.MaxNumThreadsPerGroup >= 256 ? 16 : Math.Max(1, (int)Math.Sqrt(accelerator.MaxNumThreadsPerGroup));
+
+    private static GemmPath DefaultPath(Accelerator accelerator) =>
+        IsCpu(accelerator) ? GemmPath.Direct
+        : accelerator.MaxNumThreadsPerGroup >= GemmKernels.LargeTileThreads ? GemmPath.LargeTiles : GemmPath.SharedTiles;
+
     private static bool IsCpu(Accelerator accelerator) => accelerator.AcceleratorType == AcceleratorType.CPU;
-
-    private static int DefaultSide(Accelerator accelerator) =>
-        IsCpu(accelerator) ? 0 : accelerator.MaxNumThreadsPerGroup >= 256 ? 16 : Math.Max(1, (int)Math.Sqrt(accelerator.MaxNumThreadsPerGroup));
-
-    private static int DefaultTileK(Accelerator accelerator) => IsCpu(accelerator) ? 0 : 16;
 
     /// <summary>
     /// <c>C (m, n) = alpha * op(A) . op(B) [+ bias broadcast over rows] [+ C if accumulate]</c>, row-major.
@@ -143,6 +196,19 @@ public sealed class GemmOps
         if (Overlaps(c, a) || Overlaps(c, b))
             throw new ArgumentException("'c' must not alias 'a' or 'b'.", nameof(c));
 
+        if (_large is not null && FitsLargeTiles(m, n, k))
+        {
+            // ThreadsX = ThreadsY = 32 makes GemmDims count 128 x 128 tiles; the kernels' geometry is fixed.
+            var large = new GemmDims(m, n, k, (int)layout, batch, (long)m * k, (long)k * n, (long)m * n,
+                32, 32, GemmKernels.LargeTileK, alpha, accumulate, bias.Length != 0);
+            var largeTiles = (long)large.TilesM * large.TilesN * batch;
+            if (largeTiles > int.MaxValue)
+                throw new ArgumentException($"A product of {batch} x ({m}, {n}) has too many output tiles for one launch.");
+            var maxLargeGroups = Math.Max(1L, (long)_accelerator.MaxNumThreads * 2 / GemmKernels.LargeTileThreads);
+            _large[(int)layout](stream, new KernelConfig((int)Math.Min(largeTiles, maxLargeGroups), GemmKernels.LargeTileThreads),
+                c, a, b, bias.Length != 0 ? bias : c, large);
+            return;
+        }
         var dims = new GemmDims(m, n, k, (int)layout, batch, (long)m * k, (long)k * n, (long)m * n,
             _threadsX, _threadsY, _tileK, alpha, accumulate, bias.Length != 0);
         var tiles = (long)dims.TilesM * dims.TilesN * batch;

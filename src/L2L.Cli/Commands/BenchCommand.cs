@@ -12,6 +12,7 @@ internal static class BenchCommand
         command.Subcommands.Add(BenchTrainCommand.Create());
         command.Subcommands.Add(BenchGemmCommand.Create());
         command.Subcommands.Add(BenchBusCommand.Create());
+        command.Subcommands.Add(BenchAttentionCommand.Create());
         return command;
     }
 }

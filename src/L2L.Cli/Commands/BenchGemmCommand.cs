@@ -1,6 +1,7 @@
 // `l2l bench gemm`: FP32 matrix products of the engine against cuBLAS (on CUDA) on squares and GPT-2 layer shapes.
 using System.CommandLine;
 using L2L.Backends;
+using L2L.Cli.Validation;
 using L2L.Model;
 using L2L.Training.Benchmarks;
 
@@ -20,8 +21,17 @@ internal static class BenchGemmCommand
         var command = new Command("gemm", "FP32 GEMM throughput of the engine's kernels, beside cuBLAS SGEMM when the device is CUDA.");
         foreach (var o in new Option[] { sizes, model, tokens, repeats, device, json, output })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        var rules = new RuleTable
         {
+            Rules.OneOf(model, GptConfig.PresetNames, "model preset"),
+            Rules.AtLeast(tokens, 1),
+            Rules.AtLeast(repeats, 1),
+            Rules.Device(device),
+            Rules.OutputFile(output, "the JSON report"),
+        };
+        command.SetAction(parse =>
+        {
+            rules.Check(parse);
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             var cpu = backend.Kind == DeviceKind.Cpu;
             var squares = (parse.GetValue(sizes) ?? (cpu ? "128,256" : "1024,2048,4096,8192"))
@@ -35,7 +45,7 @@ internal static class BenchGemmCommand
             var report = GemmBenchmark.Run(backend, shapes, parse.GetValue(repeats), quiet ? null : Console.WriteLine);
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
-        }));
+        });
         return command;
     }
 }

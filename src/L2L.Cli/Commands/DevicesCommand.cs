@@ -7,7 +7,7 @@ namespace L2L.Cli.Commands;
 
 internal static class DevicesCommand
 {
-    public static Command Create()
+    public static Command Create(CliEnvironment env)
     {
         var command = new Command("devices", "List every accelerator found (kind, name, memory, warp size, max group size) and which one 'auto' picks.");
         command.SetAction(_ =>
@@ -29,8 +29,8 @@ internal static class DevicesCommand
                     d.Multiprocessors.ToString(),
                     isAuto ? "*" : "");
             }
-            AnsiConsole.Write(table);
-            AnsiConsole.WriteLine($"auto picks {auto.ToString().ToLowerInvariant()}:0 (override with --device or {DeviceSpec.EnvironmentVariable}=cpu|cuda|opencl[:index])");
+            env.Ansi.Write(table);
+            env.Ansi.WriteLine($"auto picks {auto.ToString().ToLowerInvariant()}:0 (override with --device or {DeviceSpec.EnvironmentVariable}=cpu|cuda|opencl[:index])");
             return 0;
         });
         return command;

@@ -2,32 +2,58 @@
 using System.CommandLine;
 using System.Text.Json;
 using L2L.Backends;
+using L2L.Cli.Validation;
 using L2L.Model;
+using L2L.Model.Data;
 using L2L.Training;
 
 namespace L2L.Cli.Commands;
 
 internal static class EvalCommand
 {
-    public static Command Create()
+    public static Command Create(CliEnvironment env)
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint directory (config.json + model.safetensors).", Required = true };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "Checkpoint directory (config.json + model.safetensors).", Required = true };
         var data = new Option<string?>("--data") { Description = "Token file (llm.c .bin or bytes). Default: the built-in synthetic corpus." };
+        var labels = new Option<string?>("--labels") { Description = "BERT: llm.c .bin of targets aligned with --data (65535 = not scored). Default: mask on the fly as training does." };
+        var seed = new Option<int>("--seed") { Description = "BERT: the masking seed (as train's --seed).", DefaultValueFactory = _ => 1337 };
         var batch = new Option<int>("--batch") { Description = "Sequences per batch (B).", DefaultValueFactory = _ => 8 };
         var seq = new Option<int>("--seq") { Description = "Tokens per sequence (T).", DefaultValueFactory = _ => 64 };
         var batches = new Option<int>("--batches") { Description = "Batches to evaluate (N); batch i is the window set of training step i.", DefaultValueFactory = _ => 10 };
         var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
-        var command = new Command("eval", "Evaluate a checkpoint's mean cross-entropy over N*B windows; prints one JSON object.");
-        foreach (var o in new Option[] { checkpoint, data, batch, seq, batches, device })
+        var dataFormat = DataSources.FormatOption();
+        var command = new Command("eval", "Evaluate a checkpoint's mean cross-entropy over the labelled positions of N*B windows (every token for GPT-2); prints one JSON object.");
+        foreach (var o in new Option[] { checkpoint, data, dataFormat, labels, seed, batch, seq, batches, device })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        var rules = new RuleTable
         {
+            Rules.CheckpointInput(checkpoint, "give a checkpoint directory (config.json and model.safetensors, as written by l2l train --save)"),
+            Rules.InputFile(data, DataSources.Expected),
+            Rules.InputFile(labels, "give an llm.c .bin file of BERT targets aligned with --data (65535 where a position is not scored)"),
+            Rules.OneOf(dataFormat, DataSources.FormatNames, "data format"),
+            Rules.AtLeast(batch, 1),
+            Rules.AtLeast(seq, 1),
+            Rules.AtLeast(batches, 1),
+            Rules.Device(device),
+        };
+        command.SetAction(parse =>
+        {
+            Checkpoints.Tidy(parse.GetValue(checkpoint), env);
+            rules.Check(parse);
             var (cfg, weights) = Checkpoint.Load(parse.GetValue(checkpoint)!);
-            var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
-            using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
-            using var evaluator = new Evaluator(backend, new ModelLayout(cfg), weights, parse.GetValue(batch), parse.GetValue(seq));
-            var result = evaluator.Evaluate(source, parse.GetValue(batches));
-            Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+            var seqLen = parse.GetValue(seq);
+            if (seqLen > cfg.MaxPositions)
+                throw new CliException($"{Rules.Typed(parse, seq)} {seqLen} is longer than the checkpoint's n_positions ({cfg.MaxPositions}). Use a --seq of at most {cfg.MaxPositions}");
+            var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize, parse.GetValue(dataFormat)!, seqLen);
+            using var sourceLifetime = source as IDisposable;
+            var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
+            using var labelLifetime = labelSource as IDisposable;
+            var batchSource = BatchSources.ForEvaluation(cfg, source, labelSource, parse.GetValue(batch), seqLen, parse.GetValue(seed));
+            using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
+            var backend = lease.Backend;
+            using var evaluator = new Evaluator(backend, new ModelLayout(cfg), weights, parse.GetValue(batch), seqLen);
+            var result = evaluator.Evaluate(batchSource, parse.GetValue(batches));
+            env.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
                 ["loss"] = result.Loss,
                 ["tokens"] = result.Tokens,
@@ -36,7 +62,7 @@ internal static class EvalCommand
                 ["device"] = backend.Description,
             }));
             return 0;
-        }));
+        });
         return command;
     }
 }

@@ -28,7 +28,7 @@ internal static class GenerateCommand
         var command = new Command("generate", "Generate text from a checkpoint (forward only, key/value cache, on the device).");
         foreach (var o in new Option[] { checkpoint, prompt, promptIds, maxNew, temperature, topK, topP, seed, tokenizer, weights, device, json })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        command.SetAction(parse =>
         {
             var dir = parse.GetValue(checkpoint)!;
             var text = parse.GetValue(prompt);
@@ -73,7 +73,7 @@ internal static class GenerateCommand
                 $"generated {result.Ids.Count} tokens in {result.GenerateSeconds:F2} s ({result.TokensPerSecond:F1} tokens/s; prompt {promptTokens.Length} tokens in {result.PromptSeconds:F2} s) | " +
                 $"weights {(decoder.Streamed ? "streamed" : "resident")} | device: {backend.Description}"));
             return 0;
-        }));
+        });
         return command;
     }
 

@@ -17,7 +17,7 @@ internal static class PrepareCommand
         command.Arguments.Add(inputs);
         foreach (var o in new Option[] { tokenizer, output, valFraction })
             command.Options.Add(o);
-        command.SetAction(parse => CliErrors.Run(() =>
+        command.SetAction(parse =>
         {
             var tok = TextTokenizers.ByName(parse.GetValue(tokenizer)!);
             var files = parse.GetValue(inputs)!;
@@ -29,7 +29,7 @@ internal static class PrepareCommand
             if (result.ValPath is not null)
                 Console.WriteLine($"wrote {result.ValPath}: {result.ValTokens:N0} tokens");
             return 0;
-        }));
+        });
         return command;
     }
 }

@@ -1,6 +1,7 @@
-// `l2l train`: trains a GPT-2-style model with the relay or conventional executor.
+// `l2l train`: trains a GPT-2 or BERT model with the relay or conventional executor.
 using System.CommandLine;
 using L2L.Backends;
+using L2L.Cli.Validation;
 using L2L.Model;
 using L2L.Model.Data;
 using L2L.Model.Tokenizers;
@@ -12,12 +13,13 @@ namespace L2L.Cli.Commands;
 
 internal static class TrainCommand
 {
-    public static Command Create()
+    public static Command Create(CliEnvironment env)
     {
         var model = new Option<string>("--model") { Description = $"Model preset: {string.Join(", ", ModelConfigs.PresetNames)}.", DefaultValueFactory = _ => "gpt2-tiny" };
         var config = new Option<string?>("--config") { Description = "A Hugging Face config.json, GPT-2 or BERT by its model_type (overrides --model)." };
         var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
         var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
+        var labels = new Option<string?>("--labels") { Description = "BERT: llm.c .bin of targets aligned with --data (65535 = not scored). Default: mask 15% of tokens on the fly, keyed by --seed." };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step (B).", DefaultValueFactory = _ => 8 };
         var micro = new Option<int>("--micro-batches") { Description = "Micro-batches per step (U); must divide --batch.", DefaultValueFactory = _ => 2 };
@@ -42,26 +44,104 @@ internal static class TrainCommand
         var log = new Option<string?>("--log") { Description = "Write one JSON object per step to this file." };
         var plot = new Option<string?>("--plot") { Description = "Write a PNG plot of the loss curve to this file." };
         var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
-        var embeddingUpdate = new Option<string?>("--embedding-update") { Description = "Relay: update the embedding and head on the device (default for sgd/adamw: no step-boundary wait) or on the host (default for lamb)." };
+        var embeddingUpdate = new Option<string>("--embedding-update") { Description = "Relay: where the embedding and head are updated: device (no step-boundary wait), host, or auto (device for sgd/adamw, host for lamb).", DefaultValueFactory = _ => "auto" };
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
         var valData = new Option<string?>("--val-data") { Description = "Validation token file (llm.c .bin or bytes); its mean loss is reported as val_loss." };
         var valEvery = new Option<int>("--val-every") { Description = "Validate every N steps (and after the last).", DefaultValueFactory = _ => 50 };
         var valBatches = new Option<int>("--val-batches") { Description = "Validation batches of B sequences (the windows of unshuffled steps 0..K-1).", DefaultValueFactory = _ => 4 };
 
-        var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
+        var dataFormat = DataSources.FormatOption();
+        var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
+
+        var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
+        foreach (var o in new Option[] { model, config, init, data, dataFormat, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, overrides, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
 
-        command.SetAction(parse => CliErrors.Run(() =>
+        // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
+        (string, Option)[] recorded =
+        [
+            (RunSettings.Batch, batch), (RunSettings.Seq, seq), (RunSettings.MicroBatches, micro), (RunSettings.Optimizer, optimizer),
+            (RunSettings.LearningRate, lr), (RunSettings.WeightDecay, wd), (RunSettings.Beta1, beta1), (RunSettings.Beta2, beta2),
+            (RunSettings.Epsilon, eps), (RunSettings.Schedule, schedule), (RunSettings.Warmup, warmup), (RunSettings.Steps, steps),
+            (RunSettings.Shuffle, shuffle), (RunSettings.Seed, seed), (RunSettings.Executor, executor), (RunSettings.Stash, stash),
+        ];
+        // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
+        IReadOnlyDictionary<string, string>? inherited = null;
+        string Effective(ParseResult p, Option<string> o, string key) =>
+            !Rules.Given(p, o) && inherited is not null && inherited.TryGetValue(key, out var v) ? v : p.GetValue(o)!;
+        bool Relay(ParseResult p) => string.Equals(Effective(p, executor, RunSettings.Executor), "relay", StringComparison.OrdinalIgnoreCase);
+        bool Adam(ParseResult p) => !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "sgd", StringComparison.OrdinalIgnoreCase);
+        var rules = new RuleTable
         {
+            Rules.OneOf(model, ModelConfigs.PresetNames, "model preset"),
+            Rules.Exclusive(model, config, "--config describes the model itself; drop --model"),
+            Rules.Exclusive(init, resume, "Use --init to start from a checkpoint's weights with a fresh optimizer, or --resume to continue its run"),
+            Rules.InputFile(config, "give the path of a config.json with Hugging Face GPT-2 keys (a checkpoint directory goes to --init or --resume)"),
+            Rules.CheckpointInput(init, CheckpointExpected),
+            Rules.CheckpointInput(resume, CheckpointExpected),
+            Rules.InputFile(data, DataSources.Expected),
+            Rules.OneOf(dataFormat, DataSources.FormatNames, "data format"),
+            Rules.AtLeast(steps, 1L),
+            Rules.AtLeast(batch, 1),
+            Rules.AtLeast(micro, 1),
+            Rules.Custom("--micro-batches divides --batch", p => p.GetValue(batch) % p.GetValue(micro) == 0 ? null
+                : $"--batch {p.GetValue(batch)} is not divisible by --micro-batches {p.GetValue(micro)}, but every micro-batch must hold the same number of sequences. Choose a --micro-batches that divides --batch"),
+            Rules.AtLeast(seq, 1),
+            Rules.OneOf(optimizer, Enum.GetNames<OptimizerKind>().Select(n => n.ToLowerInvariant()), "optimizer"),
+            Rules.Positive(lr),
+            Rules.NonNegative(wd),
+            Rules.HalfOpen(beta1, 0, 1),
+            Rules.HalfOpen(beta2, 0, 1),
+            Rules.NonNegative(eps),
+            Rules.AppliesOnlyTo(beta1, Adam, "--optimizer adamw or lamb"),
+            Rules.AppliesOnlyTo(beta2, Adam, "--optimizer adamw or lamb"),
+            Rules.AppliesOnlyTo(eps, Adam, "--optimizer adamw or lamb"),
+            Rules.AtLeast(warmup, 0),
+            Rules.OneOf(schedule, Enum.GetNames<ScheduleKind>().Select(n => n.ToLowerInvariant()), "schedule"),
+            Rules.OneOf(executor, Enum.GetNames<ExecutorKind>().Select(n => n.ToLowerInvariant()), "executor"),
+            Rules.OneOf(stash, Enum.GetNames<StashPlacement>().Select(n => n.ToLowerInvariant()), "stash placement"),
+            Rules.AppliesOnlyTo(stash, Relay, "--executor relay"),
+            StashCodecOptions.CodecRule(stashCodec),
+            Rules.AppliesOnlyTo(stashCodec, Relay, "--executor relay"),
+            StashCodecOptions.GroupRule(stashGroup),
+            Rules.AppliesOnlyTo(threads, Relay, "--executor relay"),
+            Rules.Custom("--optimizer lamb needs --executor relay", p => Relay(p) || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
+                : $"{Rules.Typed(p, optimizer)} lamb runs on the host and needs --executor relay. Use --executor relay, or --optimizer adamw or sgd"),
+            Rules.AtLeast(threads, 1),
+            Rules.Positive(budget),
+            Rules.AtLeast(saveEvery, 0),
+            Rules.Requires(saveEvery, save, "it says how often to write that checkpoint"),
+            Rules.Requires(overrides, resume, "it allows a setting recorded in the resumed checkpoint to change"),
+            ResumeSettings.OverrideNames(overrides, recorded),
+            Rules.Device(device),
+            Rules.CheckpointOutput(save),
+            Rules.OutputFile(log, "the metrics (one JSON object per step)"),
+            Rules.OutputFile(plot, "the loss plot", ".png"),
+            Rules.OneOf(embeddingUpdate, ["auto", "device", "host"], "embedding update location"),
+            Rules.AppliesOnlyTo(embeddingUpdate, Relay, "--executor relay"),
+            Rules.Custom("--embedding-update device needs sgd or adamw", p => !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase)
+                || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
+                : "--embedding-update device needs an optimizer with a device kernel, and lamb runs on the host only. Use --embedding-update host, or --optimizer adamw or sgd"),
+            Rules.InputFile(valData, DataSources.Expected),
+            Rules.InputFile(labels, "give an llm.c .bin file of BERT targets aligned with --data (65535 where a position is not scored)"),
+            Rules.AtLeast(valEvery, 1),
+            Rules.AtLeast(valBatches, 1),
+            Rules.Requires(valEvery, valData, "it says how often to validate on that file"),
+            Rules.Requires(valBatches, valData, "it says how many batches of that file to validate on"),
+        };
+
+        command.SetAction(parse =>
+        {
+            foreach (var dir in new[] { parse.GetValue(resume), parse.GetValue(init), parse.GetValue(save) })
+                Checkpoints.Tidy(dir, env);
+            rules.Check(parse);
+
             var initDir = parse.GetValue(init);
             var resumeDir = parse.GetValue(resume);
-            if (initDir is not null && resumeDir is not null)
-                throw new ArgumentException("Use either --init (weights only) or --resume (weights, optimizer state and step), not both.");
             var explicitConfig = parse.GetValue(config) is { } path ? ModelConfigs.Load(path)
-                : parse.GetResult(model) is { Implicit: false } ? ModelConfigs.Preset(parse.GetValue(model)!) : null;
+                : Rules.Given(parse, model) ? ModelConfigs.Preset(parse.GetValue(model)!) : null;
             IModelConfig cfg;
             float[][]? weights = null;
             TrainingState? state = null;
@@ -72,7 +152,7 @@ internal static class TrainCommand
                 if (resumeDir is not null)
                 {
                     if (!Checkpoint.HasTrainingState(resumeDir))
-                        throw new InvalidDataException($"'{resumeDir}' has no {Checkpoint.StateFile}; use --init to start from its weights with a fresh optimizer.");
+                        throw new CliException($"--resume '{resumeDir}' has no {Checkpoint.StateFile}, so there is no optimizer state to continue. Use --init to start from its weights with a fresh optimizer");
                     state = Checkpoint.LoadTrainingState(resumeDir, new ModelLayout(cfg));
                 }
             }
@@ -81,86 +161,133 @@ internal static class TrainCommand
                 cfg = explicitConfig ?? ModelConfigs.Preset(parse.GetValue(model)!);
             }
 
+            if (state is not null)
+            {
+                inherited = state.Metadata;
+                rules.Check(parse); // again, now that untyped settings come from the checkpoint
+            }
+            var settings = new ResumeSettings(parse, state?.Metadata, recorded, parse.GetValue(overrides) ?? []);
+            static float Number(string text) => float.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
+            static int Integer(string text) => int.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
             var options = new TrainOptions
             {
                 Config = cfg,
-                Steps = parse.GetValue(steps),
-                Batch = parse.GetValue(batch),
-                MicroBatches = parse.GetValue(micro),
-                SeqLen = parse.GetValue(seq),
-                Optimizer = new OptimizerSettings(ParseOptimizer(parse.GetValue(optimizer)!), parse.GetValue(lr), parse.GetValue(beta1), parse.GetValue(beta2), parse.GetValue(eps), parse.GetValue(wd)),
-                Schedule = Enums.Parse<ScheduleKind>(parse.GetValue(schedule)!, "--schedule"),
-                Warmup = parse.GetValue(warmup),
-                Executor = Enums.Parse<ExecutorKind>(parse.GetValue(executor)!, "--executor"),
-                Stash = Enums.Parse<StashPlacement>(parse.GetValue(stash)!, "--stash"),
+                Steps = settings.Value(steps, t => long.Parse(t, System.Globalization.CultureInfo.InvariantCulture)),
+                Batch = settings.Value(batch, Integer),
+                MicroBatches = settings.Value(micro, Integer),
+                SeqLen = settings.Value(seq, Integer),
+                Optimizer = new OptimizerSettings(ParseOptimizer(settings.Value(optimizer, t => t)), settings.Value(lr, Number),
+                    settings.Value(beta1, Number), settings.Value(beta2, Number), settings.Value(eps, Number), settings.Value(wd, Number)),
+                Schedule = Enums.Parse<ScheduleKind>(settings.Value(schedule, t => t), "--schedule"),
+                Warmup = settings.Value(warmup, Integer),
+                Executor = Enums.Parse<ExecutorKind>(settings.Value(executor, t => t), "--executor"),
+                Stash = Enums.Parse<StashPlacement>(settings.Value(stash, t => t), "--stash"),
                 StashCodec = Enums.Parse<L2L.Training.Stash.StashCodec>(parse.GetValue(stashCodec)!, "--stash-codec"),
                 StashGroup = parse.GetValue(stashGroup),
-                Seed = parse.GetValue(seed),
-                Shuffle = parse.GetValue(shuffle),
+                Seed = settings.Value(seed, Integer),
+                Shuffle = settings.Value(shuffle, bool.Parse),
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
-                EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
             };
             options.Validate();
-            var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
+            if (state is not null)
+            {
+                // The step target matters only to a decaying schedule; the stash only to the relay.
+                var notes = settings.Check(RunSettings.Describe(options), resumeDir!, key =>
+                    (key == RunSettings.Steps && options.Schedule == ScheduleKind.Constant) ||
+                    (key == RunSettings.Stash && options.Executor == ExecutorKind.Conventional));
+                var stateFloats = options.Optimizer.Kind == OptimizerKind.Sgd ? 0 : 2;
+                if (state.StateFloatsPerParam != stateFloats)
+                    throw new CliException($"--resume '{resumeDir}' holds {state.Optimizer} optimizer state, which --optimizer {options.Optimizer.Kind.ToString().ToLowerInvariant()} cannot continue. " +
+                        "Resume with the checkpoint's optimizer, or use --init to start from its weights with a fresh optimizer");
+                foreach (var note in notes)
+                    env.Out.WriteLine($"note: {note}.");
+                if (state.Step >= options.Steps)
+                {
+                    env.Out.WriteLine($"checkpoint '{resumeDir}' is already at step {state.Step}, at or past --steps {options.Steps}: nothing to train, nothing saved. " +
+                        "Pass a larger --steps to continue it.");
+                    return 0;
+                }
+            }
+            var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen);
+            using var sourceLifetime = source as IDisposable;
+            var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
+            using var labelLifetime = labelSource as IDisposable;
 
-            using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
-            AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
+            using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
+            var backend = lease.Backend;
+            env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
             if (options.StashCodecSettings is { Enabled: true } codec)
-                Console.WriteLine(StashCodecOptions.Describe(codec, options));
-            using var trainer = new Trainer(backend, options, source, weights, state);
+                env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
+            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             if (trainer.HostBytesPerParameter is { } hostBytes)
-                Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
-            var valSource = parse.GetValue(valData) is { } valPath ? TokenData.Open(valPath, cfg.VocabSize) : null;
+                env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
+            var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
             using var valOwner = valSource as IDisposable;
             if (valSource is not null)
                 trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
-            else if (parse.GetResult(valEvery) is { Implicit: false } || parse.GetResult(valBatches) is { Implicit: false })
-                throw new ArgumentException("--val-every and --val-batches need --val-data FILE.");
             trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();
-            var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+            var interactive = ReferenceEquals(env.Out, Console.Out) && env.Ansi.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+            void Note(string line) => env.Out.WriteLine($"note: {line}.");
             void OnStep(StepMetrics m)
             {
                 metrics.Add(m);
                 if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
-                    trainer.Save(saveDir);
+                    trainer.Save(saveDir, Note);
                 if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
-                    Console.WriteLine(Line(m));
+                    env.Out.WriteLine(Line(m));
             }
             var start = trainer.StepsDone;
-            if (interactive)
+            var stopped = false;
+            try
             {
-                AnsiConsole.Progress()
-                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                    .Start(ctx =>
-                    {
-                        var task = ctx.AddTask("starting", maxValue: options.Steps - start);
-                        trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log));
-                    });
+                if (interactive)
+                {
+                    env.Ansi.Progress()
+                        .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                        .Start(ctx =>
+                        {
+                            var task = ctx.AddTask("starting", maxValue: options.Steps - start);
+                            trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log), env.Stop);
+                        });
+                }
+                else
+                {
+                    trainer.Run(OnStep, parse.GetValue(log), env.Stop);
+                }
             }
-            else
+            catch (OperationCanceledException) when (env.Stop.IsCancellationRequested)
             {
-                trainer.Run(OnStep, parse.GetValue(log));
+                stopped = true; // between steps: the last step finished and is logged
             }
             if (metrics.Count > 0)
-                Console.WriteLine($"final: {Line(metrics[^1])}");
-            if (source is SyntheticCorpus corpus)
-                Console.WriteLine($"corpus entropy rate (the lowest achievable loss): {corpus.EntropyRateNats:F4} nats/token");
-            if (saveDir is not null)
+                env.Out.WriteLine($"final: {Line(metrics[^1])}");
+            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+            if (floor is { } rate && !stopped)
+                env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
+            var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
+            if (saved)
             {
-                trainer.Save(saveDir);
-                Console.WriteLine($"saved checkpoint to {saveDir}");
+                trainer.Save(saveDir!, Note);
+                env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
             }
             if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
             {
-                LossPlot.Save(plotPath, metrics, (source as SyntheticCorpus)?.EntropyRateNats);
-                Console.WriteLine($"wrote {plotPath}");
+                LossPlot.Save(plotPath, metrics, floor);
+                env.Out.WriteLine($"wrote {plotPath}");
             }
-            return 0;
-        }));
+            if (!stopped) return 0;
+            env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
+            env.Out.WriteLine(saved
+                ? $"resume with: {ResumeCommand(env.Args, saveDir!)}"
+                : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
+            return Cli.InterruptedExitCode;
+        });
         return command;
     }
 
@@ -170,6 +297,23 @@ internal static class TrainCommand
         var dataDir = dataPath is null ? null : Path.GetDirectoryName(Path.GetFullPath(dataPath));
         if (dataDir is not null && TextTokenizers.FromDirectory(dataDir) is not null) return dataDir;
         return checkpointDir is not null && TextTokenizers.FromDirectory(checkpointDir) is not null ? checkpointDir : null;
+    }
+
+    private const string CheckpointExpected = "give a checkpoint directory (written by --save: config.json, model.safetensors and training_state.safetensors)";
+
+    /// <summary>The command that continues an interrupted run: as typed, with the model and start taken from the saved checkpoint.</summary>
+    internal static string ResumeCommand(IReadOnlyList<string> args, string saveDir)
+    {
+        string[] dropped = ["--init", "--resume", "--model", "--config", "--override"];
+        var kept = new List<string>();
+        for (var i = 0; i < args.Count; i++)
+        {
+            if (dropped.Contains(args[i])) { i++; continue; }
+            if (dropped.Any(d => args[i].StartsWith(d + "=", StringComparison.Ordinal))) continue;
+            kept.Add(args[i]);
+        }
+        kept.AddRange(["--resume", saveDir]);
+        return "l2l " + string.Join(' ', kept.Select(a => a.Length == 0 || a.Any(char.IsWhiteSpace) ? $"'{a}'" : a));
     }
 
     internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");

@@ -167,11 +167,11 @@ public sealed class BertLayers : IModelLayers
 
     // The one place BERT calls attention: bidirectional, keys at the padding id masked out.
     private void AttentionForward(AcceleratorStream s, MicroBatch mb, BertBlockActivations act, MicroBatchInputs inputs) =>
-        _attention.Forward(s, act.AttY.View, act.Probs.View, act.Qkv.View, default, inputs.KeyMask!.View, mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, inputs.KeyMask!.View, mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
 
     private void AttentionBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> dQkv, ArrayView<float> dAttY, BertBlockActivations act,
         BertScratch scratch, MicroBatchInputs inputs) =>
-        _attention.Backward(s, dQkv, dAttY, act.Qkv.View, act.Probs.View, scratch.AttentionScratch.View, default, inputs.KeyMask!.View,
+        _attention.Backward(s, dQkv, dAttY, act.Qkv.View, act.AttY.View, act.Lse.View, scratch.AttentionScratch.View, default, inputs.KeyMask!.View,
             mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
 
     /// <summary>The query, key and value weights as one (3H, H) matrix and their biases as one 3H vector (stored back to back).</summary>

@@ -18,7 +18,7 @@ public sealed class BertBlockActivations : IBlockActivations
         long n = shape.Tokens, h = config.HiddenSize, i = config.IntermediateSize;
         DeviceBuffer<float> F(long len, string what) => _owned.Add(backend.Allocate<float>(len, category, $"{name}.{what}"));
         Qkv = F(n * 3 * h, "qkv");
-        Probs = F((long)shape.Batch * config.Heads * shape.SeqLen * shape.SeqLen, "probs");
+        Lse = F(AttentionOps.LseLength(shape.Batch, shape.SeqLen, config.Heads), "lse");
         AttY = F(n * h, "atty");
         AttSum = F(n * h, "att-sum"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
         X1 = F(n * h, "x1");
@@ -28,8 +28,8 @@ public sealed class BertBlockActivations : IBlockActivations
 
     /// <summary>Query, key and value side by side (N, 3H).</summary>
     public DeviceBuffer<float> Qkv { get; }
-    /// <summary>Attention probabilities (B, NH, T, T).</summary>
-    public DeviceBuffer<float> Probs { get; }
+    /// <summary>Each attention row's log-sum-exp (B, NH, T), what the backward needs to recompute the probabilities.</summary>
+    public DeviceBuffer<float> Lse { get; }
     /// <summary>Attention output before its dense projection (N, H).</summary>
     public DeviceBuffer<float> AttY { get; }
     /// <summary>x + dense(attention), the input of the attention LayerNorm (N, H).</summary>

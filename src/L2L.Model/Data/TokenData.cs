@@ -4,6 +4,17 @@ using System.IO.MemoryMappedFiles;
 
 namespace L2L.Model.Data;
 
+/// <summary>How a token file is to be read.</summary>
+public enum TokenFileFormat
+{
+    /// <summary>By content and name: a <c>.bin</c> file must be an llm.c token file; any other file is one if it starts with the llm.c magic, else raw bytes.</summary>
+    Auto,
+    /// <summary>An llm.c token file; anything else is an error.</summary>
+    Llmc,
+    /// <summary>Raw bytes, one token per byte (vocabulary 256), whatever the name or the first bytes.</summary>
+    Bytes,
+}
+
 /// <summary>Opens and writes token files.</summary>
 public static class TokenData
 {
@@ -17,19 +28,23 @@ public static class TokenData
     public const int HeaderBytes = 256 * sizeof(int);
 
     /// <summary>
-    /// Opens an llm.c <c>.bin</c> token file (recognised by its magic number) or, failing that, any
-    /// file as raw bytes (each byte one token; vocabulary 256). The file is memory-mapped; the returned
+    /// Opens an llm.c token file or a file of raw bytes (each byte one token; vocabulary 256), as
+    /// <paramref name="format"/> says; with <see cref="TokenFileFormat.Auto"/> a name ending in <c>.bin</c>
+    /// must be a valid llm.c file (a wrong magic number is an error, not raw bytes), and any other file
+    /// is llm.c when it starts with the magic number and raw bytes otherwise. The file is memory-mapped; the returned
     /// source is <see cref="IDisposable"/> and unmaps it when disposed. Its
     /// <see cref="ITokenSource.VocabSize"/> is <paramref name="vocabSize"/> for <c>.bin</c> files and
     /// min(<paramref name="vocabSize"/>, 256) for raw bytes.
     /// </summary>
     /// <param name="path">File to read.</param>
     /// <param name="vocabSize">The model's vocabulary; every token id in the file must be below it.</param>
+    /// <param name="format">How to read the file.</param>
     /// <exception cref="InvalidDataException">
-    /// The file is empty, its header's token count disagrees with its size, its version is not 1, or a
-    /// token id is not below <paramref name="vocabSize"/> (the whole file is checked here, once).
+    /// The file is empty, an llm.c file is expected and the magic number is wrong, its header's token
+    /// count disagrees with its size, its version is not 1, or a token id is not below
+    /// <paramref name="vocabSize"/> (the whole file is checked here, once).
     /// </exception>
-    public static ITokenSource Open(string path, int vocabSize)
+    public static ITokenSource Open(string path, int vocabSize, TokenFileFormat format = TokenFileFormat.Auto)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocabSize);
@@ -42,7 +57,17 @@ public static class TokenData
         using (var stream = File.OpenRead(path))
             headLength = stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
 
-        if (headLength >= 4 && BinaryPrimitives.ReadInt32LittleEndian(head) == Magic)
+        var hasMagic = headLength >= 4 && BinaryPrimitives.ReadInt32LittleEndian(head) == Magic;
+        if (format == TokenFileFormat.Auto)
+            format = path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) || hasMagic ? TokenFileFormat.Llmc : TokenFileFormat.Bytes;
+        if (format == TokenFileFormat.Llmc && !hasMagic)
+        {
+            var found = headLength >= 4 ? $"its first int32 is {BinaryPrimitives.ReadInt32LittleEndian(head)}" : $"it has only {fileLength} bytes";
+            throw new InvalidDataException(
+                $"Token file '{path}' is not an llm.c token file: {found}, not the magic number {Magic}. " +
+                "A .bin file must be an llm.c token file (256 int32 header, then uint16 tokens); to train on its raw bytes, pass --data-format bytes.");
+        }
+        if (format == TokenFileFormat.Llmc)
         {
             if (fileLength < HeaderBytes)
                 throw new InvalidDataException($"Token file '{path}' is truncated: it starts with the llm.c magic {Magic} but has only {fileLength} bytes, less than the {HeaderBytes}-byte header.");

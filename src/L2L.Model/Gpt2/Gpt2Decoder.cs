@@ -104,7 +104,7 @@ public sealed class Gpt2Decoder : IDisposable
             _act = Track(backend.Allocate<float>(4L * n * c, MemoryCategory.Workspace, "decoder-gelu"));
             _mean = Track(backend.Allocate<float>(n, MemoryCategory.Workspace, "decoder-mean"));
             _rstd = Track(backend.Allocate<float>(n, MemoryCategory.Workspace, "decoder-rstd"));
-            _probs = Track(backend.Allocate<float>((long)cfg.Heads * n * n, MemoryCategory.Workspace, "decoder-probs"));
+            _probs = Track(backend.Allocate<float>(AttentionOps.LseLength(1, n, cfg.Heads), MemoryCategory.Workspace, "decoder-lse"));
             _scores = Track(backend.Allocate<float>(KvCacheAttentionOps.ScoresLength(cfg.Heads, n), MemoryCategory.Workspace, "decoder-scores"));
             _logits = Track(backend.Allocate<float>(cfg.VocabSize, MemoryCategory.Workspace, "decoder-logits"));
             _tokens = Track(backend.Allocate<int>(n, MemoryCategory.Workspace, "decoder-tokens"));
@@ -115,7 +115,7 @@ public sealed class Gpt2Decoder : IDisposable
             {
                 _hostBlocks = Track(backend.AllocatePinned<float>(_blockLength * layers));
                 for (var l = 0; l < layers; l++)
-                    weights[layout.Blocks[l].Index].CopyTo(_hostBlocks.Array, l * _blockLength);
+                    weights[layout.Blocks[l].Index].AsSpan().CopyTo(_hostBlocks.Slice((long)l * _blockLength, (int)_blockLength));
             }
             else
             {
@@ -264,7 +264,7 @@ public sealed class Gpt2Decoder : IDisposable
         if (n == 1)
             _kv.Attend(s, attY, _scores.View, qkv, kCache, vCache, pos + 1, c, nh, maxT);
         else
-            _attention.Forward(s, attY, _probs.View.SubView(0, nh * rows * rows), qkv, default, 1, n, c, nh, causal: true);
+            _attention.Forward(s, attY, _probs.View.SubView(0, AttentionOps.LseLength(1, n, nh)), qkv, default, 1, n, c, nh, causal: true);
         _gemm.Gemm(s, x1, attY, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"]);
         _residual.Add(s, x1, x1, input);
         _ln.Forward(s, ln, mean, rstd, x1, p["ln_2.weight"], p["ln_2.bias"], n, c, Epsilon);

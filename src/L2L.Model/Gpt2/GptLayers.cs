@@ -85,7 +85,7 @@ public sealed class GptLayers : IModelLayers
         int n = mb.Tokens, c = Config.Channels;
         _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"]);
-        _attention.Forward(s, act.AttY.View, act.Probs.View, act.Qkv.View, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"]);
         _residual.Add(s, act.X1.View, act.X1.View, input);
         _ln.Forward(s, act.Ln2.View, act.Mean2.View, act.Rstd2.View, act.X1.View, p["ln_2.weight"], p["ln_2.bias"], n, c, Config.LayerNormEpsilon);
@@ -127,7 +127,7 @@ public sealed class GptLayers : IModelLayers
         _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dStream, c, c, n, GemmLayout.TN, accumulate: true);
         _gemm.BiasBackward(s, g["attn.c_proj.bias"], dStream, n, c);
         var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * c);
-        _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.Probs.View, scratch.AttentionScratch.View, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.AttY.View, act.Lse.View, scratch.AttentionScratch.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, dLn, dQkv, p["attn.c_attn.weight"], n, c, 3 * c, GemmLayout.NT);
         _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
         _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);

@@ -23,7 +23,7 @@ public sealed class BlockActivations : IBlockActivations
             return _owned.Add(b);
         }
         Ln1 = F(n * c, "ln1"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
-        Qkv = F(n * 3 * c, "qkv"); Probs = F(shape.Batch * nh * t * t, "probs"); AttY = F(n * c, "atty");
+        Qkv = F(n * 3 * c, "qkv"); Lse = F(shape.Batch * nh * t, "lse"); AttY = F(n * c, "atty");
         X1 = F(n * c, "x1");
         Ln2 = F(n * c, "ln2"); Mean2 = F(n, "mean2"); Rstd2 = F(n, "rstd2");
         Fc = F(n * 4 * c, "fc"); Gelu = F(n * 4 * c, "gelu");
@@ -37,8 +37,8 @@ public sealed class BlockActivations : IBlockActivations
     public DeviceBuffer<float> Rstd1 { get; }
     /// <summary>Fused q,k,v projection (N, 3C).</summary>
     public DeviceBuffer<float> Qkv { get; }
-    /// <summary>Attention probabilities (B, NH, T, T).</summary>
-    public DeviceBuffer<float> Probs { get; }
+    /// <summary>Attention log-sum-exp per query row (B, NH, T).</summary>
+    public DeviceBuffer<float> Lse { get; }
     /// <summary>Attention output before the projection (N, C).</summary>
     public DeviceBuffer<float> AttY { get; }
     /// <summary>Residual stream after attention (N, C).</summary>

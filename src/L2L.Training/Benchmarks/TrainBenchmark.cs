@@ -10,6 +10,7 @@ namespace L2L.Training.Benchmarks;
 /// <param name="Executor">relay or conventional.</param>
 /// <param name="Stash">device or host for relay; null for conventional.</param>
 /// <param name="MicroBatches">U.</param>
+/// <param name="MicroBatchSize">Sequences per micro-batch.</param>
 /// <param name="Batch">Sequences per step (U × micro-batch size).</param>
 /// <param name="TokensPerSecond">Median over the measured steps.</param>
 /// <param name="StepSeconds">Median step time.</param>
@@ -17,13 +18,15 @@ namespace L2L.Training.Benchmarks;
 /// <param name="DevicePeakBytesByCategory">The peak per category.</param>
 /// <param name="BusBytesPerStep">Host/device bytes per step.</param>
 /// <param name="CopyWaitFraction">Median fraction of a step spent blocked on transfers.</param>
-/// <param name="Error">Why the configuration could not run (e.g. out of device memory), else null.</param>
+/// <param name="Error">Why the configuration did not run: out of device memory, or "skipped: ..." (a smaller
+/// micro-batch already did not fit, or the time budget ran out); else null.</param>
 /// <param name="UpdateWaitFraction">Median fraction of a step spent blocked on the param server's host updates.</param>
 /// <param name="HostBytesPerParameter">The relay param server's host bytes per parameter; null for conventional.</param>
 public sealed record TrainBenchResult(
     string Executor,
     string? Stash,
     int MicroBatches,
+    int MicroBatchSize,
     int Batch,
     double TokensPerSecond,
     double StepSeconds,
@@ -36,12 +39,26 @@ public sealed record TrainBenchResult(
     double? HostBytesPerParameter = null);
 
 /// <summary>A whole run of <see cref="TrainBenchmark"/>, with the machine it ran on.</summary>
+/// <param name="Machine">The host.</param>
+/// <param name="Device">The accelerator.</param>
+/// <param name="Model">Preset or config name.</param>
+/// <param name="Parameters">Parameter count.</param>
+/// <param name="ModelFlopsPerToken">Model FLOPs per trained token (see <see cref="TrainBenchmark.ModelFlopFormula"/>); MFU is
+/// tokens/s times this over the device's peak.</param>
+/// <param name="ModelFlopFormula">The formula behind <paramref name="ModelFlopsPerToken"/>.</param>
+/// <param name="MicroBatchSizes">Sequences per micro-batch measured.</param>
+/// <param name="Seq">Tokens per sequence.</param>
+/// <param name="Steps">Measured steps per configuration.</param>
+/// <param name="Results">One per configuration.</param>
+/// <param name="StashCodec">The relay runs' stash codec (none, or e.g. "int8 (groups of 256)").</param>
 public sealed record TrainBenchReport(
     MachineInfo Machine,
     string Device,
     string Model,
     long Parameters,
-    int MicroBatchSize,
+    double ModelFlopsPerToken,
+    string ModelFlopFormula,
+    IReadOnlyList<int> MicroBatchSizes,
     int Seq,
     int Steps,
     IReadOnlyList<TrainBenchResult> Results,
@@ -60,13 +77,40 @@ public sealed record TrainBenchReport(
 /// </summary>
 public static class TrainBenchmark
 {
-    /// <summary>Runs every configuration; one that does not fit the device is reported with its error. <paramref name="codec"/> applies to the relay runs.</summary>
+    /// <summary>
+    /// Model FLOPs per token: 6·N for the products with N = 12·L·C² block weights + V·C for the tied head
+    /// (forward and backward), plus 12·L·C·T for attention's QKᵀ and PV (PaLM's convention, causal masking not
+    /// discounted). Recomputation is not counted: these are model FLOPs, not hardware FLOPs.
+    /// </summary>
+    public const string ModelFlopFormula = "6*(12*L*C^2 + V*C) + 12*L*C*T per token (PaLM convention; relay recompute not counted)";
+
+    /// <summary>The value of <see cref="ModelFlopFormula"/> for <paramref name="config"/> at <paramref name="seq"/> tokens.</summary>
+    public static double ModelFlopsPerToken(IModelConfig config, int seq)
+    {
+        double l = config.Layers, c = config.Channels, v = config.VocabSize;
+        return 6 * (12 * l * c * c + v * c) + 12 * l * c * seq;
+    }
+
+    /// <summary>Runs every configuration at one micro-batch size (see the overload).</summary>
     public static TrainBenchReport Run(Backend backend, string modelName, IModelConfig config, int microBatchSize, int seq,
-        IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null, Stash.StashCodecSettings? codec = null)
+        IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null) =>
+        Run(backend, modelName, config, [microBatchSize], seq, microBatchCounts, steps, warmup, log);
+
+    /// <summary>
+    /// Runs every executor at every micro-batch size and count; one that does not fit the device is reported with its
+    /// error, and the same executor is not tried at a larger micro-batch size for that count. Past
+    /// <paramref name="budgetSeconds"/> the remaining configurations are reported as skipped. <paramref name="codec"/> applies to the relay runs.
+    /// </summary>
+    public static TrainBenchReport Run(Backend backend, string modelName, IModelConfig config, IReadOnlyList<int> microBatchSizes, int seq,
+        IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null, double? budgetSeconds = null,
+        Stash.StashCodecSettings? codec = null)
     {
         codec ??= new Stash.StashCodecSettings();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var results = new List<TrainBenchResult>();
         var data = new SyntheticCorpus(Math.Min(256, config.VocabSize));
+        var tooLarge = new HashSet<(string, string?, int)>();
+        foreach (var m in microBatchSizes)
         foreach (var u in microBatchCounts)
         {
             foreach (var (executor, stash) in new (ExecutorKind, StashPlacement?)[]
@@ -76,7 +120,7 @@ public static class TrainBenchmark
                 {
                     Config = config,
                     Steps = warmup + steps,
-                    Batch = u * microBatchSize,
+                    Batch = u * m,
                     MicroBatches = u,
                     SeqLen = seq,
                     Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-4f),
@@ -87,27 +131,38 @@ public static class TrainBenchmark
                 };
                 var name = executor.ToString().ToLowerInvariant();
                 var stashName = stash?.ToString().ToLowerInvariant();
+                var label = $"M={m,-3} U={u,-3} {name,-12} {stashName ?? "",-6}";
+                string? skip = tooLarge.Contains((name, stashName, u)) ? "skipped: a smaller micro-batch did not fit"
+                    : budgetSeconds is { } budget && clock.Elapsed.TotalSeconds > budget ? $"skipped: over the {budget:F0} s budget" : null;
+                if (skip is not null)
+                {
+                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, skip));
+                    log?.Invoke($"{label} {skip}");
+                    continue;
+                }
                 try
                 {
                     using var trainer = new Trainer(backend, options, data);
                     var metrics = trainer.Run().Skip(warmup).ToList();
-                    var result = new TrainBenchResult(name, stashName, u, options.Batch,
-                        Median(metrics.Select(m => m.TokensPerSecond)), Median(metrics.Select(m => m.StepSeconds)),
+                    var result = new TrainBenchResult(name, stashName, u, m, options.Batch,
+                        Median(metrics.Select(x => x.TokensPerSecond)), Median(metrics.Select(x => x.StepSeconds)),
                         metrics[^1].DevicePeakBytes, metrics[^1].DevicePeakBytesByCategory, metrics[^1].BusBytes,
-                        Median(metrics.Select(m => m.CopyWaitFraction)), null,
-                        Median(metrics.Select(m => m.UpdateWaitFraction)), trainer.HostBytesPerParameter);
+                        Median(metrics.Select(x => x.CopyWaitFraction)), null,
+                        Median(metrics.Select(x => x.UpdateWaitFraction)), trainer.HostBytesPerParameter);
                     results.Add(result);
-                    log?.Invoke($"U={u,-3} {name,-12} {stashName ?? "",-6} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
+                    log?.Invoke($"{label} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
                 }
                 catch (DeviceOutOfMemoryException e)
                 {
-                    results.Add(new TrainBenchResult(name, stashName, u, options.Batch, 0, 0, 0, null, 0, 0, e.Message));
-                    log?.Invoke($"U={u,-3} {name,-12} {stashName ?? "",-6} does not fit: {e.Message}");
+                    tooLarge.Add((name, stashName, u));
+                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, e.Message));
+                    log?.Invoke($"{label} does not fit: {e.Message}");
                 }
             }
         }
-        var codecName = codec.Enabled ? $"{codec.Codec.ToString().ToLowerInvariant()} (groups of {codec.GroupSize})" : "none";
-        return new TrainBenchReport(MachineInfo.Current(), backend.Description, modelName, config.ParameterCount, microBatchSize, seq, steps, results, codecName);
+        return new TrainBenchReport(MachineInfo.Current(), backend.Description, modelName, config.ParameterCount,
+            ModelFlopsPerToken(config, seq), ModelFlopFormula, microBatchSizes, seq, steps, results,
+            codec.Enabled ? $"{codec.Codec.ToString().ToLowerInvariant()} (groups of {codec.GroupSize})" : "none");
     }
 
     private static double Median(IEnumerable<double> values)
