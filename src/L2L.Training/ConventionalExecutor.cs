@@ -33,10 +33,26 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly IModelScratch _scratch;
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
+    private readonly GradientControl _control;
+    private readonly GradientFault? _fault;
+    private readonly ReduceOps _reduce;
+    private readonly DeviceBuffer<float> _partials, _sumSquares;
+    private readonly float[] _sumSquaresHost;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
+    /// <param name="backend">The device.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="weights">The initial weights, one array per layer.</param>
+    /// <param name="optimizer">SGD or AdamW and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="microBatch">The shape of one micro-batch.</param>
+    /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="control">Clipping and loss scaling (default: none), applied on the device from the global or per-layer norms.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
-        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null)
+        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
+        GradientControl? control = null, GradientFault? fault = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -47,6 +63,10 @@ public sealed class ConventionalExecutor : IExecutor
         _settings = optimizer;
         _mb = microBatch;
         _microBatches = microBatches;
+        _control = control ?? new GradientControl(null, ClipMode.Global, LossScaleMode.None);
+        _fault = fault;
+        _reduce = backend.Get<ReduceOps>();
+        _sumSquaresHost = new float[layout.Layers.Count];
         if (resume is not null)
         {
             if (!string.Equals(resume.Optimizer, EagerParamServer.OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
@@ -78,6 +98,8 @@ public sealed class ConventionalExecutor : IExecutor
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(1));
+            _partials = Track(backend.Allocate<float>(ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
+            _sumSquares = Track(backend.Allocate<float>(count, MemoryCategory.Workspace, "grad-norm.sums"));
             s.Synchronize();
         }
         catch
@@ -97,16 +119,71 @@ public sealed class ConventionalExecutor : IExecutor
     /// <inheritdoc/>
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
+        var s = _backend.ComputeStream;
+        var labelled = ForwardBackward(inputs, targets, tokenTypes, _control.LossScale);
+        var optimizerStep = _control.OptimizerStep(step);
+
+        // Every layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
+        foreach (var layer in _layout.Layers)
+        {
+            var g = _grads[layer.Index].View;
+            if (_fault is { } f && f.Step == step && f.Layer == layer.Index)
+                _reduce.Scale(s, g.SubView(0, 1), float.NaN);
+            _reduce.SumOfSquares(s, _sumSquares.View.SubView(layer.Index, 1), g, _partials.View);
+        }
+        _sumSquares.View.CopyToCPU(s, _sumSquaresHost);
+        s.Synchronize();
+        var decision = _control.Decide(_sumSquaresHost);
+        if (!decision.Skip)
+        {
+            foreach (var layer in _layout.Layers)
+            {
+                var factor = _control.LayerFactor(_sumSquaresHost[layer.Index], decision.Factor);
+                if (factor != 1f)
+                    _reduce.Scale(s, _grads[layer.Index].View, factor);
+                _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step, optimizerStep);
+            }
+        }
+        _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
+        s.Synchronize();
+        StepsDone++;
+        var loss = _loss.Span[0] / (double)labelled;
+        if (!double.IsFinite(loss))
+            throw new NonFiniteLossException(step, loss);
+        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch, GradNorm: decision.GradNorm, Skipped: decision.Skip,
+            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps);
+    }
+
+    /// <summary>
+    /// The gradients of the minibatch's mean loss at the current weights, one array per layer, without updating
+    /// anything (a reference for clipping and optimizer tests).
+    /// </summary>
+    public float[][] Gradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
+    {
+        ForwardBackward(inputs, targets, tokenTypes, 1f);
+        var s = _backend.ComputeStream;
+        var result = new float[_grads.Length][];
+        for (var i = 0; i < _grads.Length; i++)
+        {
+            result[i] = new float[_grads[i].Length];
+            _grads[i].View.CopyToCPU(s, result[i]);
+        }
+        s.Synchronize();
+        return result;
+    }
+
+    /// <summary>Zeroes the gradients and accumulates those of every micro-batch, the loss gradient multiplied by <paramref name="scale"/>; returns the labelled-target count.</summary>
+    private long ForwardBackward(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
+    {
         var tokens = _microBatches * _mb.Tokens;
         if (inputs.Length != tokens || targets.Length != tokens)
             throw new ArgumentException($"Expected {tokens} input and target tokens ({_microBatches} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
         var s = _backend.ComputeStream;
         var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
-        var lossScale = 1f / labelled;
+        var lossScale = scale / labelled;
         var emb = _layout.Embedding.Index;
         var head = _layout.Head.Index;
         var blocks = _layout.Blocks;
-
         _scratch.LossTotal.View.MemSetToZero(s);
         foreach (var g in _grads) g.View.MemSetToZero(s);
         for (var u = 0; u < _microBatches; u++)
@@ -129,16 +206,7 @@ public sealed class ConventionalExecutor : IExecutor
             }
             _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
         }
-
-        foreach (var layer in _layout.Layers)
-            _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step);
-        _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
-        s.Synchronize();
-        StepsDone++;
-        var loss = _loss.Span[0] / (double)labelled;
-        if (!double.IsFinite(loss))
-            throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch);
+        return labelled;
     }
 
     /// <inheritdoc/>

@@ -17,8 +17,10 @@ namespace L2L.Training;
 /// been summed on the device.
 /// </summary>
 /// <remarks>
-/// Global-norm gradient clipping would need every gradient before any update and so cannot be
-/// eager; this server updates each layer with its own gradients only.
+/// In <see cref="L2L.Training.Update.UpdateMode.Deferred"/> mode (global-norm clipping, dynamic loss scaling) every
+/// host-updated layer's gradients must stay until backward ends, so each such layer has its own gradient
+/// buffer instead of the ring; <see cref="BeginUpdatesInOrder"/> then runs the updates one after another in
+/// forward order, and a fetch waits only for its own layer's update.
 /// </remarks>
 public sealed class EagerParamServer : IDisposable
 {
@@ -36,6 +38,7 @@ public sealed class EagerParamServer : IDisposable
     private readonly bool[] _onDevice;
     private long _busBytes;
     private long _updateWaitTicks;
+    private readonly L2L.Training.Update.UpdateMode _mode;
 
     /// <summary>Gradient buffers in the ring unless the executor asks for another count.</summary>
     public const int DefaultGradientSlots = 3;
@@ -54,10 +57,11 @@ public sealed class EagerParamServer : IDisposable
     /// but no gradient buffer and no optimizer state for them.
     /// </param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
+    /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots)
-        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode)
     {
     }
 
@@ -74,14 +78,16 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="threads">Host optimizer threads (null: all cores).</param>
     /// <param name="deviceUpdated">Layers the executor updates on the device (no gradient buffer or state here).</param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
+    /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
     public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(gradientSlots, 2);
         Layout = layout;
         Settings = optimizer;
         Schedule = schedule;
+        _mode = mode;
         _optimizer = HostOptimizers.Create(optimizer, threads);
         var count = layout.Layers.Count;
         _weights = new PinnedHostBuffer<float>[count];
@@ -111,7 +117,9 @@ public sealed class EagerParamServer : IDisposable
             // Gradients only for the layers in flight: a layer's gradients land in a free slot of a ring
             // sized for the repeated block, and the slot is released when its update finishes, so the host
             // never holds a full gradient copy. A host-updated layer longer than a block gets its own buffer.
-            var slotLength = layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
+            // Deferred updates need every host-updated layer's gradients at the end of backward: no ring, a buffer each.
+            var slotLength = mode == L2L.Training.Update.UpdateMode.Deferred ? 0
+                : layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
             foreach (var layer in layout.Layers)
             {
                 if (!_onDevice[layer.Index] && layer.Length > slotLength)
@@ -157,6 +165,9 @@ public sealed class EagerParamServer : IDisposable
 
     /// <summary>Host bytes per model parameter (<see cref="HostBytes"/> over the layout's parameter count).</summary>
     public double HostBytesPerParameter => Layout.TotalLength > 0 ? (double)HostBytes / Layout.TotalLength : 0;
+
+    /// <summary>Eager (gradient ring) or deferred (a gradient buffer per host-updated layer).</summary>
+    public L2L.Training.Update.UpdateMode Mode => _mode;
 
     /// <summary>Layer-sized gradient buffers in the ring.</summary>
     public int GradientSlots => _gradSlots.Length;
@@ -256,10 +267,77 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>
-    /// Starts updating layer <paramref name="layer"/> on host threads for 0-based step <paramref name="step"/>.
+    /// Starts updating layer <paramref name="layer"/> on host threads for 0-based step <paramref name="step"/>,
+    /// first multiplying its gradients by <paramref name="gradientFactor"/> (unless 1) and with AdamW's 1-based
+    /// step count <paramref name="optimizerStep"/> (default <c>step + 1</c>).
     /// Call only after the copy enqueued by <see cref="EnqueueGradients"/> has completed.
     /// </summary>
-    public void BeginUpdate(int layer, long step)
+    public void BeginUpdate(int layer, long step, float gradientFactor = 1f, long? optimizerStep = null)
+    {
+        CheckUpdatable(layer);
+        _updateOrder[layer] = ++_updatesBegun;
+        var t = optimizerStep ?? step + 1;
+        _updates[layer] = Task.Run(() => Update(layer, step, t, gradientFactor));
+    }
+
+    /// <summary>
+    /// Starts the deferred updates of <paramref name="layers"/> (host-updated, in the given order, one after another
+    /// on host threads), each layer's gradients first multiplied by <paramref name="gradientFactor"/>(layer) unless 1.
+    /// A later fetch of one of them waits only for that layer's update, so the next step's forward can start on the
+    /// first layers while the rest are still being updated.
+    /// </summary>
+    public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, long optimizerStep, Func<int, float> gradientFactor)
+    {
+        var done = new TaskCompletionSource[layers.Count];
+        for (var k = 0; k < layers.Count; k++)
+        {
+            CheckUpdatable(layers[k]);
+            done[k] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        var factors = layers.Select(gradientFactor).ToArray();
+        for (var k = 0; k < layers.Count; k++)
+        {
+            _updateOrder[layers[k]] = ++_updatesBegun;
+            _updates[layers[k]] = done[k].Task;
+        }
+        _ = Task.Run(() =>
+        {
+            for (var k = 0; k < layers.Count; k++)
+            {
+                try
+                {
+                    Update(layers[k], step, optimizerStep, factors[k]);
+                    done[k].SetResult();
+                }
+                catch (Exception e)
+                {
+                    // A failed layer fails its own wait and every later one's: none of them was updated.
+                    for (var j = k; j < layers.Count; j++) done[j].TrySetException(e);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// <summary>Drops the gradients every layer holds without updating anything (a step skipped on overflow).</summary>
+    public void DiscardGradients()
+    {
+        for (var i = 0; i < _gradsOf.Length; i++)
+        {
+            if (_updates[i] is null && _gradsOf[i] is not null)
+            {
+                _gradsOf[i] = null;
+                var slot = _slotOfLayer[i];
+                if (slot >= 0)
+                {
+                    _slotOwner[slot] = -1;
+                    _slotOfLayer[i] = -1;
+                }
+            }
+        }
+    }
+
+    private void CheckUpdatable(int layer)
     {
         if (_onDevice[layer])
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device.");
@@ -267,15 +345,15 @@ public sealed class EagerParamServer : IDisposable
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' has no gradients to apply; call EnqueueGradients first.");
         if (_updates[layer] is not null)
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is already being updated.");
-        _updateOrder[layer] = ++_updatesBegun;
-        _updates[layer] = Task.Run(() => Update(layer, step));
     }
 
     /// <summary>Applies the optimizer to one layer now, on the calling thread.</summary>
-    private void Update(int layer, long step)
+    private void Update(int layer, long step, long optimizerStep, float gradientFactor)
     {
         var lr = Schedule.At(step);
-        var t = checked((int)(step + 1));
+        var t = checked((int)optimizerStep);
+        if (gradientFactor != 1f)
+            Scale(_gradsOf[layer]!.Span, gradientFactor);
         var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
         var grads = _gradsOf[layer]!.Span;
@@ -287,6 +365,18 @@ public sealed class EagerParamServer : IDisposable
             _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
                 state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr, slot.Decay);
         }
+    }
+
+    /// <summary><c>x *= factor</c> element by element (one IEEE multiply each, as the device's scale kernel does).</summary>
+    private static void Scale(Span<float> x, float factor)
+    {
+        var v = new System.Numerics.Vector<float>(factor);
+        var w = System.Numerics.Vector<float>.Count;
+        var i = 0;
+        for (; i + w <= x.Length; i += w)
+            (new System.Numerics.Vector<float>(x.Slice(i, w)) * v).CopyTo(x.Slice(i, w));
+        for (; i < x.Length; i++)
+            x[i] *= factor;
     }
 
     /// <summary>Blocks until layer <paramref name="layer"/>'s pending update (if any) is done; rethrows its failure.</summary>

@@ -44,6 +44,15 @@ public sealed class RelayExecutor : IExecutor
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
     private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
+    private readonly Update.GradientControl _control;
+    private readonly Update.GradientFault? _fault;
+    private readonly Backends.Ops.ReduceOps _reduce;
+    private readonly DeviceBuffer<float> _partials;
+    // Sums of squares on the device: one per block gradient slot, then the embedding's and the head's. Each is
+    // copied to the host with its layer's gradients (or kept, for device-updated layers), so device memory stays
+    // independent of depth.
+    private readonly DeviceBuffer<float> _sumSquares;
+    private readonly PinnedHostBuffer<float> _sumSquaresHost;
     private long _stashBytes;
     private double _copyWait;
 
@@ -54,8 +63,10 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
     /// <param name="placement">Where the stash and boundary gradients live.</param>
     /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    /// <param name="control">Clipping and loss scaling (default: none); global clipping and loss scaling need a deferred-mode server.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
     public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
-        TrainingState? resume = null)
+        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -65,9 +76,17 @@ public sealed class RelayExecutor : IExecutor
         _mb = microBatch;
         _microBatches = microBatches;
         _placement = placement;
+        _control = control ?? new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.None);
+        _fault = fault;
+        if (_control.NeedsGlobalNorm && eps.Mode != Update.UpdateMode.Deferred)
+            throw new ArgumentException("Global gradient clipping and dynamic loss scaling need deferred updates (the param server's --update-mode deferred).");
+        _reduce = backend.Get<Backends.Ops.ReduceOps>();
         try
         {
             _layers = Models.CreateLayers(backend, _layout);
+            _partials = Track(backend.Allocate<float>(Backends.Ops.ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
+            _sumSquares = Track(backend.Allocate<float>(4, MemoryCategory.Workspace, "grad-norm.sums"));
+            _sumSquaresHost = Track(backend.AllocatePinned<float>(_layout.Layers.Count));
             var blockLength = _layout.Blocks.Count > 0 ? _layout.Blocks[0].Length : 0;
             _paramSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.1"))];
             _gradSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.1"))];
@@ -217,7 +236,10 @@ public sealed class RelayExecutor : IExecutor
         _copyWait = 0;
         // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
         var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
-        var lossScale = 1f / labelled;
+        // Under dynamic loss scaling the loss gradient is multiplied by the scale (a power of two, so exactly).
+        var lossScale = _control.LossScale / labelled;
+        var deferred = _eps.Mode == Update.UpdateMode.Deferred;
+        var optimizerStep = _control.OptimizerStep(step);
 
         // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
         _scratch.LossTotal.View.MemSetToZero(s);
@@ -273,29 +295,32 @@ public sealed class RelayExecutor : IExecutor
         if (L == 0)
             throw new InvalidOperationException("The model has no transformer blocks.");
 
-        // Backward, top block down. Each layer's gradients go to the host as soon as they are complete,
-        // and the param server updates that layer while the device works on the layers below.
+        // Backward, top block down. Each layer's gradients go to the host as soon as they are complete, with
+        // their sum of squares (reduced on the device); in eager mode the param server updates the layer while
+        // the device works on the layers below, in deferred mode it keeps them until the global norm is known.
         var pending = new List<int>();
         s.Synchronize();
         WaitForCopies();
+        ReduceGradients(step, HeadIndex, _headGrads.View, HeadSumSlot);
         if (ResidentOnDevice)
         {
-            _residentOptimizer!.Step(s, _layout.Head, _head.View, _headGrads.View, step);
+            if (!deferred)
+                StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, optimizerStep, 1f);
         }
         else
         {
-            _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
+            s.Synchronize();
+            SendGradients(HeadIndex, _headGrads.View, HeadSumSlot);
             pending.Add(HeadIndex);
         }
         for (var l = L - 1; l >= 0; l--)
         {
             s.Synchronize();
             WaitForCopies();
-            foreach (var index in pending) _eps.BeginUpdate(index, step);
-            pending.Clear();
+            BeginEager(pending, step);
             if (l + 1 < L)
             {
-                _eps.EnqueueGradients(BlockIndex(l + 1), c, _gradSlots[(l + 1) % 2].View);
+                SendGradients(BlockIndex(l + 1), _gradSlots[(l + 1) % 2].View, (l + 1) % 2);
                 pending.Add(BlockIndex(l + 1));
             }
             // Block L-2 is still in its slot from the forward pass; every lower block is fetched again.
@@ -314,12 +339,13 @@ public sealed class RelayExecutor : IExecutor
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);
+            ReduceGradients(step, layer.Index, g, l % 2);
         }
         s.Synchronize();
         WaitForCopies();
-        foreach (var index in pending) _eps.BeginUpdate(index, step);
-        pending.Clear();
-        _eps.EnqueueGradients(BlockIndex(0), c, _gradSlots[0].View);
+        BeginEager(pending, step);
+        SendGradients(BlockIndex(0), _gradSlots[0].View, 0);
+        pending.Add(BlockIndex(0));
 
         // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
         // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
@@ -332,28 +358,123 @@ public sealed class RelayExecutor : IExecutor
             },
             host ? (u, k) => FetchDx(u, k) : null,
             null);
+        ReduceGradients(step, EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
         s.Synchronize();
         WaitForCopies();
-        _eps.BeginUpdate(BlockIndex(0), step);
+        BeginEager(pending, step);
+        _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
         if (ResidentOnDevice)
         {
-            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-            _residentOptimizer!.Step(s, _layout.Embedding, _embedding.View, _embeddingGrads.View, step);
-            WaitForCopies();
+            _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(EmbeddingSumSlot, 1), EmbeddingIndex, 1);
+            if (!deferred) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
         }
         else
         {
-            _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
-            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+            SendGradients(EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
+        }
+        WaitForCopies();
+        if (!deferred)
+        {
+            if (ResidentOnDevice)
+                StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, optimizerStep, 1f);
+            else
+                BeginEager([EmbeddingIndex], step);
+        }
+        else
+        {
+            if (ResidentOnDevice)
+                _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
             WaitForCopies();
-            _eps.BeginUpdate(EmbeddingIndex, step);
+        }
+        var sums = _sumSquaresHost.Span;
+        double gradNorm;
+        var skipped = false;
+        if (deferred)
+        {
+            // The global norm is known: update in forward order. The device-updated embedding goes first on the
+            // compute stream, the host-updated layers one after another on host threads, the head last; the next
+            // step's fetch of a layer waits only for that layer.
+            var decision = _control.Decide(sums);
+            gradNorm = decision.GradNorm;
+            skipped = decision.Skip;
+            if (skipped)
+            {
+                _eps.DiscardGradients();
+            }
+            else
+            {
+                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i)).ToArray();
+                if (ResidentOnDevice)
+                    StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, optimizerStep, decision.Factor);
+                var sumsArray = _sumSquaresHost.Array;
+                _eps.BeginUpdatesInOrder(hostLayers, step, optimizerStep, i => _control.LayerFactor(sumsArray[i], decision.Factor));
+                if (ResidentOnDevice)
+                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, optimizerStep, decision.Factor);
+            }
+        }
+        else
+        {
+            gradNorm = _control.GlobalNorm(sums);
         }
         _eps.CompleteStep();
 
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps);
+    }
+
+    private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
+
+    /// <summary>
+    /// Enqueues the sum of squares of a layer's completed gradients into device slot <paramref name="sumSlot"/>
+    /// (after the test hook's poisoning, if it targets this layer and step).
+    /// </summary>
+    private void ReduceGradients(long step, int layer, ArrayView<float> grads, int sumSlot)
+    {
+        var s = _backend.ComputeStream;
+        var length = _layout.Layers[layer].Length;
+        if (_fault is { } f && f.Step == step && f.Layer == layer)
+            _reduce.Scale(s, grads.SubView(0, 1), float.NaN);
+        _reduce.SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), grads.SubView(0, length), _partials.View);
+    }
+
+    /// <summary>Enqueues a host-updated layer's gradients and their sum of squares to the param server (compute must be done).</summary>
+    private void SendGradients(int layer, ArrayView<float> grads, int sumSlot)
+    {
+        _eps.EnqueueGradients(layer, _backend.CopyStream, grads);
+        _sumSquaresHost.CopyFromDeviceAsync(_backend.CopyStream, _sumSquares.View.SubView(sumSlot, 1), layer, 1);
+    }
+
+    /// <summary>In eager mode, begins the updates of layers whose gradients (and sums of squares) have landed.</summary>
+    private void BeginEager(List<int> pending, long step)
+    {
+        if (_eps.Mode == Update.UpdateMode.Eager)
+        {
+            foreach (var index in pending)
+                _eps.BeginUpdate(index, step, _control.LayerFactor(_sumSquaresHost.Span[index], 1f), _control.OptimizerStep(step));
+        }
+        pending.Clear();
+    }
+
+    /// <summary>
+    /// Enqueues the device update of a resident layer, its gradients first multiplied by <paramref name="factor"/>
+    /// (and, under per-layer clipping, by its own clip coefficient, which needs its sum of squares on the host).
+    /// </summary>
+    private void StepResident(LayerLayout layer, ArrayView<float> weights, ArrayView<float> grads, int sumSlot, long step, long optimizerStep, float factor)
+    {
+        var s = _backend.ComputeStream;
+        if (_control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Layer)
+        {
+            var one = new float[1];
+            _sumSquares.View.SubView(sumSlot, 1).CopyToCPU(s, one);
+            s.Synchronize();
+            factor = _control.LayerFactor(one[0], factor);
+        }
+        if (factor != 1f)
+            _reduce.Scale(s, grads.SubView(0, layer.Length), factor);
+        _residentOptimizer!.Step(s, layer, weights, grads, step, optimizerStep);
     }
 
     /// <inheritdoc/>

@@ -41,6 +41,21 @@ public sealed record TrainOptions
     public Update.UpdateLocation? EmbeddingUpdate { get; init; }
     /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
     public long? DeviceBudgetBytes { get; init; }
+    /// <summary>Relay: eager or deferred host updates; null picks deferred when global clipping or dynamic loss scaling needs it.</summary>
+    public Update.UpdateMode? UpdateMode { get; init; }
+    /// <summary>Clip gradients to this L2 norm (PyTorch <c>clip_grad_norm_</c>), or null for no clipping.</summary>
+    public float? ClipGradNorm { get; init; }
+    /// <summary>Clip by the global norm (needs deferred updates) or by each layer's own norm.</summary>
+    public Update.ClipMode ClipMode { get; init; } = Update.ClipMode.Global;
+    /// <summary>Dynamic loss scaling (needs deferred updates).</summary>
+    public Update.LossScaleMode LossScale { get; init; } = Update.LossScaleMode.None;
+    /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
+    public Update.GradientFault? GradientFault { get; init; }
+
+    /// <summary>The update mode with the default resolved: deferred when the global norm or an overflow check must precede every update.</summary>
+    public Update.UpdateMode ResolvedUpdateMode =>
+        UpdateMode ?? ((ClipGradNorm is not null && ClipMode == Update.ClipMode.Global) || LossScale == Update.LossScaleMode.Dynamic
+            ? Update.UpdateMode.Deferred : Update.UpdateMode.Eager);
 
     /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
     public Update.UpdateLocation ResolvedEmbeddingUpdate =>
@@ -65,6 +80,12 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (ClipGradNorm is { } clip && !(clip > 0 && float.IsFinite(clip)))
+            throw new ArgumentException($"--clip-grad-norm {clip} must be a positive number.");
+        if (UpdateMode == Update.UpdateMode.Eager && ClipGradNorm is not null && ClipMode == Update.ClipMode.Global)
+            throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
+        if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

@@ -20,9 +20,12 @@ namespace L2L.Training;
 /// <param name="DeviceAllocations">Device allocations made so far (constant after the first step).</param>
 /// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
 /// <param name="UpdateWaitSeconds">Time blocked before fetching a layer whose host update had not finished.</param>
+/// <param name="GradNorm">Global L2 norm of the step's gradients before clipping (unscaled).</param>
+/// <param name="SkippedSteps">Steps skipped so far because their gradients overflowed (dynamic loss scaling).</param>
+/// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -41,6 +44,7 @@ public sealed class Trainer : IDisposable
     private readonly EagerParamServer? _eps;
     private readonly IExecutor _executor;
     private readonly int[] _inputs, _targets;
+    private readonly Update.GradientControl _control;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
@@ -69,17 +73,18 @@ public sealed class Trainer : IDisposable
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
+        _control = Update.GradientControl.From(options, resume);
         if (options.Executor == ExecutorKind.Relay)
         {
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
             // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
             _eps = init is not null
-                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice)
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode)
                 : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
-                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault);
             }
             catch
             {
@@ -89,7 +94,8 @@ public sealed class Trainer : IDisposable
         }
         else
         {
-            _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
+            _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
+                _control, options.GradientFault);
         }
     }
 
@@ -119,7 +125,8 @@ public sealed class Trainer : IDisposable
         var result = _executor.Step(step, _inputs, _targets);
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds);
+            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
+            result.GradNorm, result.SkippedSteps, result.LossScale);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -166,6 +173,9 @@ public sealed class Trainer : IDisposable
         ["copy_wait_fraction"] = m.CopyWaitFraction,
         ["update_wait_s"] = m.UpdateWaitSeconds,
         ["update_wait_fraction"] = m.UpdateWaitFraction,
+        ["grad_norm"] = m.GradNorm,
+        ["skipped_steps"] = m.SkippedSteps,
+        ["loss_scale"] = m.LossScale,
     });
 
     /// <summary>The current weights, one array per layer.</summary>
@@ -181,6 +191,7 @@ public sealed class Trainer : IDisposable
             ["batch"] = _options.Batch.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["seq"] = _options.SeqLen.ToString(System.Globalization.CultureInfo.InvariantCulture),
         };
+        _control.Save(metadata);
         Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(metadata));
     }
 

@@ -42,9 +42,13 @@ internal static class TrainCommand
         var threads = new Option<int?>("--optimizer-threads") { Description = "Host threads for the optimizer (default: all cores)." };
         var embeddingUpdate = new Option<string?>("--embedding-update") { Description = "Relay: update the embedding and head on the device (default for sgd/adamw: no step-boundary wait) or on the host (default for lamb)." };
         var budget = new Option<long?>("--device-budget") { Description = "Cap on device bytes the engine may allocate (simulates a smaller device)." };
+        var updateMode = new Option<string?>("--update-mode") { Description = "Relay host updates: eager (as gradients arrive) or deferred (after backward, in forward order; default with global clipping or loss scaling)." };
+        var clipNorm = new Option<float?>("--clip-grad-norm") { Description = "Clip gradients to this L2 norm (PyTorch clip_grad_norm_; global norm: selects deferred updates)." };
+        var clipMode = new Option<string>("--clip-mode") { Description = "global (one norm over the whole model) or layer (each layer by its own norm; keeps eager updates).", DefaultValueFactory = _ => "global" };
+        var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
         var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget })
+        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, updateMode, clipNorm, clipMode, lossScale })
             command.Options.Add(o);
 
         command.SetAction(parse => CliErrors.Run(() =>
@@ -91,6 +95,10 @@ internal static class TrainCommand
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
                 EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                UpdateMode = parse.GetValue(updateMode) is { } um ? Enums.Parse<L2L.Training.Update.UpdateMode>(um, "--update-mode") : null,
+                ClipGradNorm = parse.GetValue(clipNorm),
+                ClipMode = Enums.Parse<L2L.Training.Update.ClipMode>(parse.GetValue(clipMode)!, "--clip-mode"),
+                LossScale = Enums.Parse<L2L.Training.Update.LossScaleMode>(parse.GetValue(lossScale)!, "--loss-scale"),
             };
             options.Validate();
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
@@ -99,7 +107,8 @@ internal static class TrainCommand
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
             using var trainer = new Trainer(backend, options, source, weights, state);
             if (trainer.HostBytesPerParameter is { } hostBytes)
-                Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
+                Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
+                    (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
             var saveDir = parse.GetValue(save);
             var every = parse.GetValue(saveEvery);
             var metrics = new List<StepMetrics>();
@@ -150,9 +159,12 @@ internal static class TrainCommand
 
     private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
-        $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()})" : "") +
+        $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
+        (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
+        (o.LossScale == L2L.Training.Update.LossScaleMode.Dynamic ? " | dynamic loss scale" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
 
     private static string Line(StepMetrics m) =>
-        $"step {m.Step} loss {m.Loss:F4} lr {m.LearningRate:G3} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}";
+        $"step {m.Step} loss {m.Loss:F4} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
+        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "");
 }
