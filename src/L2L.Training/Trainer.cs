@@ -181,6 +181,14 @@ public sealed class Trainer : IDisposable
     /// <summary>The current weights, one array per layer.</summary>
     public float[][] Weights() => _executor.Weights();
 
+    /// <summary>The current optimizer state (what a checkpoint would store), after pending updates finish.</summary>
+    public TrainingState State()
+    {
+        var metadata = new Dictionary<string, string>();
+        _control.Save(metadata);
+        return _executor.State(metadata);
+    }
+
     /// <summary>Saves the model and optimizer state to <paramref name="dir"/> (atomically: a failed save leaves the old checkpoint intact).</summary>
     public void Save(string dir)
     {
