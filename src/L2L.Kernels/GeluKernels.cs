@@ -91,8 +91,8 @@ public static class GeluKernels
     }
 
     /// <summary>
-    /// The error function in float, within 2e-7 relative of the exact value for every finite input
-    /// (the tests measure it against a double erf on a dense grid). Odd: <c>Erf(-z) = -Erf(z)</c>.
+    /// The error function in float, within 2e-7 relative of the exact value (1.8e-7 measured) for every
+    /// normal float input; the tests measure it against a double erf on a dense grid. Odd: <c>Erf(-z) = -Erf(z)</c>.
     /// </summary>
     public static float Erf(float z)
     {

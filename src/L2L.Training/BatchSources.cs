@@ -1,5 +1,6 @@
 // Chooses how a run's minibatches are cut from its data, by the model's training objective.
 using L2L.Model;
+using L2L.Model.Bert;
 using L2L.Model.Data;
 
 namespace L2L.Training;
@@ -19,8 +20,24 @@ public static class BatchSources
                 if (labels is not null)
                     throw new ArgumentException($"--labels is for masked-language models; a {options.Config.ModelType} model's targets are its next tokens.");
                 return new BatchLoader(data, options.Batch, options.SeqLen, options.Shuffle, options.Seed);
+            case TrainingObjective.MaskedLanguageModel when options.Config is BertConfig bert:
+                return new MaskedBatches(MlmBatchLoader.For(bert, data, labels, options.Batch, options.SeqLen, options.Shuffle, options.Seed));
             default:
-                throw new NotSupportedException($"No batch source for the objective {options.Config.Objective}.");
+                throw new NotSupportedException($"No batch source for a {options.Config.ModelType} model's objective {options.Config.Objective}.");
         }
+    }
+
+    /// <summary>Evaluation batches: batch i is training step i's minibatch, in order, masked as training masks with <paramref name="seed"/>.</summary>
+    public static IBatchSource ForEvaluation(IModelConfig config, ITokenSource data, ITokenSource? labels, int batch, int seqLen, int seed)
+    {
+        var options = new TrainOptions { Config = config, Batch = batch, MicroBatches = 1, SeqLen = seqLen, Seed = seed };
+        return Create(options, data, labels);
+    }
+
+    private sealed class MaskedBatches(MlmBatchLoader loader) : IBatchSource
+    {
+        public int Batch => loader.Batch;
+        public int SeqLen => loader.SeqLen;
+        public void Fill(long step, Span<int> inputs, Span<int> targets) => loader.Fill(step, inputs, targets);
     }
 }

@@ -9,7 +9,7 @@ using L2L.Model.Device;
 namespace L2L.Training;
 
 /// <summary>The result of an evaluation.</summary>
-/// <param name="Loss">Mean cross-entropy over every labelled position evaluated (every token for GPT-2).</param>
+/// <param name="Loss">Mean cross-entropy over every labelled position evaluated (every token for a causal model).</param>
 /// <param name="Tokens">Labelled positions evaluated (the loss's denominator).</param>
 /// <param name="Batches">Batches evaluated.</param>
 public sealed record EvalResult(double Loss, long Tokens, int Batches);
@@ -62,7 +62,7 @@ public sealed class Evaluator : IDisposable
 
     private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
 
-    /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/> cut for next-token prediction (GPT-2).</summary>
+    /// <summary>Mean loss over <paramref name="batches"/> batches of <paramref name="data"/> cut for next-token prediction.</summary>
     public EvalResult Evaluate(ITokenSource data, int batches) => Evaluate(new BatchLoader(data, _mb.Batch, _mb.SeqLen), batches);
 
     /// <summary>Mean loss over every labelled position of the first <paramref name="batches"/> batches of <paramref name="source"/>.</summary>

@@ -241,7 +241,7 @@ public sealed class RelayExecutor : IExecutor
         var deferred = _eps.Mode == Update.UpdateMode.Deferred;
         var optimizerStep = _control.OptimizerStep(step);
 
-        // Forward. The embedding and head layers stay on the device for the whole step (the LM head is tied to wte).
+        // Forward. The embedding and head layers stay on the device for the whole step (the head's decoder is tied to the token embedding).
         _scratch.LossTotal.View.MemSetToZero(s);
         _embeddingGrads.View.MemSetToZero(s);
         _headGrads.View.MemSetToZero(s);

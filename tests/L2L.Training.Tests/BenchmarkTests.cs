@@ -46,6 +46,17 @@ public sealed class BenchmarkTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void TrainBenchmarkRunsBert()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var report = TrainBenchmark.Run(backend, "bert", BertHarness.Tiny(), microBatchSize: 2, seq: 8, microBatchCounts: [1, 2], steps: 1, warmup: 0);
+        Assert.Equal(6, report.Results.Count);
+        Assert.All(report.Results, r => Assert.True(r.Error is null && r.TokensPerSecond > 0 && r.DevicePeakBytes > 0));
+        Assert.Single(report.Results.Where(r => r.Stash == "host").Select(r => r.DevicePeakBytes).Distinct());
+        Assert.Equal(BertHarness.Tiny().ParameterCount, report.Parameters);
+    }
+
+    [Fact]
     public void BusBenchmarkMovesTheWholeBufferBothWays()
     {
         var backend = fixture.Get(DeviceKind.Cpu);

@@ -72,3 +72,69 @@ public sealed class BertTrainingTests(BackendFixture fixture)
         Assert.True(two < four, $"conventional {two} vs {four}");
     }
 }
+
+public sealed class BertCheckpointResumeTests(BackendFixture fixture) : IDisposable
+{
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "l2l-bert-ckpt-" + Guid.NewGuid().ToString("N"));
+
+    public void Dispose()
+    {
+        if (Directory.Exists(_dir)) Directory.Delete(_dir, recursive: true);
+    }
+
+    [Theory]
+    [InlineData(ExecutorKind.Relay, StashPlacement.Host)]
+    [InlineData(ExecutorKind.Conventional, StashPlacement.Device)]
+    public void ResumeContinuesTheSameTrajectory(ExecutorKind executor, StashPlacement stash)
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var four = BertHarness.Options(BertHarness.Tiny(), executor, stash, steps: 4) with { Schedule = ScheduleKind.Cosine, Warmup = 1 };
+        var straight = BertHarness.Run(backend, four);
+        var batches = new MaskedBatches(BertHarness.Tiny(), four.Batch, four.SeqLen);
+        using (var first = new Trainer(backend, four, batches))
+        {
+            first.Step();
+            first.Step();
+            first.Save(_dir);
+        }
+        var (config, weights) = L2L.Model.Checkpoint.Load(_dir, four.Config);
+        Assert.Equal<L2L.Model.IModelConfig>(four.Config, config);
+        var state = L2L.Model.Checkpoint.LoadTrainingState(_dir, new L2L.Model.ModelLayout(config));
+        Assert.Equal(2, state.Step);
+        var resumed = BertHarness.Run(backend, four, weights, state);
+        Assert.Equal(2, resumed.Losses.Length);
+        TensorAssert.Close(straight.Losses[2..], resumed.Losses, 1e-7, 1e-6, "losses of steps 3-4");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(straight.Weights)), TrainingHarness.Flatten(resumed.Weights), 1e-7, 1e-6, "weights after 4 steps");
+    }
+
+    [Fact]
+    public void OnTheFlyMaskingTrainsFromTheCorpus()
+    {
+        // The Trainer's own MLM batches from a token source: finite, labelled losses that differ step to step.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var options = BertHarness.Options(BertHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 4, seq: 16);
+        using var trainer = new Trainer(backend, options, TrainingHarness.Corpus(32));
+        var losses = trainer.Run(cancel: TestContext.Current.CancellationToken).Select(m => m.Loss).ToArray();
+        Assert.All(losses, l => Assert.InRange(l, 1, 10));
+        Assert.NotEqual(losses[0], losses[1]);
+        Assert.Throws<ArgumentException>(() => new Trainer(backend, TrainingHarness.Options(TrainingHarness.Tiny(), ExecutorKind.Relay),
+            TrainingHarness.Corpus(), labels: TrainingHarness.Corpus()));
+    }
+}
+
+public sealed class BertLearningTests(BackendFixture fixture)
+{
+    [Fact]
+    public void TrainingLowersTheMaskedLoss()
+    {
+        // From ln(36) = 3.58: the masked symbols are predictable from their neighbours in the Markov corpus.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var options = BertHarness.Options(BertHarness.Tiny(), ExecutorKind.Relay, StashPlacement.Host, batch: 8, seq: 16, steps: 120) with
+        {
+            Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-2f),
+        };
+        var run = BertHarness.Run(backend, options);
+        Assert.True(run.Losses[^10..].Average() < run.Losses[..10].Average() - 0.5,
+            $"loss went from {run.Losses[..10].Average():F3} to {run.Losses[^10..].Average():F3}");
+    }
+}

@@ -1,4 +1,4 @@
-// `l2l train`: trains a GPT-2-style model with the relay or conventional executor.
+// `l2l train`: trains a GPT-2 or BERT model with the relay or conventional executor.
 using System.CommandLine;
 using L2L.Backends;
 using L2L.Model;
@@ -17,6 +17,7 @@ internal static class TrainCommand
         var config = new Option<string?>("--config") { Description = "A Hugging Face config.json, GPT-2 or BERT by its model_type (overrides --model)." };
         var init = new Option<string?>("--init") { Description = "Start from the weights in this checkpoint directory (optimizer starts fresh)." };
         var data = new Option<string?>("--data") { Description = "Token file: llm.c .bin (uint16 tokens) or any other file read as bytes. Default: the built-in synthetic corpus." };
+        var labels = new Option<string?>("--labels") { Description = "BERT: llm.c .bin of targets aligned with --data (65535 = not scored). Default: mask 15% of tokens on the fly, keyed by --seed." };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps to reach (a resumed run continues up to this count).", DefaultValueFactory = _ => 200 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step (B).", DefaultValueFactory = _ => 8 };
         var micro = new Option<int>("--micro-batches") { Description = "Micro-batches per step (U); must divide --batch.", DefaultValueFactory = _ => 2 };
@@ -47,8 +48,8 @@ internal static class TrainCommand
         var clipMode = new Option<string>("--clip-mode") { Description = "global (one norm over the whole model) or layer (each layer by its own norm; keeps eager updates).", DefaultValueFactory = _ => "global" };
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
-        var command = new Command("train", "Train a GPT-2-style model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, updateMode, clipNorm, clipMode, lossScale })
+        var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
+        foreach (var o in new Option[] { model, config, init, data, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, log, plot, threads, embeddingUpdate, budget, updateMode, clipNorm, clipMode, lossScale })
             command.Options.Add(o);
 
         command.SetAction(parse => CliErrors.Run(() =>
@@ -102,10 +103,11 @@ internal static class TrainCommand
             };
             options.Validate();
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize);
+            var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
 
             using var backend = Backend.Create(DeviceSpec.Resolve(parse.GetValue(device)));
             AnsiConsole.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
-            using var trainer = new Trainer(backend, options, source, weights, state);
+            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             if (trainer.HostBytesPerParameter is { } hostBytes)
                 Console.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
                     (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
@@ -138,7 +140,9 @@ internal static class TrainCommand
             }
             if (metrics.Count > 0)
                 Console.WriteLine($"final: {Line(metrics[^1])}");
-            if (source is SyntheticCorpus corpus)
+            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+            if (floor is not null && source is SyntheticCorpus corpus)
                 Console.WriteLine($"corpus entropy rate (the lowest achievable loss): {corpus.EntropyRateNats:F4} nats/token");
             if (saveDir is not null)
             {
@@ -147,7 +151,7 @@ internal static class TrainCommand
             }
             if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
             {
-                LossPlot.Save(plotPath, metrics, (source as SyntheticCorpus)?.EntropyRateNats);
+                LossPlot.Save(plotPath, metrics, floor);
                 Console.WriteLine($"wrote {plotPath}");
             }
             return 0;
