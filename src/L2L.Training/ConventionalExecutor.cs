@@ -38,6 +38,8 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly ReduceOps _reduce;
     private readonly DeviceBuffer<float> _partials, _sumSquares;
     private readonly float[] _sumSquaresHost;
+    private readonly DropoutRates _dropout;
+    private readonly long _seed;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
     /// <param name="backend">The device.</param>
@@ -50,9 +52,11 @@ public sealed class ConventionalExecutor : IExecutor
     /// <param name="resume">Optimizer state and step to continue from.</param>
     /// <param name="control">Clipping and loss scaling (default: none), applied on the device from the global or per-layer norms.</param>
     /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
         LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
-        GradientControl? control = null, GradientFault? fault = null)
+        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -65,6 +69,8 @@ public sealed class ConventionalExecutor : IExecutor
         _microBatches = microBatches;
         _control = control ?? new GradientControl(null, ClipMode.Global, LossScaleMode.None);
         _fault = fault;
+        _dropout = dropout ?? DropoutRates.None;
+        _seed = seed;
         _reduce = backend.Get<ReduceOps>();
         _sumSquaresHost = new float[layout.Layers.Count];
         if (resume is not null)
@@ -120,7 +126,7 @@ public sealed class ConventionalExecutor : IExecutor
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
         var s = _backend.ComputeStream;
-        var labelled = ForwardBackward(inputs, targets, tokenTypes, _control.LossScale);
+        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, _control.LossScale);
         var optimizerStep = _control.OptimizerStep(step);
 
         // Every layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
@@ -155,12 +161,12 @@ public sealed class ConventionalExecutor : IExecutor
     }
 
     /// <summary>
-    /// The gradients of the minibatch's mean loss at the current weights, one array per layer, without updating
-    /// anything (a reference for clipping and optimizer tests).
+    /// The minibatch's mean loss and its gradients at the current weights, one array per layer, without updating
+    /// anything (a reference for clipping, dropout and optimizer tests); dropout masks as in 0-based step <paramref name="step"/>.
     /// </summary>
-    public float[][] Gradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
+    public (double Loss, float[][] Gradients) LossAndGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default, long step = 0)
     {
-        ForwardBackward(inputs, targets, tokenTypes, 1f);
+        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, 1f);
         var s = _backend.ComputeStream;
         var result = new float[_grads.Length][];
         for (var i = 0; i < _grads.Length; i++)
@@ -168,12 +174,13 @@ public sealed class ConventionalExecutor : IExecutor
             result[i] = new float[_grads[i].Length];
             _grads[i].View.CopyToCPU(s, result[i]);
         }
+        _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
         s.Synchronize();
-        return result;
+        return (_loss.Span[0] / (double)labelled, result);
     }
 
     /// <summary>Zeroes the gradients and accumulates those of every micro-batch, the loss gradient multiplied by <paramref name="scale"/>; returns the labelled-target count.</summary>
-    private long ForwardBackward(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
+    private long ForwardBackward(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
     {
         var tokens = _microBatches * _mb.Tokens;
         if (inputs.Length != tokens || targets.Length != tokens)
@@ -188,6 +195,7 @@ public sealed class ConventionalExecutor : IExecutor
         foreach (var g in _grads) g.View.MemSetToZero(s);
         for (var u = 0; u < _microBatches; u++)
         {
+            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, step, u) : null);
             _inputs.UploadInputs(s, u);
             _inputs.UploadTargets(s, u);
             _inputs.UploadPlans(s, u);

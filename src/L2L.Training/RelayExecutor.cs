@@ -53,6 +53,9 @@ public sealed class RelayExecutor : IExecutor
     // independent of depth.
     private readonly DeviceBuffer<float> _sumSquares;
     private readonly PinnedHostBuffer<float> _sumSquaresHost;
+    private readonly DropoutRates _dropout;
+    private readonly long _seed;
+    private long _step;
     private long _stashBytes;
     private double _copyWait;
 
@@ -65,8 +68,11 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
     /// <param name="control">Clipping and loss scaling (default: none); global clipping and loss scaling need a deferred-mode server.</param>
     /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
     public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
-        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null)
+        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null,
+        DropoutRates? dropout = null, long seed = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -78,6 +84,8 @@ public sealed class RelayExecutor : IExecutor
         _placement = placement;
         _control = control ?? new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.None);
         _fault = fault;
+        _dropout = dropout ?? DropoutRates.None;
+        _seed = seed;
         if (_control.NeedsGlobalNorm && eps.Mode != Update.UpdateMode.Deferred)
             throw new ArgumentException("Global gradient clipping and dynamic loss scaling need deferred updates (the param server's --update-mode deferred).");
         _reduce = backend.Get<Backends.Ops.ReduceOps>();
@@ -200,10 +208,17 @@ public sealed class RelayExecutor : IExecutor
     /// </summary>
     private void ForEachMicroBatch(Action<int, int> compute, Action<int, int>? fetch, Action<int, int>? store)
     {
+        // Every pass over micro-batch u (forward, recomputation, backward) keys its dropout masks the same way.
+        void Compute(int u, int k)
+        {
+            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, _step, u) : null);
+            compute(u, k);
+        }
+
         if (_placement == StashPlacement.Device || (fetch is null && store is null))
         {
             for (var u = 0; u < U; u++)
-                compute(u, 0);
+                Compute(u, 0);
             return;
         }
         var s = _backend.ComputeStream;
@@ -215,7 +230,7 @@ public sealed class RelayExecutor : IExecutor
             s.Synchronize(); // compute(u-1) done, so its slots may be stored or refilled
             if (u > 0) store?.Invoke(u - 1, (u - 1) % 2);
             if (u + 1 < U) fetch?.Invoke(u + 1, (u + 1) % 2);
-            compute(u, u % 2);
+            Compute(u, u % 2);
         }
         s.Synchronize();
         store?.Invoke(U - 1, (U - 1) % 2);
@@ -231,6 +246,7 @@ public sealed class RelayExecutor : IExecutor
         var s = _backend.ComputeStream;
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
+        _step = step;
         var busBefore = _eps.BusBytes + _stashBytes;
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;

@@ -49,6 +49,15 @@ public sealed record TrainOptions
     public Update.ClipMode ClipMode { get; init; } = Update.ClipMode.Global;
     /// <summary>Dynamic loss scaling (needs deferred updates).</summary>
     public Update.LossScaleMode LossScale { get; init; } = Update.LossScaleMode.None;
+    /// <summary>
+    /// <c>--dropout P</c>: sets the embedding and residual drop probabilities (and attention-probability dropout to 0,
+    /// which is not implemented), overriding the config's; null keeps the config's rates.
+    /// </summary>
+    public float? Dropout { get; init; }
+
+    /// <summary>The drop probabilities training uses.</summary>
+    public Model.Device.DropoutRates ResolvedDropout => Dropout is { } p ? new(p, 0f, p) : Config.Dropout;
+
     /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
     public Update.GradientFault? GradientFault { get; init; }
 
@@ -80,6 +89,13 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (Dropout is { } drop && !(drop >= 0f && drop < 1f))
+            throw new ArgumentException($"--dropout {drop} must be in [0, 1).");
+        if (ResolvedDropout.Any && !Config.SupportsDropout)
+            throw new ArgumentException($"The {Config.ModelType} model has no dropout call sites; drop --dropout (and set its config's dropout probabilities to 0).");
+        if (ResolvedDropout.Attention > 0)
+            throw new ArgumentException($"attn_pdrop {ResolvedDropout.Attention}: dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask). " +
+                "Set \"attn_pdrop\": 0 in config.json, or pass --dropout P, which sets embd_pdrop and resid_pdrop to P and attn_pdrop to 0.");
         if (ClipGradNorm is { } clip && !(clip > 0 && float.IsFinite(clip)))
             throw new ArgumentException($"--clip-grad-norm {clip} must be a positive number.");
         if (UpdateMode == Update.UpdateMode.Eager && ClipGradNorm is not null && ClipMode == Update.ClipMode.Global)

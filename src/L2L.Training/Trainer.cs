@@ -84,7 +84,8 @@ public sealed class Trainer : IDisposable
                     options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
+                    options.ResolvedDropout, options.Seed);
             }
             catch
             {
@@ -95,7 +96,7 @@ public sealed class Trainer : IDisposable
         else
         {
             _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
-                _control, options.GradientFault);
+                _control, options.GradientFault, options.ResolvedDropout, options.Seed);
         }
     }
 

@@ -43,7 +43,7 @@ public sealed class ClippingTests(BackendFixture fixture)
             batches.Fill(step, inputs, targets);
             float[][] grads;
             using (var conventional = new ConventionalExecutor(backend, layout, weights, options.Optimizer, options.LearningRate, mb, options.MicroBatches))
-                grads = conventional.Gradients(inputs, targets);
+                grads = conventional.LossAndGradients(inputs, targets).Gradients;
             var total = grads.SelectMany(g => g).Sum(x => (double)x * x);
             norms[step] = Math.Sqrt(total);
             var coef = options.ClipGradNorm is { } max ? max / ((float)norms[step] + 1e-6f) : 1f;

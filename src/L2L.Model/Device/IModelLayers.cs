@@ -52,6 +52,12 @@ public interface IModelLayers
     /// <summary>Whether the blocks read the micro-batch's inputs (a padding mask): if so, they must be uploaded before each block runs.</summary>
     bool BlocksReadInputs { get; }
 
+    /// <summary>
+    /// Sets dropout for the calls that follow (null: off, as in evaluation). A model without dropout call sites
+    /// ignores it; configs of such models report no dropout rates, and training refuses rates for them.
+    /// </summary>
+    void SetDropout(DropoutContext? context) { }
+
     /// <summary>Allocates what a block's forward keeps for its backward, for micro-batches of <paramref name="shape"/>.</summary>
     IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block");
 
