@@ -39,6 +39,7 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly DeviceBuffer<float> _partials, _sumSquares;
     private readonly float[] _sumSquaresHost;
     private readonly DropoutRates _dropout;
+    private readonly LayerSelection _selection;
     private readonly long _seed;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
@@ -54,9 +55,11 @@ public sealed class ConventionalExecutor : IExecutor
     /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
     /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
     /// <param name="seed">The run's seed, for the dropout masks.</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
         LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
-        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0)
+        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0,
+        LayerSelection? selection = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -67,7 +70,8 @@ public sealed class ConventionalExecutor : IExecutor
         _settings = optimizer;
         _mb = microBatch;
         _microBatches = microBatches;
-        _control = control ?? new GradientControl(null, ClipMode.Global, LossScaleMode.None);
+        _control = control ?? new GradientControl(null, ClipMode.Global, LossScaleMode.None, layout.Layers.Count, resume);
+        _selection = selection ?? LayerSelection.All(layout);
         _fault = fault;
         _dropout = dropout ?? DropoutRates.None;
         _seed = seed;
@@ -126,11 +130,11 @@ public sealed class ConventionalExecutor : IExecutor
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
         var s = _backend.ComputeStream;
-        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, _control.LossScale);
-        var optimizerStep = _control.OptimizerStep(step);
+        var (labelled, updated, blocksRun, backwardLayers) = ForwardBackward(step, inputs, targets, tokenTypes, _control.LossScale);
 
-        // Every layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
-        foreach (var layer in _layout.Layers)
+        // Every updated layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
+        _sumSquares.View.MemSetToZero(s);
+        foreach (var layer in updated)
         {
             var g = _grads[layer.Index].View;
             if (_fault is { } f && f.Step == step && f.Layer == layer.Index)
@@ -142,12 +146,12 @@ public sealed class ConventionalExecutor : IExecutor
         var decision = _control.Decide(_sumSquaresHost);
         if (!decision.Skip)
         {
-            foreach (var layer in _layout.Layers)
+            foreach (var layer in updated)
             {
                 var factor = _control.LayerFactor(_sumSquaresHost[layer.Index], decision.Factor);
                 if (factor != 1f)
                     _reduce.Scale(s, _grads[layer.Index].View, factor);
-                _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step, optimizerStep);
+                _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step, _control.NextOptimizerStep(layer.Index));
             }
         }
         _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
@@ -157,7 +161,7 @@ public sealed class ConventionalExecutor : IExecutor
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch, GradNorm: decision.GradNorm, Skipped: decision.Skip,
-            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps);
+            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers);
     }
 
     /// <summary>
@@ -166,7 +170,7 @@ public sealed class ConventionalExecutor : IExecutor
     /// </summary>
     public (double Loss, float[][] Gradients) LossAndGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default, long step = 0)
     {
-        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, 1f);
+        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, 1f).Labelled;
         var s = _backend.ComputeStream;
         var result = new float[_grads.Length][];
         for (var i = 0; i < _grads.Length; i++)
@@ -179,8 +183,13 @@ public sealed class ConventionalExecutor : IExecutor
         return (_loss.Span[0] / (double)labelled, result);
     }
 
-    /// <summary>Zeroes the gradients and accumulates those of every micro-batch, the loss gradient multiplied by <paramref name="scale"/>; returns the labelled-target count.</summary>
-    private long ForwardBackward(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
+    /// <summary>
+    /// Zeroes the gradients and accumulates those of every micro-batch over the step's blocks (layer drop) down to
+    /// the lowest trainable layer, the loss gradient multiplied by <paramref name="scale"/>. Returns the labelled-target
+    /// count, the layers to update (those that ran and are not frozen), the blocks run and the layers whose backward ran.
+    /// </summary>
+    private (long Labelled, LayerLayout[] Updated, int BlocksRun, int BackwardLayers) ForwardBackward(long step, ReadOnlySpan<int> inputs,
+        ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
     {
         var tokens = _microBatches * _mb.Tokens;
         if (inputs.Length != tokens || targets.Length != tokens)
@@ -190,7 +199,11 @@ public sealed class ConventionalExecutor : IExecutor
         var lossScale = scale / labelled;
         var emb = _layout.Embedding.Index;
         var head = _layout.Head.Index;
-        var blocks = _layout.Blocks;
+        // The step's blocks in order; position j's input is BlockInput(j).
+        var blocks = _selection.ActiveBlocks(step).Select(l => _layout.Blocks[l]).ToArray();
+        var n = blocks.Length;
+        var embeddingTrains = !_selection.IsFrozen(emb);
+        var lowest = embeddingTrains ? 0 : Enumerable.Range(0, n).Where(j => !_selection.IsFrozen(blocks[j].Index)).DefaultIfEmpty(n).First();
         _scratch.LossTotal.View.MemSetToZero(s);
         foreach (var g in _grads) g.View.MemSetToZero(s);
         for (var u = 0; u < _microBatches; u++)
@@ -200,21 +213,24 @@ public sealed class ConventionalExecutor : IExecutor
             _inputs.UploadTargets(s, u);
             _inputs.UploadPlans(s, u);
             _layers.EmbeddingForward(s, _mb, _params[emb].View, _inputs, BlockInput(0), _scratch);
-            for (var l = 0; l < blocks.Count; l++)
+            for (var j = 0; j < n; j++)
             {
-                var output = l + 1 < blocks.Count ? BlockInput(l + 1) : _headInput.View;
-                _layers.BlockForward(s, _mb, blocks[l], _params[blocks[l].Index].View, BlockInput(l), output, _acts[l], _inputs);
+                var output = j + 1 < n ? BlockInput(j + 1) : _headInput.View;
+                _layers.BlockForward(s, _mb, blocks[j], _params[blocks[j].Index].View, BlockInput(j), output, _acts[j], _inputs);
             }
             _layers.HeadForwardBackward(s, _mb, _params[head].View, _grads[head].View, _params[emb].View, _grads[emb].View,
                 _headInput.View, _inputs, _dStream.View, _scratch, lossScale);
-            for (var l = blocks.Count - 1; l >= 0; l--)
+            for (var j = n - 1; j >= lowest; j--)
             {
-                var i = blocks[l].Index;
-                _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch, _inputs);
+                var i = blocks[j].Index;
+                _layers.BlockBackward(s, _mb, blocks[j], _params[i].View, _grads[i].View, BlockInput(j), _dStream.View, _acts[j], _scratch, _inputs);
             }
-            _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
+            if (embeddingTrains)
+                _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
         }
-        return labelled;
+        var ran = new HashSet<int>(blocks.Select(b => b.Index)) { emb, head };
+        var updated = _layout.Layers.Where(l => ran.Contains(l.Index) && !_selection.IsFrozen(l.Index)).ToArray();
+        return (labelled, updated, n, n - lowest + (embeddingTrains ? 1 : 0));
     }
 
     /// <inheritdoc/>

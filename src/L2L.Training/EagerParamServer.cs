@@ -286,7 +286,11 @@ public sealed class EagerParamServer : IDisposable
     /// A later fetch of one of them waits only for that layer's update, so the next step's forward can start on the
     /// first layers while the rest are still being updated.
     /// </summary>
-    public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, long optimizerStep, Func<int, float> gradientFactor)
+    /// <param name="layers">The layers, in the order to update them.</param>
+    /// <param name="step">The 0-based step (for the learning rate).</param>
+    /// <param name="optimizerStep">Each layer's 1-based optimizer step (called once per layer, in order, on the calling thread).</param>
+    /// <param name="gradientFactor">Each layer's gradient factor (called once per layer, on the calling thread).</param>
+    public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, Func<int, long> optimizerStep, Func<int, float> gradientFactor)
     {
         var done = new TaskCompletionSource[layers.Count];
         for (var k = 0; k < layers.Count; k++)
@@ -295,6 +299,7 @@ public sealed class EagerParamServer : IDisposable
             done[k] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         }
         var factors = layers.Select(gradientFactor).ToArray();
+        var steps = layers.Select(optimizerStep).ToArray();
         for (var k = 0; k < layers.Count; k++)
         {
             _updateOrder[layers[k]] = ++_updatesBegun;
@@ -306,7 +311,7 @@ public sealed class EagerParamServer : IDisposable
             {
                 try
                 {
-                    Update(layers[k], step, optimizerStep, factors[k]);
+                    Update(layers[k], step, steps[k], factors[k]);
                     done[k].SetResult();
                 }
                 catch (Exception e)

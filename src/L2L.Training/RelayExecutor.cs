@@ -54,6 +54,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly DeviceBuffer<float> _sumSquares;
     private readonly PinnedHostBuffer<float> _sumSquaresHost;
     private readonly DropoutRates _dropout;
+    private readonly Update.LayerSelection _selection;
     private readonly long _seed;
     private long _step;
     private long _stashBytes;
@@ -70,9 +71,10 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
     /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
     /// <param name="seed">The run's seed, for the dropout masks.</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
     public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
         TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null,
-        DropoutRates? dropout = null, long seed = 0)
+        DropoutRates? dropout = null, long seed = 0, Update.LayerSelection? selection = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -82,7 +84,8 @@ public sealed class RelayExecutor : IExecutor
         _mb = microBatch;
         _microBatches = microBatches;
         _placement = placement;
-        _control = control ?? new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.None);
+        _control = control ?? new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.None, _layout.Layers.Count, resume);
+        _selection = selection ?? Update.LayerSelection.All(_layout);
         _fault = fault;
         _dropout = dropout ?? DropoutRates.None;
         _seed = seed;
@@ -255,7 +258,12 @@ public sealed class RelayExecutor : IExecutor
         // Under dynamic loss scaling the loss gradient is multiplied by the scale (a power of two, so exactly).
         var lossScale = _control.LossScale / labelled;
         var deferred = _eps.Mode == Update.UpdateMode.Deferred;
-        var optimizerStep = _control.OptimizerStep(step);
+        // The blocks that run this step (layer drop) in order; position j has stash level j and parameter slot j % 2.
+        var active = _selection.ActiveBlocks(step);
+        var n = active.Length;
+        int Block(int j) => BlockIndex(active[j]);
+        bool Trains(int layer) => !_selection.IsFrozen(layer);
+        _sumSquaresHost.Span.Clear(); // layers without gradients this step add nothing to the norm
 
         // Forward. The embedding and head layers stay on the device for the whole step (the head's decoder is tied to the token embedding).
         _scratch.LossTotal.View.MemSetToZero(s);
@@ -266,22 +274,22 @@ public sealed class RelayExecutor : IExecutor
             _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
             _eps.EnqueueFetch(HeadIndex, c, _head.View);
         }
-        if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
+        _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
             (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
 
-        for (var l = 0; l < L; l++)
+        for (var j = 0; j < n; j++)
         {
             s.Synchronize();
             WaitForCopies();
-            if (l + 1 < L) _eps.EnqueueFetch(BlockIndex(l + 1), c, _paramSlots[(l + 1) % 2].View);
-            var p = _paramSlots[l % 2].View;
-            var layer = _layout.Blocks[l];
-            var level = l;
-            if (l < L - 1)
+            if (j + 1 < n) _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
+            var p = _paramSlots[j % 2].View;
+            var layer = _layout.Blocks[active[j]];
+            var level = j;
+            if (j < n - 1)
             {
                 ForEachMicroBatch(
                     (u, k) =>
@@ -308,43 +316,48 @@ public sealed class RelayExecutor : IExecutor
                     host ? (u, k) => StoreDx(u, k) : null);
             }
         }
-        if (L == 0)
-            throw new InvalidOperationException("The model has no transformer blocks.");
 
-        // Backward, top block down. Each layer's gradients go to the host as soon as they are complete, with
-        // their sum of squares (reduced on the device); in eager mode the param server updates the layer while
-        // the device works on the layers below, in deferred mode it keeps them until the global norm is known.
+        // Backward, top block down to the lowest trainable layer. Each trainable layer's gradients go to the host as
+        // soon as they are complete, with their sum of squares (reduced on the device); in eager mode the param server
+        // updates the layer while the device works on the layers below, in deferred mode it keeps them until the
+        // global norm is known. A frozen block above a trainable one still passes the boundary gradient down.
+        var embeddingTrains = Trains(EmbeddingIndex);
+        var lowest = embeddingTrains ? 0 : Enumerable.Range(0, n).Where(j => Trains(Block(j))).DefaultIfEmpty(n).First();
+        var backwardLayers = 0;
         var pending = new List<int>();
         s.Synchronize();
         WaitForCopies();
-        ReduceGradients(step, HeadIndex, _headGrads.View, HeadSumSlot);
-        if (ResidentOnDevice)
+        if (Trains(HeadIndex))
         {
-            if (!deferred)
-                StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, optimizerStep, 1f);
+            ReduceGradients(step, HeadIndex, _headGrads.View, HeadSumSlot);
+            if (ResidentOnDevice)
+            {
+                if (!deferred)
+                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, 1f);
+            }
+            else
+            {
+                s.Synchronize();
+                SendGradients(HeadIndex, _headGrads.View, HeadSumSlot);
+                pending.Add(HeadIndex);
+            }
         }
-        else
-        {
-            s.Synchronize();
-            SendGradients(HeadIndex, _headGrads.View, HeadSumSlot);
-            pending.Add(HeadIndex);
-        }
-        for (var l = L - 1; l >= 0; l--)
+        for (var j = n - 1; j >= lowest; j--)
         {
             s.Synchronize();
             WaitForCopies();
             BeginEager(pending, step);
-            if (l + 1 < L)
+            if (j + 1 < n && Trains(Block(j + 1)))
             {
-                SendGradients(BlockIndex(l + 1), _gradSlots[(l + 1) % 2].View, (l + 1) % 2);
-                pending.Add(BlockIndex(l + 1));
+                SendGradients(Block(j + 1), _gradSlots[(j + 1) % 2].View, (j + 1) % 2);
+                pending.Add(Block(j + 1));
             }
-            // Block L-2 is still in its slot from the forward pass; every lower block is fetched again.
-            if (l - 1 >= 0 && l != L - 1) _eps.EnqueueFetch(BlockIndex(l - 1), c, _paramSlots[(l - 1) % 2].View);
-            var p = _paramSlots[l % 2].View;
-            var g = _gradSlots[l % 2].View;
-            var layer = _layout.Blocks[l];
-            var level = l;
+            // The block below the top one is still in its slot from the forward pass; every lower one is fetched again.
+            if (j - 1 >= lowest && j != n - 1) _eps.EnqueueFetch(Block(j - 1), c, _paramSlots[(j - 1) % 2].View);
+            var p = _paramSlots[j % 2].View;
+            var g = _gradSlots[j % 2].View;
+            var layer = _layout.Blocks[active[j]];
+            var level = j;
             g.MemSetToZero(s);
             ForEachMicroBatch(
                 (u, k) =>
@@ -355,52 +368,55 @@ public sealed class RelayExecutor : IExecutor
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);
-            ReduceGradients(step, layer.Index, g, l % 2);
+            backwardLayers++;
+            if (Trains(layer.Index))
+                ReduceGradients(step, layer.Index, g, j % 2);
         }
         s.Synchronize();
         WaitForCopies();
         BeginEager(pending, step);
-        SendGradients(BlockIndex(0), _gradSlots[0].View, 0);
-        pending.Add(BlockIndex(0));
+        if (lowest < n && Trains(Block(lowest)))
+        {
+            SendGradients(Block(lowest), _gradSlots[lowest % 2].View, lowest % 2);
+            pending.Add(Block(lowest));
+        }
 
-        // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
-        // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
-        ForEachMicroBatch(
-            (u, k) =>
-            {
-                UploadInputs(u);
-                _inputs.UploadPlans(s, u);
-                _layers.EmbeddingBackward(s, _mb, _embedding.View, _embeddingGrads.View, _inputs, Dx(u, k), _scratch);
-            },
-            host ? (u, k) => FetchDx(u, k) : null,
-            null);
-        ReduceGradients(step, EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
+        if (embeddingTrains)
+        {
+            // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
+            // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
+            ForEachMicroBatch(
+                (u, k) =>
+                {
+                    UploadInputs(u);
+                    _inputs.UploadPlans(s, u);
+                    _layers.EmbeddingBackward(s, _mb, _embedding.View, _embeddingGrads.View, _inputs, Dx(u, k), _scratch);
+                },
+                host ? (u, k) => FetchDx(u, k) : null,
+                null);
+            backwardLayers++;
+            ReduceGradients(step, EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
+        }
         s.Synchronize();
         WaitForCopies();
         BeginEager(pending, step);
         _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
         if (ResidentOnDevice)
         {
-            _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(EmbeddingSumSlot, 1), EmbeddingIndex, 1);
-            if (!deferred) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
+            if (embeddingTrains) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(EmbeddingSumSlot, 1), EmbeddingIndex, 1);
+            if (Trains(HeadIndex)) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
         }
-        else
+        else if (embeddingTrains)
         {
             SendGradients(EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
         }
         WaitForCopies();
-        if (!deferred)
+        if (!deferred && embeddingTrains)
         {
             if (ResidentOnDevice)
-                StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, optimizerStep, 1f);
+                StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, 1f);
             else
                 BeginEager([EmbeddingIndex], step);
-        }
-        else
-        {
-            if (ResidentOnDevice)
-                _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
-            WaitForCopies();
         }
         var sums = _sumSquaresHost.Span;
         double gradNorm;
@@ -419,13 +435,14 @@ public sealed class RelayExecutor : IExecutor
             }
             else
             {
-                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i)).ToArray();
-                if (ResidentOnDevice)
-                    StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, optimizerStep, decision.Factor);
+                var ran = new HashSet<int>(active.Select(BlockIndex)) { EmbeddingIndex, HeadIndex };
+                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i)).ToArray();
+                if (ResidentOnDevice && embeddingTrains)
+                    StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, decision.Factor);
                 var sumsArray = _sumSquaresHost.Array;
-                _eps.BeginUpdatesInOrder(hostLayers, step, optimizerStep, i => _control.LayerFactor(sumsArray[i], decision.Factor));
-                if (ResidentOnDevice)
-                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, optimizerStep, decision.Factor);
+                _eps.BeginUpdatesInOrder(hostLayers, step, _control.NextOptimizerStep, i => _control.LayerFactor(sumsArray[i], decision.Factor));
+                if (ResidentOnDevice && Trains(HeadIndex))
+                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, decision.Factor);
             }
         }
         else
@@ -438,7 +455,7 @@ public sealed class RelayExecutor : IExecutor
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
-            gradNorm, skipped, _control.LossScale, _control.SkippedSteps);
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
@@ -469,7 +486,7 @@ public sealed class RelayExecutor : IExecutor
         if (_eps.Mode == Update.UpdateMode.Eager)
         {
             foreach (var index in pending)
-                _eps.BeginUpdate(index, step, _control.LayerFactor(_sumSquaresHost.Span[index], 1f), _control.OptimizerStep(step));
+                _eps.BeginUpdate(index, step, _control.LayerFactor(_sumSquaresHost.Span[index], 1f), _control.NextOptimizerStep(index));
         }
         pending.Clear();
     }
@@ -478,7 +495,7 @@ public sealed class RelayExecutor : IExecutor
     /// Enqueues the device update of a resident layer, its gradients first multiplied by <paramref name="factor"/>
     /// (and, under per-layer clipping, by its own clip coefficient, which needs its sum of squares on the host).
     /// </summary>
-    private void StepResident(LayerLayout layer, ArrayView<float> weights, ArrayView<float> grads, int sumSlot, long step, long optimizerStep, float factor)
+    private void StepResident(LayerLayout layer, ArrayView<float> weights, ArrayView<float> grads, int sumSlot, long step, float factor)
     {
         var s = _backend.ComputeStream;
         if (_control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Layer)
@@ -490,7 +507,7 @@ public sealed class RelayExecutor : IExecutor
         }
         if (factor != 1f)
             _reduce.Scale(s, grads.SubView(0, layer.Length), factor);
-        _residentOptimizer!.Step(s, layer, weights, grads, step, optimizerStep);
+        _residentOptimizer!.Step(s, layer, weights, grads, step, _control.NextOptimizerStep(layer.Index));
     }
 
     /// <inheritdoc/>

@@ -58,6 +58,15 @@ public sealed record TrainOptions
     /// <summary>The drop probabilities training uses.</summary>
     public Model.Device.DropoutRates ResolvedDropout => Dropout is { } p ? new(p, 0f, p) : Config.Dropout;
 
+    /// <summary>Stochastic depth: the probability that a block is skipped in a step (seeded, the same for every micro-batch).</summary>
+    public float LayerDrop { get; init; }
+    /// <summary><c>--freeze</c>: layers never updated, e.g. <c>embedding,0-5</c> (see <see cref="Update.LayerSelection.ParseFreeze"/>).</summary>
+    public string? Freeze { get; init; }
+
+    /// <summary>The layer selection (layer drop, frozen layers) these options describe.</summary>
+    public Update.LayerSelection Selection(ModelLayout layout) =>
+        new(layout, LayerDrop, Seed, Freeze is null ? null : Update.LayerSelection.ParseFreeze(Freeze, layout));
+
     /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
     public Update.GradientFault? GradientFault { get; init; }
 
@@ -89,6 +98,14 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (!(LayerDrop >= 0f && LayerDrop < 1f))
+            throw new ArgumentException($"--layer-drop {LayerDrop} must be in [0, 1).");
+        if (Freeze is not null)
+        {
+            var layout = new ModelLayout(Config);
+            if (Update.LayerSelection.ParseFreeze(Freeze, layout).Count == layout.Layers.Count)
+                throw new ArgumentException($"--freeze '{Freeze}' freezes every layer: nothing would train.");
+        }
         if (Dropout is { } drop && !(drop >= 0f && drop < 1f))
             throw new ArgumentException($"--dropout {drop} must be in [0, 1).");
         if (ResolvedDropout.Any && !Config.SupportsDropout)

@@ -23,9 +23,12 @@ namespace L2L.Training;
 /// <param name="GradNorm">Global L2 norm of the step's gradients before clipping (unscaled).</param>
 /// <param name="SkippedSteps">Steps skipped so far because their gradients overflowed (dynamic loss scaling).</param>
 /// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
+/// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
+/// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
+    int BlocksRun = 0, int BackwardLayers = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -85,7 +88,7 @@ public sealed class Trainer : IDisposable
             try
             {
                 _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
-                    options.ResolvedDropout, options.Seed);
+                    options.ResolvedDropout, options.Seed, options.Selection(_layout));
             }
             catch
             {
@@ -96,7 +99,7 @@ public sealed class Trainer : IDisposable
         else
         {
             _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
-                _control, options.GradientFault, options.ResolvedDropout, options.Seed);
+                _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout));
         }
     }
 
@@ -127,7 +130,7 @@ public sealed class Trainer : IDisposable
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
             _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
-            result.GradNorm, result.SkippedSteps, result.LossScale);
+            result.GradNorm, result.SkippedSteps, result.LossScale, result.BlocksRun, result.BackwardLayers);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -177,6 +180,8 @@ public sealed class Trainer : IDisposable
         ["grad_norm"] = m.GradNorm,
         ["skipped_steps"] = m.SkippedSteps,
         ["loss_scale"] = m.LossScale,
+        ["blocks_run"] = m.BlocksRun,
+        ["backward_layers"] = m.BackwardLayers,
     });
 
     /// <summary>The current weights, one array per layer.</summary>

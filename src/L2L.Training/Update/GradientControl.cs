@@ -20,24 +20,42 @@ public sealed class GradientControl
     /// <summary>The epsilon PyTorch's <c>clip_grad_norm_</c> adds to the norm.</summary>
     public const float ClipEpsilon = 1e-6f;
 
-    /// <summary>Creates the control for a run's options, restoring the loss scale and skipped-step count from <paramref name="resume"/>.</summary>
-    public GradientControl(float? clipGradNorm, ClipMode clipMode, LossScaleMode lossScale, IReadOnlyDictionary<string, string>? resume = null)
+    private readonly long[] _layerUpdates;
+
+    /// <summary>
+    /// Creates the control for a run's options over <paramref name="layers"/> layers, restoring the loss scale, the
+    /// skipped-step count and each layer's update count from <paramref name="resume"/>.
+    /// </summary>
+    public GradientControl(float? clipGradNorm, ClipMode clipMode, LossScaleMode lossScale, int layers, Model.TrainingState? resume = null)
     {
         ClipGradNorm = clipGradNorm;
         ClipMode = clipMode;
         if (lossScale == LossScaleMode.Dynamic)
             Scaler = new LossScaler();
-        if (resume is not null)
+        _layerUpdates = new long[layers];
+        if (resume is null)
+            return;
+        var metadata = resume.Metadata;
+        Scaler?.Load(metadata);
+        if (metadata.TryGetValue("skipped_steps", out var skipped))
+            SkippedSteps = long.Parse(skipped, CultureInfo.InvariantCulture);
+        if (metadata.TryGetValue("layer_updates", out var counts))
         {
-            Scaler?.Load(resume);
-            if (resume.TryGetValue("skipped_steps", out var skipped))
-                SkippedSteps = long.Parse(skipped, CultureInfo.InvariantCulture);
+            var parts = counts.Split(',');
+            if (parts.Length != layers)
+                throw new InvalidDataException($"The checkpoint's layer_updates has {parts.Length} entries for a model of {layers} layers.");
+            for (var i = 0; i < layers; i++)
+                _layerUpdates[i] = long.Parse(parts[i], CultureInfo.InvariantCulture);
+        }
+        else
+        {
+            Array.Fill(_layerUpdates, resume.Step - SkippedSteps); // every layer was updated at every step that was not skipped
         }
     }
 
     /// <summary>Creates the control that <paramref name="options"/> describe.</summary>
     public static GradientControl From(TrainOptions options, Model.TrainingState? resume) =>
-        new(options.ClipGradNorm, options.ClipMode, options.LossScale, resume?.Metadata);
+        new(options.ClipGradNorm, options.ClipMode, options.LossScale, new Model.ModelLayout(options.Config).Layers.Count, resume);
 
     /// <summary>The max norm of <c>--clip-grad-norm</c>, or null.</summary>
     public float? ClipGradNorm { get; }
@@ -57,8 +75,15 @@ public sealed class GradientControl
     /// <summary>Whether clipping needs the global norm before any update.</summary>
     public bool NeedsGlobalNorm => (ClipGradNorm is not null && ClipMode == ClipMode.Global) || Scaler is not null;
 
-    /// <summary>The 1-based optimizer step (AdamW's t) for 0-based run step <paramref name="step"/>: skipped steps do not count, as in PyTorch.</summary>
-    public long OptimizerStep(long step) => step + 1 - SkippedSteps;
+    /// <summary>
+    /// Records that <paramref name="layer"/> is updated now and returns its 1-based optimizer step (AdamW's t): each
+    /// layer counts its own updates, as PyTorch counts per parameter, so steps skipped on overflow, steps that
+    /// dropped the layer (layer drop) and steps before it existed (growth) do not count.
+    /// </summary>
+    public long NextOptimizerStep(int layer) => ++_layerUpdates[layer];
+
+    /// <summary>How many times <paramref name="layer"/> has been updated.</summary>
+    public long UpdatesOf(int layer) => _layerUpdates[layer];
 
     /// <summary>
     /// The clip coefficient of PyTorch's <c>clip_grad_norm_</c> for a norm: <c>max / (norm + 1e-6)</c> in FP32,
@@ -118,5 +143,6 @@ public sealed class GradientControl
         Scaler?.Save(metadata);
         if (SkippedSteps > 0)
             metadata["skipped_steps"] = SkippedSteps.ToString(CultureInfo.InvariantCulture);
+        metadata["layer_updates"] = string.Join(",", _layerUpdates.Select(x => x.ToString(CultureInfo.InvariantCulture)));
     }
 }
