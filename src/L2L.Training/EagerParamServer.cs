@@ -33,6 +33,8 @@ public sealed class EagerParamServer : IDisposable
     private readonly long[] _updateOrder; // when each layer's pending update was begun
     private long _updatesBegun;
     private readonly float[][] _state;
+    private readonly ushort[][] _state16; // BF16 optimizer state (StatePrecision.Bf16), else empty
+    private readonly StatePrecision _statePrecision;
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
     private readonly bool[] _onDevice;
@@ -58,10 +60,12 @@ public sealed class EagerParamServer : IDisposable
     /// </param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
     /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
+    /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager)
-        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
+        StatePrecision statePrecision = StatePrecision.Fp32)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision)
     {
     }
 
@@ -79,10 +83,15 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="deviceUpdated">Layers the executor updates on the device (no gradient buffer or state here).</param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
     /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
+    /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
     public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
+        StatePrecision statePrecision = StatePrecision.Fp32)
     {
+        if (statePrecision == StatePrecision.Bf16 && optimizer.Kind != OptimizerKind.AdamW)
+            throw new ArgumentException("--optimizer-state bf16 stores AdamW's moments; it needs --optimizer adamw.");
+        _statePrecision = statePrecision;
         ArgumentOutOfRangeException.ThrowIfLessThan(gradientSlots, 2);
         Layout = layout;
         Settings = optimizer;
@@ -92,6 +101,7 @@ public sealed class EagerParamServer : IDisposable
         var count = layout.Layers.Count;
         _weights = new PinnedHostBuffer<float>[count];
         _state = new float[count][];
+        _state16 = new ushort[count][];
         _updates = new Task?[count];
         _updateOrder = new long[count];
         _slotOfLayer = Enumerable.Repeat(-1, count).ToArray();
@@ -110,9 +120,17 @@ public sealed class EagerParamServer : IDisposable
             {
                 var length = layout.Layers[i].Length;
                 _weights[i] = backend.AllocatePinned<float>(length);
-                _state[i] = _onDevice[i] ? [] : new float[_optimizer.StateFloatsPerParam * length];
+                var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * length;
+                var bf16 = statePrecision == StatePrecision.Bf16;
+                _state[i] = bf16 ? [] : new float[stateLength];
+                _state16[i] = bf16 ? new ushort[stateLength] : [];
                 if (resume is not null && !_onDevice[i])
-                    resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+                {
+                    if (bf16)
+                        for (var k = 0; k < stateLength; k++) _state16[i][k] = Bf16State.RoundNearest(resume.LayerStates[i][k]);
+                    else
+                        resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+                }
             }
             // Gradients only for the layers in flight: a layer's gradients land in a free slot of a ring
             // sized for the repeated block, and the slot is released when its update finishes, so the host
@@ -141,7 +159,7 @@ public sealed class EagerParamServer : IDisposable
         if (resume is not null)
             StepsDone = resume.Step;
         HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0)
-            + _state.Sum(st => (long)st.Length));
+            + _state.Sum(st => (long)st.Length)) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
     }
 
     private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
@@ -362,6 +380,11 @@ public sealed class EagerParamServer : IDisposable
         var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
         var grads = _gradsOf[layer]!.Span;
+        if (_statePrecision == StatePrecision.Bf16)
+        {
+            UpdateBf16(layer, t, lr, weights, grads);
+            return;
+        }
         var state = _state[layer].AsSpan();
         foreach (var slot in Layout.Layers[layer].Tensors)
         {
@@ -369,6 +392,50 @@ public sealed class EagerParamServer : IDisposable
             var length = (int)slot.Length;
             _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
                 state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr, slot.Decay);
+        }
+    }
+
+    /// <summary>Elements of a tensor widened to FP32 at once in a BF16-state update (two such buffers per update in flight).</summary>
+    private const int Bf16Chunk = 1 << 20;
+
+    /// <summary>
+    /// AdamW with BF16 moments: each chunk of a tensor's m and v is widened to FP32 (exact), stepped by the same
+    /// optimizer as FP32 state (AdamW is element-wise, so chunking changes nothing), and narrowed back with stochastic
+    /// rounding keyed by (layer, step, element).
+    /// </summary>
+    private void UpdateBf16(int layer, int t, float lr, Span<float> weights, Span<float> grads)
+    {
+        var state16 = _state16[layer];
+        var length = Layout.Layers[layer].Length;
+        if (_optimizer.StateFloatsPerParam != 2)
+            throw new InvalidOperationException("BF16 state is laid out as AdamW's m and v.");
+        var key = Kernels.DropoutKernels.Key(0x5354, t, layer, 0);
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(2 * Math.Min(Bf16Chunk, (int)length));
+        try
+        {
+            foreach (var slot in Layout.Layers[layer].Tensors)
+            {
+                for (long start = 0; start < slot.Length; start += Bf16Chunk)
+                {
+                    var n = (int)Math.Min(Bf16Chunk, slot.Length - start);
+                    var offset = (int)(slot.Offset + start);
+                    // The host layout of FP32 state, per tensor: its m, then its v.
+                    var mAt = (int)(2 * slot.Offset + start);
+                    var vAt = (int)(2 * slot.Offset + slot.Length + start);
+                    var m = state16.AsSpan(mAt, n);
+                    var v = state16.AsSpan(vAt, n);
+                    var chunk = scratch.AsSpan(0, 2 * n);
+                    Bf16State.Widen(m, chunk[..n]);
+                    Bf16State.Widen(v, chunk[n..]);
+                    _optimizer.Step(weights.Slice(offset, n), grads.Slice(offset, n), chunk, Span<System.Half>.Empty, t, lr, slot.Decay);
+                    Bf16State.RoundStochastic(chunk[..n], m, key, mAt);
+                    Bf16State.RoundStochastic(chunk[n..], v, key, vAt);
+                }
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
         }
     }
 
@@ -435,7 +502,7 @@ public sealed class EagerParamServer : IDisposable
         for (var i = 0; i < states.Length; i++)
         {
             if (!_onDevice[i])
-                states[i] = (float[])_state[i].Clone();
+                states[i] = _statePrecision == StatePrecision.Bf16 ? _state16[i].Select(Bf16State.Widen).ToArray() : (float[])_state[i].Clone();
             else
                 states[i] = deviceState?.Invoke(i)
                     ?? throw new InvalidOperationException($"Layer '{Layout.Layers[i].Name}' is updated on the device; its state must come from there.");

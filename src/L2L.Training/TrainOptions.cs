@@ -67,6 +67,9 @@ public sealed record TrainOptions
     public Update.LayerSelection Selection(ModelLayout layout) =>
         new(layout, LayerDrop, Seed, Freeze is null ? null : Update.LayerSelection.ParseFreeze(Freeze, layout));
 
+    /// <summary>Relay: how the param server stores AdamW's m and v (FP32, or BF16 with stochastic rounding, not exact).</summary>
+    public Optim.StatePrecision OptimizerState { get; init; } = Optim.StatePrecision.Fp32;
+
     /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
     public Update.GradientFault? GradientFault { get; init; }
 
@@ -98,6 +101,8 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (OptimizerState == Optim.StatePrecision.Bf16 && (Optimizer.Kind != OptimizerKind.AdamW || Executor != ExecutorKind.Relay))
+            throw new ArgumentException("--optimizer-state bf16 stores the param server's AdamW moments: it needs --optimizer adamw and --executor relay.");
         if (!(LayerDrop >= 0f && LayerDrop < 1f))
             throw new ArgumentException($"--layer-drop {LayerDrop} must be in [0, 1).");
         if (Freeze is not null)

@@ -82,9 +82,9 @@ public sealed class Trainer : IDisposable
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
             // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
             _eps = init is not null
-                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode)
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState)
                 : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
-                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode);
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState);
             try
             {
                 _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
