@@ -131,7 +131,50 @@ public sealed class DropoutTrainingTests(BackendFixture fixture)
         Assert.Contains("attn_pdrop", e.Message);
         (attention with { Dropout = 0.1f }).Validate(); // --dropout sets attn_pdrop to 0
         Assert.Throws<ArgumentException>((Options(ExecutorKind.Relay) with { Dropout = 1f }).Validate);
-        var bert = Options(ExecutorKind.Relay) with { Config = BertHarness.Tiny(2) };
-        Assert.Contains("no dropout", Assert.Throws<ArgumentException>(bert.Validate).Message);
+    }
+
+    [Fact]
+    public void BertHiddenDropoutRelayMatchesConventionalAndFiniteDifferences()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var options = BertHarness.Options(BertHarness.Tiny(2), ExecutorKind.Relay) with { Dropout = 0.3f };
+        var relay = BertHarness.Run(backend, options);
+        var host = BertHarness.Run(backend, options with { Stash = StashPlacement.Host });
+        var conventional = BertHarness.Run(backend, options with { Executor = ExecutorKind.Conventional });
+        var plain = BertHarness.Run(backend, options with { Dropout = null });
+        TensorAssert.Close(conventional.Losses, relay.Losses, Atol, Rtol, "losses");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(conventional.Weights)), TrainingHarness.Flatten(relay.Weights), Atol, Rtol, "weights");
+        TensorAssert.Equal(TrainingHarness.Flatten(relay.Weights), TrainingHarness.Flatten(host.Weights), "device vs host stash");
+        Assert.NotEqual(plain.Losses[0], relay.Losses[0]);
+
+        // Backward applies each forward mask (embedding, attention output, feed-forward output).
+        var layout = new ModelLayout(options.Config);
+        var weights = Models.Initialize(layout, options.Seed);
+        var inputs = new int[options.Batch * options.SeqLen];
+        var targets = new int[inputs.Length];
+        new MaskedBatches((Model.Bert.BertConfig)options.Config, options.Batch, options.SeqLen).Fill(0, inputs, targets);
+        var mb = new Model.Device.MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
+        (double, float[][]) At(float[][] w)
+        {
+            using var e = new ConventionalExecutor(backend, layout, w, options.Optimizer, options.LearningRate, mb, options.MicroBatches,
+                dropout: options.ResolvedDropout, seed: options.Seed);
+            return e.LossAndGradients(inputs, targets, step: 2);
+        }
+        var (_, grads) = At(weights);
+        const float h = 1e-2f;
+        foreach (var layer in layout.Layers)
+        {
+            foreach (var i in Enumerable.Range(0, (int)layer.Length).OrderByDescending(i => Math.Abs(grads[layer.Index][i])).Take(3))
+            {
+                var w = weights.Select(x => (float[])x.Clone()).ToArray();
+                w[layer.Index][i] += h;
+                var (plus, _) = At(w);
+                w[layer.Index][i] -= 2 * h;
+                var (minus, _) = At(w);
+                var fd = (plus - minus) / (2 * h);
+                var g = grads[layer.Index][i];
+                Assert.True(Math.Abs(fd - g) <= 2e-3 + 0.03 * Math.Abs(g), $"{layer.Name}[{i}]: backward {g}, finite differences {fd}");
+            }
+        }
     }
 }
