@@ -211,6 +211,9 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public double UpdateWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _updateWaitTicks)).TotalSeconds;
 
+    /// <summary>Whether layer <paramref name="layer"/> has an update that has not finished yet (a fetch now would block).</summary>
+    public bool IsUpdatePending(int layer) => _updates[layer] is { IsCompleted: false };
+
     /// <summary>Whether the executor updates layer <paramref name="layer"/> on the device.</summary>
     public bool IsDeviceUpdated(int layer) => _onDevice[layer];
 

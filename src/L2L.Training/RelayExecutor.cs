@@ -285,11 +285,25 @@ public sealed class RelayExecutor : IExecutor
         {
             s.Synchronize();
             WaitForCopies();
-            if (j + 1 < n) _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
+            // The prefetch of the next block waits for its host update. When that update is still running and the
+            // stash is on the device, this block's work is enqueued first, so the device computes while the host waits.
+            var fetchAfter = !host && j + 1 < n && _eps.IsUpdatePending(Block(j + 1));
+            if (j + 1 < n && !fetchAfter) _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
             var p = _paramSlots[j % 2].View;
             var layer = _layout.Blocks[active[j]];
             var level = j;
-            if (j < n - 1)
+            if (fetchAfter)
+            {
+                ForEachMicroBatch(
+                    (u, k) =>
+                    {
+                        UploadBlockInputs(u);
+                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
+                    },
+                    null, null);
+                _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
+            }
+            else if (j < n - 1)
             {
                 ForEachMicroBatch(
                     (u, k) =>
