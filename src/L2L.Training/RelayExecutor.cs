@@ -274,12 +274,15 @@ public sealed class RelayExecutor : IExecutor
             _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
             _eps.EnqueueFetch(HeadIndex, c, _head.View);
         }
-        _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
+        // As below: with a device stash the embedding runs while block 0's host update (the first deferred one) finishes.
+        var fetchFirstAfter = !host && _eps.IsUpdatePending(Block(0));
+        if (!fetchFirstAfter) _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
             (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
+        if (fetchFirstAfter) _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
 
         for (var j = 0; j < n; j++)
         {
