@@ -92,6 +92,9 @@ public sealed class ClippingTests(BackendFixture fixture)
         TensorAssert.Close(reference, TrainingHarness.Flatten(device.Weights), Atol, Rtol, "relay (device stash) vs reference");
         TensorAssert.Close(reference, TrainingHarness.Flatten(host.Weights), Atol, Rtol, "relay (host stash) vs reference");
         TensorAssert.Close(reference, TrainingHarness.Flatten(conventional.Weights), Atol, Rtol, "conventional vs reference");
+        // The embedding and head updated by the param server instead (in the deferred chain, first and last).
+        var hostEmbedding = TrainingHarness.Run(backend, relayDevice with { EmbeddingUpdate = UpdateLocation.Host });
+        TensorAssert.Close(reference, TrainingHarness.Flatten(hostEmbedding.Weights), Atol, Rtol, "relay (host-updated embedding) vs reference");
         TensorAssert.Equal(TrainingHarness.Flatten(device.Weights), TrainingHarness.Flatten(host.Weights), "device vs host stash");
         TensorAssert.Close(conventional.Losses, device.Losses, Atol, Rtol, "losses");
         // grad_norm is the pre-clip norm the reference computes (FP32 per-layer sums added in double).
