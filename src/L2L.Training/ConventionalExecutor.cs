@@ -223,7 +223,8 @@ public sealed class ConventionalExecutor : IExecutor
             for (var j = n - 1; j >= lowest; j--)
             {
                 var i = blocks[j].Index;
-                _layers.BlockBackward(s, _mb, blocks[j], _params[i].View, _grads[i].View, BlockInput(j), _dStream.View, _acts[j], _scratch, _inputs);
+                _layers.BlockBackward(s, _mb, blocks[j], _params[i].View, _grads[i].View, BlockInput(j), _dStream.View, _acts[j], _scratch, _inputs,
+                    parameterGradients: !_selection.IsFrozen(i));
             }
             if (embeddingTrains)
                 _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);

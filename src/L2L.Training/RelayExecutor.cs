@@ -375,18 +375,19 @@ public sealed class RelayExecutor : IExecutor
             var g = _gradSlots[j % 2].View;
             var layer = _layout.Blocks[active[j]];
             var level = j;
+            var trains = Trains(layer.Index); // a frozen block here only passes the gradient down
             g.MemSetToZero(s);
             ForEachMicroBatch(
                 (u, k) =>
                 {
                     UploadBlockInputs(u);
                     _layers.BlockForward(s, _mb, layer, p, In(level, u, k), _blockOut.View, _act, _inputs);
-                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch, _inputs);
+                    _layers.BlockBackward(s, _mb, layer, p, g, In(level, u, k), Dx(u, k), _act, _scratch, _inputs, trains);
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);
             backwardLayers++;
-            if (Trains(layer.Index))
+            if (trains)
                 ReduceGradients(step, layer.Index, g, j % 2);
         }
         s.Synchronize();

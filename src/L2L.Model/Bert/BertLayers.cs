@@ -160,7 +160,8 @@ public sealed class BertLayers : IModelLayers
     /// block's output; on return, at its input. Parameter gradients accumulate into <paramref name="grads"/>.
     /// </summary>
     public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs)
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+        bool parameterGradients = true)
     {
         var act = (BertBlockActivations)activations;
         var scratch = (BertScratch)modelScratch;
@@ -181,12 +182,18 @@ public sealed class BertLayers : IModelLayers
             Dropout(s, dOut, dStream, ResidualRate, layer.Index, OutputSite);
         }
         _gemm.Gemm(s, dFc, dOut, p["output.dense.weight"], n, i, h, GemmLayout.NN);
-        _gemm.Gemm(s, g["output.dense.weight"], dOut, act.Gelu.View, h, i, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["output.dense.bias"], dOut, n, h);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["output.dense.weight"], dOut, act.Gelu.View, h, i, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["output.dense.bias"], dOut, n, h);
+        }
         _gelu.BackwardErf(s, dFc, dFc, act.Fc.View);
         _gemm.Gemm(s, dLn, dFc, p["intermediate.dense.weight"], n, h, i, GemmLayout.NN);
-        _gemm.Gemm(s, g["intermediate.dense.weight"], dFc, act.X1.View, i, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["intermediate.dense.bias"], dFc, n, i);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["intermediate.dense.weight"], dFc, act.X1.View, i, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["intermediate.dense.bias"], dFc, n, i);
+        }
         _residual.Add(s, dLn, dLn, dStream); // gradient at x1: feed-forward path + residual
 
         // Attention LayerNorm; dStream becomes the gradient at att-sum = x + dense(attention).
@@ -200,15 +207,21 @@ public sealed class BertLayers : IModelLayers
             Dropout(s, dAttention, dStream, ResidualRate, layer.Index, AttentionOutputSite);
         }
         _gemm.Gemm(s, dLn, dAttention, p["attention.output.dense.weight"], n, h, h, GemmLayout.NN);
-        _gemm.Gemm(s, g["attention.output.dense.weight"], dAttention, act.AttY.View, h, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attention.output.dense.bias"], dAttention, n, h);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attention.output.dense.weight"], dAttention, act.AttY.View, h, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attention.output.dense.bias"], dAttention, n, h);
+        }
         var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * h);
         AttentionBackward(s, mb, dQkv, dLn, act, scratch, inputs);
         var (wQkv, _) = Qkv(layer, parameters);
         var (dWQkv, dBQkv) = Qkv(layer, grads);
         _gemm.Gemm(s, dLn, dQkv, wQkv, n, h, 3 * h, GemmLayout.NN);
-        _gemm.Gemm(s, dWQkv, dQkv, input, 3 * h, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, dBQkv, dQkv, n, 3 * h);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, dWQkv, dQkv, input, 3 * h, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, dBQkv, dQkv, n, 3 * h);
+        }
         _residual.Accumulate(s, dStream, dLn); // gradient at x: attention path + residual
     }
 

@@ -135,7 +135,8 @@ public sealed class GptLayers : IModelLayers
     /// gradients accumulate into <paramref name="grads"/> (the layer's gradient block).
     /// </summary>
     public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs)
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+        bool parameterGradients = true)
     {
         var act = (BlockActivations)activations;
         var scratch = (LayerScratch)modelScratch;
@@ -155,12 +156,18 @@ public sealed class GptLayers : IModelLayers
             Dropout(s, dMlp, dStream, ResidualRate, layer.Index, MlpOutputSite);
         }
         _gemm.Gemm(s, dGelu, dMlp, p["mlp.c_proj.weight"], n, 4 * c, c, GemmLayout.NT);
-        _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dMlp, 4 * c, c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dMlp, n, c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dMlp, 4 * c, c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dMlp, n, c);
+        }
         _gelu.Backward(s, dFc, dGelu, act.Fc.View);
         _gemm.Gemm(s, dLn, dFc, p["mlp.c_fc.weight"], n, c, 4 * c, GemmLayout.NT);
-        _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c);
+        }
         _ln.Backward(s, dStream, g["ln_2.weight"], g["ln_2.bias"], dLn, act.X1.View, p["ln_2.weight"], act.Mean2.View, act.Rstd2.View, n, c, accumulateInput: true);
 
         // Attention: x1 = x + drop(attn(ln_1(x)) . Wproj + bproj); the masked gradient goes in dFc, free by now.
@@ -171,13 +178,19 @@ public sealed class GptLayers : IModelLayers
             Dropout(s, dAttention, dStream, ResidualRate, layer.Index, AttentionOutputSite);
         }
         _gemm.Gemm(s, dLn, dAttention, p["attn.c_proj.weight"], n, c, c, GemmLayout.NT);
-        _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dAttention, c, c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attn.c_proj.bias"], dAttention, n, c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dAttention, c, c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attn.c_proj.bias"], dAttention, n, c);
+        }
         var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * c);
         _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.Probs.View, scratch.AttentionScratch.View, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, dLn, dQkv, p["attn.c_attn.weight"], n, c, 3 * c, GemmLayout.NT);
-        _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);
+        }
         _ln.Backward(s, dStream, g["ln_1.weight"], g["ln_1.bias"], dLn, input, p["ln_1.weight"], act.Mean1.View, act.Rstd1.View, n, c, accumulateInput: true);
     }
 
