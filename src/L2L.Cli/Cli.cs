@@ -87,6 +87,7 @@ public static partial class Cli
         root.Subcommands.Add(EvalCommand.Create(env));
         root.Subcommands.Add(PrepareCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(GrowCommand.Create());
         root.Subcommands.Add(DevicesCommand.Create(env));
         root.Subcommands.Add(BenchCommand.Create());
 

@@ -74,6 +74,15 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
     /// <summary>Returns a copy with <paramref name="layers"/> transformer blocks.</summary>
     public GptConfig WithLayers(int layers) => this with { Layers = layers };
 
+    /// <summary>
+    /// Drop probabilities (Hugging Face <c>embd_pdrop</c>, <c>attn_pdrop</c>, <c>resid_pdrop</c>). Absent keys mean 0 here
+    /// (Hugging Face's own default is 0.1, and its config files always write the keys).
+    /// </summary>
+    public Device.DropoutRates Dropout { get; init; } = Device.DropoutRates.None;
+
+    /// <inheritdoc/>
+    bool IModelConfig.SupportsDropout => true;
+
     /// <summary>Throws unless every size is positive and <see cref="Heads"/> divides <see cref="Channels"/>.</summary>
     /// <exception cref="InvalidDataException">The first problem found, naming the config key.</exception>
     public void Validate()
@@ -91,6 +100,7 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
         if (Heads <= 0) return $"n_head must be positive, got {Heads}";
         if (Channels % Heads != 0) return $"n_embd ({Channels}) must be a multiple of n_head ({Heads})";
         if (!float.IsFinite(LayerNormEpsilon) || LayerNormEpsilon <= 0) return $"layer_norm_epsilon must be a positive number, got {LayerNormEpsilon}";
+        if (Dropout.Problem() is { } dropout) return dropout;
         return null;
     }
 
@@ -134,7 +144,11 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
                 RequiredInt(root, "n_embd", source),
                 RequiredInt(root, "n_layer", source),
                 RequiredInt(root, "n_head", source),
-                OptionalFloat(root, "layer_norm_epsilon", source, 1e-5f));
+                OptionalFloat(root, "layer_norm_epsilon", source, 1e-5f))
+            {
+                Dropout = new(OptionalFloat(root, "embd_pdrop", source, 0f), OptionalFloat(root, "attn_pdrop", source, 0f),
+                    OptionalFloat(root, "resid_pdrop", source, 0f)),
+            };
             var problem = config.FindProblem();
             if (problem is not null) throw new InvalidDataException($"Model config '{source}': {problem}.");
             return config;
@@ -172,6 +186,12 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
             writer.WriteNumber("n_layer", Layers);
             writer.WriteNumber("n_head", Heads);
             writer.WriteNumber("layer_norm_epsilon", LayerNormEpsilon);
+            if (Dropout.Any)
+            {
+                writer.WriteNumber("embd_pdrop", Dropout.Embedding);
+                writer.WriteNumber("attn_pdrop", Dropout.Attention);
+                writer.WriteNumber("resid_pdrop", Dropout.Residual);
+            }
             writer.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";

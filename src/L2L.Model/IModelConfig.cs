@@ -58,6 +58,12 @@ public interface IModelConfig
 
     /// <summary>The keys that differ from <paramref name="other"/> ("key: this vs other"); a model type mismatch is one entry.</summary>
     IReadOnlyList<string> Differences(IModelConfig other);
+
+    /// <summary>The dropout rates the config asks for (none unless the model has dropout call sites).</summary>
+    Device.DropoutRates Dropout => Device.DropoutRates.None;
+
+    /// <summary>Whether the model's layers apply dropout.</summary>
+    bool SupportsDropout => false;
 }
 
 /// <summary>Finds a model config by preset name or reads one from <c>config.json</c>, whatever its model type.</summary>

@@ -33,10 +33,33 @@ public sealed class ConventionalExecutor : IExecutor
     private readonly IModelScratch _scratch;
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
+    private readonly GradientControl _control;
+    private readonly GradientFault? _fault;
+    private readonly ReduceOps _reduce;
+    private readonly DeviceBuffer<float> _partials, _sumSquares;
+    private readonly float[] _sumSquaresHost;
+    private readonly DropoutRates _dropout;
+    private readonly LayerSelection _selection;
+    private readonly long _seed;
 
     /// <summary>Uploads the model and allocates everything the executor will use.</summary>
+    /// <param name="backend">The device.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="weights">The initial weights, one array per layer.</param>
+    /// <param name="optimizer">SGD or AdamW and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="microBatch">The shape of one micro-batch.</param>
+    /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="control">Clipping and loss scaling (default: none), applied on the device from the global or per-layer norms.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
     public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
-        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null)
+        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
+        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0,
+        LayerSelection? selection = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -47,6 +70,13 @@ public sealed class ConventionalExecutor : IExecutor
         _settings = optimizer;
         _mb = microBatch;
         _microBatches = microBatches;
+        _control = control ?? new GradientControl(null, ClipMode.Global, LossScaleMode.None, layout.Layers.Count, resume);
+        _selection = selection ?? LayerSelection.All(layout);
+        _fault = fault;
+        _dropout = dropout ?? DropoutRates.None;
+        _seed = seed;
+        _reduce = backend.Get<ReduceOps>();
+        _sumSquaresHost = new float[layout.Layers.Count];
         if (resume is not null)
         {
             if (!string.Equals(resume.Optimizer, EagerParamServer.OptimizerName(optimizer.Kind), StringComparison.OrdinalIgnoreCase))
@@ -78,6 +108,8 @@ public sealed class ConventionalExecutor : IExecutor
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(1));
+            _partials = Track(backend.Allocate<float>(ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
+            _sumSquares = Track(backend.Allocate<float>(count, MemoryCategory.Workspace, "grad-norm.sums"));
             s.Synchronize();
         }
         catch
@@ -97,48 +129,109 @@ public sealed class ConventionalExecutor : IExecutor
     /// <inheritdoc/>
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
-        var tokens = _microBatches * _mb.Tokens;
-        if (inputs.Length != tokens || targets.Length != tokens)
-            throw new ArgumentException($"Expected {tokens} input and target tokens ({_microBatches} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
         var s = _backend.ComputeStream;
-        var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
-        var lossScale = 1f / labelled;
-        var emb = _layout.Embedding.Index;
-        var head = _layout.Head.Index;
-        var blocks = _layout.Blocks;
+        var (labelled, updated, blocksRun, backwardLayers) = ForwardBackward(step, inputs, targets, tokenTypes, _control.LossScale);
 
-        _scratch.LossTotal.View.MemSetToZero(s);
-        foreach (var g in _grads) g.View.MemSetToZero(s);
-        for (var u = 0; u < _microBatches; u++)
+        // Every updated layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
+        _sumSquares.View.MemSetToZero(s);
+        foreach (var layer in updated)
         {
-            _inputs.UploadInputs(s, u);
-            _inputs.UploadTargets(s, u);
-            _inputs.UploadPlans(s, u);
-            _layers.EmbeddingForward(s, _mb, _params[emb].View, _inputs, BlockInput(0), _scratch);
-            for (var l = 0; l < blocks.Count; l++)
-            {
-                var output = l + 1 < blocks.Count ? BlockInput(l + 1) : _headInput.View;
-                _layers.BlockForward(s, _mb, blocks[l], _params[blocks[l].Index].View, BlockInput(l), output, _acts[l], _inputs);
-            }
-            _layers.HeadForwardBackward(s, _mb, _params[head].View, _grads[head].View, _params[emb].View, _grads[emb].View,
-                _headInput.View, _inputs, _dStream.View, _scratch, lossScale);
-            for (var l = blocks.Count - 1; l >= 0; l--)
-            {
-                var i = blocks[l].Index;
-                _layers.BlockBackward(s, _mb, blocks[l], _params[i].View, _grads[i].View, BlockInput(l), _dStream.View, _acts[l], _scratch, _inputs);
-            }
-            _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
+            var g = _grads[layer.Index].View;
+            if (_fault is { } f && f.Step == step && f.Layer == layer.Index)
+                _reduce.Scale(s, g.SubView(0, 1), float.NaN);
+            _reduce.SumOfSquares(s, _sumSquares.View.SubView(layer.Index, 1), g, _partials.View);
         }
-
-        foreach (var layer in _layout.Layers)
-            _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step);
+        _sumSquares.View.CopyToCPU(s, _sumSquaresHost);
+        s.Synchronize();
+        var decision = _control.Decide(_sumSquaresHost);
+        if (!decision.Skip)
+        {
+            foreach (var layer in updated)
+            {
+                var factor = _control.LayerFactor(_sumSquaresHost[layer.Index], decision.Factor);
+                if (factor != 1f)
+                    _reduce.Scale(s, _grads[layer.Index].View, factor);
+                _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step, _control.NextOptimizerStep(layer.Index));
+            }
+        }
         _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
         s.Synchronize();
         StepsDone++;
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch);
+        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch, GradNorm: decision.GradNorm, Skipped: decision.Skip,
+            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers);
+    }
+
+    /// <summary>
+    /// The minibatch's mean loss and its gradients at the current weights, one array per layer, without updating
+    /// anything (a reference for clipping, dropout and optimizer tests); dropout masks as in 0-based step <paramref name="step"/>.
+    /// </summary>
+    public (double Loss, float[][] Gradients) LossAndGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default, long step = 0)
+    {
+        var labelled = ForwardBackward(step, inputs, targets, tokenTypes, 1f).Labelled;
+        var s = _backend.ComputeStream;
+        var result = new float[_grads.Length][];
+        for (var i = 0; i < _grads.Length; i++)
+        {
+            result[i] = new float[_grads[i].Length];
+            _grads[i].View.CopyToCPU(s, result[i]);
+        }
+        _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
+        s.Synchronize();
+        return (_loss.Span[0] / (double)labelled, result);
+    }
+
+    /// <summary>
+    /// Zeroes the gradients and accumulates those of every micro-batch over the step's blocks (layer drop) down to
+    /// the lowest trainable layer, the loss gradient multiplied by <paramref name="scale"/>. Returns the labelled-target
+    /// count, the layers to update (those that ran and are not frozen), the blocks run and the layers whose backward ran.
+    /// </summary>
+    private (long Labelled, LayerLayout[] Updated, int BlocksRun, int BackwardLayers) ForwardBackward(long step, ReadOnlySpan<int> inputs,
+        ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, float scale)
+    {
+        var tokens = _microBatches * _mb.Tokens;
+        if (inputs.Length != tokens || targets.Length != tokens)
+            throw new ArgumentException($"Expected {tokens} input and target tokens ({_microBatches} micro-batches of {_mb.Batch}x{_mb.SeqLen}).");
+        var s = _backend.ComputeStream;
+        var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
+        var lossScale = scale / labelled;
+        var emb = _layout.Embedding.Index;
+        var head = _layout.Head.Index;
+        // The step's blocks in order; position j's input is BlockInput(j).
+        var blocks = _selection.ActiveBlocks(step).Select(l => _layout.Blocks[l]).ToArray();
+        var n = blocks.Length;
+        var embeddingTrains = !_selection.IsFrozen(emb);
+        var lowest = embeddingTrains ? 0 : Enumerable.Range(0, n).Where(j => !_selection.IsFrozen(blocks[j].Index)).DefaultIfEmpty(n).First();
+        _scratch.LossTotal.View.MemSetToZero(s);
+        foreach (var g in _grads) g.View.MemSetToZero(s);
+        for (var u = 0; u < _microBatches; u++)
+        {
+            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, step, u) : null);
+            _inputs.UploadInputs(s, u);
+            _inputs.UploadTargets(s, u);
+            _inputs.UploadPlans(s, u);
+            _layers.EmbeddingForward(s, _mb, _params[emb].View, _inputs, BlockInput(0), _scratch);
+            for (var j = 0; j < n; j++)
+            {
+                var output = j + 1 < n ? BlockInput(j + 1) : _headInput.View;
+                _layers.BlockForward(s, _mb, blocks[j], _params[blocks[j].Index].View, BlockInput(j), output, _acts[j], _inputs);
+            }
+            _layers.HeadForwardBackward(s, _mb, _params[head].View, _grads[head].View, _params[emb].View, _grads[emb].View,
+                _headInput.View, _inputs, _dStream.View, _scratch, lossScale);
+            for (var j = n - 1; j >= lowest; j--)
+            {
+                var i = blocks[j].Index;
+                _layers.BlockBackward(s, _mb, blocks[j], _params[i].View, _grads[i].View, BlockInput(j), _dStream.View, _acts[j], _scratch, _inputs,
+                    parameterGradients: !_selection.IsFrozen(i));
+            }
+            if (embeddingTrains)
+                _layers.EmbeddingBackward(s, _mb, _params[emb].View, _grads[emb].View, _inputs, _dStream.View, _scratch);
+        }
+        var ran = new HashSet<int>(blocks.Select(b => b.Index)) { emb, head };
+        var updated = _layout.Layers.Where(l => ran.Contains(l.Index) && !_selection.IsFrozen(l.Index)).ToArray();
+        return (labelled, updated, n, n - lowest + (embeddingTrains ? 1 : 0));
     }
 
     /// <inheritdoc/>

@@ -17,8 +17,10 @@ namespace L2L.Training;
 /// been summed on the device.
 /// </summary>
 /// <remarks>
-/// Global-norm gradient clipping would need every gradient before any update and so cannot be
-/// eager; this server updates each layer with its own gradients only.
+/// In <see cref="L2L.Training.Update.UpdateMode.Deferred"/> mode (global-norm clipping, dynamic loss scaling) every
+/// host-updated layer's gradients must stay until backward ends, so each such layer has its own gradient
+/// buffer instead of the ring; <see cref="BeginUpdatesInOrder"/> then runs the updates one after another in
+/// forward order, and a fetch waits only for its own layer's update.
 /// </remarks>
 public sealed class EagerParamServer : IDisposable
 {
@@ -31,11 +33,14 @@ public sealed class EagerParamServer : IDisposable
     private readonly long[] _updateOrder; // when each layer's pending update was begun
     private long _updatesBegun;
     private readonly float[][] _state;
+    private readonly ushort[][] _state16; // BF16 optimizer state (StatePrecision.Bf16), else empty
+    private readonly StatePrecision _statePrecision;
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
     private readonly bool[] _onDevice;
     private long _busBytes;
     private long _updateWaitTicks;
+    private readonly L2L.Training.Update.UpdateMode _mode;
 
     /// <summary>Gradient buffers in the ring unless the executor asks for another count.</summary>
     public const int DefaultGradientSlots = 3;
@@ -54,10 +59,13 @@ public sealed class EagerParamServer : IDisposable
     /// but no gradient buffer and no optimizer state for them.
     /// </param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
+    /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
+    /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots)
-        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
+        StatePrecision statePrecision = StatePrecision.Fp32)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision)
     {
     }
 
@@ -74,18 +82,26 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="threads">Host optimizer threads (null: all cores).</param>
     /// <param name="deviceUpdated">Layers the executor updates on the device (no gradient buffer or state here).</param>
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
+    /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
+    /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
     public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
-        int gradientSlots = DefaultGradientSlots)
+        int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
+        StatePrecision statePrecision = StatePrecision.Fp32)
     {
+        if (statePrecision == StatePrecision.Bf16 && optimizer.Kind != OptimizerKind.AdamW)
+            throw new ArgumentException("--optimizer-state bf16 stores AdamW's moments; it needs --optimizer adamw.");
+        _statePrecision = statePrecision;
         ArgumentOutOfRangeException.ThrowIfLessThan(gradientSlots, 2);
         Layout = layout;
         Settings = optimizer;
         Schedule = schedule;
+        _mode = mode;
         _optimizer = HostOptimizers.Create(optimizer, threads);
         var count = layout.Layers.Count;
         _weights = new PinnedHostBuffer<float>[count];
         _state = new float[count][];
+        _state16 = new ushort[count][];
         _updates = new Task?[count];
         _updateOrder = new long[count];
         _slotOfLayer = Enumerable.Repeat(-1, count).ToArray();
@@ -104,14 +120,24 @@ public sealed class EagerParamServer : IDisposable
             {
                 var length = layout.Layers[i].Length;
                 _weights[i] = backend.AllocatePinned<float>(length);
-                _state[i] = _onDevice[i] ? [] : new float[_optimizer.StateFloatsPerParam * length];
+                var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * length;
+                var bf16 = statePrecision == StatePrecision.Bf16;
+                _state[i] = bf16 ? [] : new float[stateLength];
+                _state16[i] = bf16 ? new ushort[stateLength] : [];
                 if (resume is not null && !_onDevice[i])
-                    resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+                {
+                    if (bf16)
+                        for (var k = 0; k < stateLength; k++) _state16[i][k] = Bf16State.RoundNearest(resume.LayerStates[i][k]);
+                    else
+                        resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
+                }
             }
             // Gradients only for the layers in flight: a layer's gradients land in a free slot of a ring
             // sized for the repeated block, and the slot is released when its update finishes, so the host
             // never holds a full gradient copy. A host-updated layer longer than a block gets its own buffer.
-            var slotLength = layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
+            // Deferred updates need every host-updated layer's gradients at the end of backward: no ring, a buffer each.
+            var slotLength = mode == L2L.Training.Update.UpdateMode.Deferred ? 0
+                : layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
             foreach (var layer in layout.Layers)
             {
                 if (!_onDevice[layer.Index] && layer.Length > slotLength)
@@ -133,7 +159,7 @@ public sealed class EagerParamServer : IDisposable
         if (resume is not null)
             StepsDone = resume.Step;
         HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0)
-            + _state.Sum(st => (long)st.Length));
+            + _state.Sum(st => (long)st.Length)) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
     }
 
     private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
@@ -158,6 +184,9 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Host bytes per model parameter (<see cref="HostBytes"/> over the layout's parameter count).</summary>
     public double HostBytesPerParameter => Layout.TotalLength > 0 ? (double)HostBytes / Layout.TotalLength : 0;
 
+    /// <summary>Eager (gradient ring) or deferred (a gradient buffer per host-updated layer).</summary>
+    public L2L.Training.Update.UpdateMode Mode => _mode;
+
     /// <summary>Layer-sized gradient buffers in the ring.</summary>
     public int GradientSlots => _gradSlots.Length;
 
@@ -181,6 +210,9 @@ public sealed class EagerParamServer : IDisposable
     /// update to finish — the device idles for that long unless it has queued work.
     /// </summary>
     public double UpdateWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _updateWaitTicks)).TotalSeconds;
+
+    /// <summary>Whether layer <paramref name="layer"/> has an update that has not finished yet (a fetch now would block).</summary>
+    public bool IsUpdatePending(int layer) => _updates[layer] is { IsCompleted: false };
 
     /// <summary>Whether the executor updates layer <paramref name="layer"/> on the device.</summary>
     public bool IsDeviceUpdated(int layer) => _onDevice[layer];
@@ -256,10 +288,82 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>
-    /// Starts updating layer <paramref name="layer"/> on host threads for 0-based step <paramref name="step"/>.
+    /// Starts updating layer <paramref name="layer"/> on host threads for 0-based step <paramref name="step"/>,
+    /// first multiplying its gradients by <paramref name="gradientFactor"/> (unless 1) and with AdamW's 1-based
+    /// step count <paramref name="optimizerStep"/> (default <c>step + 1</c>).
     /// Call only after the copy enqueued by <see cref="EnqueueGradients"/> has completed.
     /// </summary>
-    public void BeginUpdate(int layer, long step)
+    public void BeginUpdate(int layer, long step, float gradientFactor = 1f, long? optimizerStep = null)
+    {
+        CheckUpdatable(layer);
+        _updateOrder[layer] = ++_updatesBegun;
+        var t = optimizerStep ?? step + 1;
+        _updates[layer] = Task.Run(() => Update(layer, step, t, gradientFactor));
+    }
+
+    /// <summary>
+    /// Starts the deferred updates of <paramref name="layers"/> (host-updated, in the given order, one after another
+    /// on host threads), each layer's gradients first multiplied by <paramref name="gradientFactor"/>(layer) unless 1.
+    /// A later fetch of one of them waits only for that layer's update, so the next step's forward can start on the
+    /// first layers while the rest are still being updated.
+    /// </summary>
+    /// <param name="layers">The layers, in the order to update them.</param>
+    /// <param name="step">The 0-based step (for the learning rate).</param>
+    /// <param name="optimizerStep">Each layer's 1-based optimizer step (called once per layer, in order, on the calling thread).</param>
+    /// <param name="gradientFactor">Each layer's gradient factor (called once per layer, on the calling thread).</param>
+    public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, Func<int, long> optimizerStep, Func<int, float> gradientFactor)
+    {
+        var done = new TaskCompletionSource[layers.Count];
+        for (var k = 0; k < layers.Count; k++)
+        {
+            CheckUpdatable(layers[k]);
+            done[k] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        var factors = layers.Select(gradientFactor).ToArray();
+        var steps = layers.Select(optimizerStep).ToArray();
+        for (var k = 0; k < layers.Count; k++)
+        {
+            _updateOrder[layers[k]] = ++_updatesBegun;
+            _updates[layers[k]] = done[k].Task;
+        }
+        _ = Task.Run(() =>
+        {
+            for (var k = 0; k < layers.Count; k++)
+            {
+                try
+                {
+                    Update(layers[k], step, steps[k], factors[k]);
+                    done[k].SetResult();
+                }
+                catch (Exception e)
+                {
+                    // A failed layer fails its own wait and every later one's: none of them was updated.
+                    for (var j = k; j < layers.Count; j++) done[j].TrySetException(e);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// <summary>Drops the gradients every layer holds without updating anything (a step skipped on overflow).</summary>
+    public void DiscardGradients()
+    {
+        for (var i = 0; i < _gradsOf.Length; i++)
+        {
+            if (_updates[i] is null && _gradsOf[i] is not null)
+            {
+                _gradsOf[i] = null;
+                var slot = _slotOfLayer[i];
+                if (slot >= 0)
+                {
+                    _slotOwner[slot] = -1;
+                    _slotOfLayer[i] = -1;
+                }
+            }
+        }
+    }
+
+    private void CheckUpdatable(int layer)
     {
         if (_onDevice[layer])
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device.");
@@ -267,18 +371,23 @@ public sealed class EagerParamServer : IDisposable
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' has no gradients to apply; call EnqueueGradients first.");
         if (_updates[layer] is not null)
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is already being updated.");
-        _updateOrder[layer] = ++_updatesBegun;
-        _updates[layer] = Task.Run(() => Update(layer, step));
     }
 
     /// <summary>Applies the optimizer to one layer now, on the calling thread.</summary>
-    private void Update(int layer, long step)
+    private void Update(int layer, long step, long optimizerStep, float gradientFactor)
     {
         var lr = Schedule.At(step);
-        var t = checked((int)(step + 1));
+        var t = checked((int)optimizerStep);
+        if (gradientFactor != 1f)
+            Scale(_gradsOf[layer]!.Span, gradientFactor);
         var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
         var grads = _gradsOf[layer]!.Span;
+        if (_statePrecision == StatePrecision.Bf16)
+        {
+            UpdateBf16(layer, t, lr, weights, grads);
+            return;
+        }
         var state = _state[layer].AsSpan();
         foreach (var slot in Layout.Layers[layer].Tensors)
         {
@@ -287,6 +396,62 @@ public sealed class EagerParamServer : IDisposable
             _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
                 state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr, slot.Decay);
         }
+    }
+
+    /// <summary>Elements of a tensor widened to FP32 at once in a BF16-state update (two such buffers per update in flight).</summary>
+    private const int Bf16Chunk = 1 << 20;
+
+    /// <summary>
+    /// AdamW with BF16 moments: each chunk of a tensor's m and v is widened to FP32 (exact), stepped by the same
+    /// optimizer as FP32 state (AdamW is element-wise, so chunking changes nothing), and narrowed back with stochastic
+    /// rounding keyed by (layer, step, element).
+    /// </summary>
+    private void UpdateBf16(int layer, int t, float lr, Span<float> weights, Span<float> grads)
+    {
+        var state16 = _state16[layer];
+        var length = Layout.Layers[layer].Length;
+        if (_optimizer.StateFloatsPerParam != 2)
+            throw new InvalidOperationException("BF16 state is laid out as AdamW's m and v.");
+        var key = Kernels.DropoutKernels.Key(0x5354, t, layer, 0);
+        var scratch = System.Buffers.ArrayPool<float>.Shared.Rent(2 * Math.Min(Bf16Chunk, (int)length));
+        try
+        {
+            foreach (var slot in Layout.Layers[layer].Tensors)
+            {
+                for (long start = 0; start < slot.Length; start += Bf16Chunk)
+                {
+                    var n = (int)Math.Min(Bf16Chunk, slot.Length - start);
+                    var offset = (int)(slot.Offset + start);
+                    // The host layout of FP32 state, per tensor: its m, then its v.
+                    var mAt = (int)(2 * slot.Offset + start);
+                    var vAt = (int)(2 * slot.Offset + slot.Length + start);
+                    var m = state16.AsSpan(mAt, n);
+                    var v = state16.AsSpan(vAt, n);
+                    var chunk = scratch.AsSpan(0, 2 * n);
+                    Bf16State.Widen(m, chunk[..n]);
+                    Bf16State.Widen(v, chunk[n..]);
+                    _optimizer.Step(weights.Slice(offset, n), grads.Slice(offset, n), chunk, Span<System.Half>.Empty, t, lr, slot.Decay);
+                    Bf16State.RoundStochastic(chunk[..n], m, key, mAt);
+                    Bf16State.RoundStochastic(chunk[n..], v, key, vAt);
+                }
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
+        }
+    }
+
+    /// <summary><c>x *= factor</c> element by element (one IEEE multiply each, as the device's scale kernel does).</summary>
+    private static void Scale(Span<float> x, float factor)
+    {
+        var v = new System.Numerics.Vector<float>(factor);
+        var w = System.Numerics.Vector<float>.Count;
+        var i = 0;
+        for (; i + w <= x.Length; i += w)
+            (new System.Numerics.Vector<float>(x.Slice(i, w)) * v).CopyTo(x.Slice(i, w));
+        for (; i < x.Length; i++)
+            x[i] *= factor;
     }
 
     /// <summary>Blocks until layer <paramref name="layer"/>'s pending update (if any) is done; rethrows its failure.</summary>
@@ -340,7 +505,7 @@ public sealed class EagerParamServer : IDisposable
         for (var i = 0; i < states.Length; i++)
         {
             if (!_onDevice[i])
-                states[i] = (float[])_state[i].Clone();
+                states[i] = _statePrecision == StatePrecision.Bf16 ? _state16[i].Select(Bf16State.Widen).ToArray() : (float[])_state[i].Clone();
             else
                 states[i] = deviceState?.Invoke(i)
                     ?? throw new InvalidOperationException($"Layer '{Layout.Layers[i].Name}' is updated on the device; its state must come from there.");

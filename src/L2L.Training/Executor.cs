@@ -26,7 +26,14 @@ public enum StashPlacement
 /// <param name="BusBytes">Bytes moved between host and device during the step.</param>
 /// <param name="CopyWaitSeconds">Time the host spent blocked on the copy stream, i.e. transfers that compute did not hide.</param>
 /// <param name="UpdateWaitSeconds">Time the host spent blocked before a layer's fetch, waiting for the param server to finish updating it.</param>
-public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0);
+/// <param name="GradNorm">The global L2 norm of the step's (unscaled) parameter gradients, before any clipping.</param>
+/// <param name="Skipped">Whether the step updated nothing because its gradients overflowed (dynamic loss scaling).</param>
+/// <param name="LossScale">The loss scale for the next step (1 without dynamic loss scaling).</param>
+/// <param name="SkippedSteps">Steps skipped so far in the run.</param>
+/// <param name="BlocksRun">Transformer blocks that ran this step (fewer than the model's under layer drop).</param>
+/// <param name="BackwardLayers">Layers whose backward pass ran (blocks and embedding; fewer with frozen bottom layers).</param>
+public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0,
+    double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

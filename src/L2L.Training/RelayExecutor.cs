@@ -45,6 +45,19 @@ public sealed class RelayExecutor : IExecutor
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
     private readonly Update.DeviceLayerOptimizer? _residentOptimizer;
+    private readonly Update.GradientControl _control;
+    private readonly Update.GradientFault? _fault;
+    private readonly Backends.Ops.ReduceOps _reduce;
+    private readonly DeviceBuffer<float> _partials;
+    // Sums of squares on the device: one per block gradient slot, then the embedding's and the head's. Each is
+    // copied to the host with its layer's gradients (or kept, for device-updated layers), so device memory stays
+    // independent of depth.
+    private readonly DeviceBuffer<float> _sumSquares;
+    private readonly PinnedHostBuffer<float> _sumSquaresHost;
+    private readonly DropoutRates _dropout;
+    private readonly Update.LayerSelection _selection;
+    private readonly long _seed;
+    private long _step;
     private long _stashBytes;
     private double _copyWait;
 
@@ -55,9 +68,15 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
     /// <param name="placement">Where the stash and boundary gradients live.</param>
     /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    /// <param name="control">Clipping and loss scaling (default: none); global clipping and loss scaling need a deferred-mode server.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
     /// <param name="codec">How the stash is stored (default: FP32, exact).</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
     public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
-        TrainingState? resume = null, Stash.StashCodecSettings? codec = null)
+        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null,
+        DropoutRates? dropout = null, long seed = 0, Update.LayerSelection? selection = null, Stash.StashCodecSettings? codec = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
@@ -67,9 +86,20 @@ public sealed class RelayExecutor : IExecutor
         _mb = microBatch;
         _microBatches = microBatches;
         _placement = placement;
+        _control = control ?? new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.None, _layout.Layers.Count, resume);
+        _selection = selection ?? Update.LayerSelection.All(_layout);
+        _fault = fault;
+        _dropout = dropout ?? DropoutRates.None;
+        _seed = seed;
+        if (_control.NeedsGlobalNorm && eps.Mode != Update.UpdateMode.Deferred)
+            throw new ArgumentException("Global gradient clipping and dynamic loss scaling need deferred updates (the param server's --update-mode deferred).");
+        _reduce = backend.Get<Backends.Ops.ReduceOps>();
         try
         {
             _layers = Models.CreateLayers(backend, _layout);
+            _partials = Track(backend.Allocate<float>(Backends.Ops.ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
+            _sumSquares = Track(backend.Allocate<float>(4, MemoryCategory.Workspace, "grad-norm.sums"));
+            _sumSquaresHost = Track(backend.AllocatePinned<float>(_layout.Layers.Count));
             var blockLength = _layout.Blocks.Count > 0 ? _layout.Blocks[0].Length : 0;
             _paramSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.1"))];
             _gradSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.1"))];
@@ -227,10 +257,17 @@ public sealed class RelayExecutor : IExecutor
     /// </summary>
     private void ForEachMicroBatch(Action<int, int> compute, Action<int, int>? fetch, Action<int, int>? store)
     {
+        // Every pass over micro-batch u (forward, recomputation, backward) keys its dropout masks the same way.
+        void Compute(int u, int k)
+        {
+            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, _step, u) : null);
+            compute(u, k);
+        }
+
         if (_placement == StashPlacement.Device || (fetch is null && store is null))
         {
             for (var u = 0; u < U; u++)
-                compute(u, 0);
+                Compute(u, 0);
             return;
         }
         var s = _backend.ComputeStream;
@@ -242,7 +279,7 @@ public sealed class RelayExecutor : IExecutor
             s.Synchronize(); // compute(u-1) done, so its slots may be stored or refilled
             if (u > 0) store?.Invoke(u - 1, (u - 1) % 2);
             if (u + 1 < U) fetch?.Invoke(u + 1, (u + 1) % 2);
-            compute(u, u % 2);
+            Compute(u, u % 2);
         }
         s.Synchronize();
         store?.Invoke(U - 1, (U - 1) % 2);
@@ -258,12 +295,21 @@ public sealed class RelayExecutor : IExecutor
         var s = _backend.ComputeStream;
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
+        _step = step;
         var busBefore = _eps.BusBytes + _stashBytes;
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
         // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
         var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
-        var lossScale = 1f / labelled;
+        // Under dynamic loss scaling the loss gradient is multiplied by the scale (a power of two, so exactly).
+        var lossScale = _control.LossScale / labelled;
+        var deferred = _eps.Mode == Update.UpdateMode.Deferred;
+        // The blocks that run this step (layer drop) in order; position j has stash level j and parameter slot j % 2.
+        var active = _selection.ActiveBlocks(step);
+        var n = active.Length;
+        int Block(int j) => BlockIndex(active[j]);
+        bool Trains(int layer) => !_selection.IsFrozen(layer);
+        _sumSquaresHost.Span.Clear(); // layers without gradients this step add nothing to the norm
 
         // Forward. The embedding and head layers stay on the device for the whole step (the head's decoder is tied to the token embedding).
         _scratch.LossTotal.View.MemSetToZero(s);
@@ -274,22 +320,39 @@ public sealed class RelayExecutor : IExecutor
             _eps.EnqueueFetch(EmbeddingIndex, c, _embedding.View);
             _eps.EnqueueFetch(HeadIndex, c, _head.View);
         }
-        if (L > 0) _eps.EnqueueFetch(BlockIndex(0), c, _paramSlots[0].View);
+        // As below: with a device stash the embedding runs while block 0's host update (the first deferred one) finishes.
+        var fetchFirstAfter = !host && _eps.IsUpdatePending(Block(0));
+        if (!fetchFirstAfter) _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
         WaitForCopies();
         ForEachMicroBatch(
             (u, k) => { UploadInputs(u); _layers.EmbeddingForward(s, _mb, _embedding.View, _inputs, Out(0, u, k), _scratch); Stashed(step, 0, u, k); },
             null,
             host ? (u, k) => StoreStash(0, u, k) : null);
+        if (fetchFirstAfter) _eps.EnqueueFetch(Block(0), c, _paramSlots[0].View);
 
-        for (var l = 0; l < L; l++)
+        for (var j = 0; j < n; j++)
         {
             s.Synchronize();
             WaitForCopies();
-            if (l + 1 < L) _eps.EnqueueFetch(BlockIndex(l + 1), c, _paramSlots[(l + 1) % 2].View);
-            var p = _paramSlots[l % 2].View;
-            var layer = _layout.Blocks[l];
-            var level = l;
-            if (l < L - 1)
+            // The prefetch of the next block waits for its host update. When that update is still running and the
+            // stash is on the device, this block's work is enqueued first, so the device computes while the host waits.
+            var fetchAfter = !host && j + 1 < n && _eps.IsUpdatePending(Block(j + 1));
+            if (j + 1 < n && !fetchAfter) _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
+            var p = _paramSlots[j % 2].View;
+            var layer = _layout.Blocks[active[j]];
+            var level = j;
+            if (fetchAfter)
+            {
+                ForEachMicroBatch(
+                    (u, k) =>
+                    {
+                        UploadBlockInputs(u);
+                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
+                    },
+                    null, null);
+                _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
+            }
+            else if (j < n - 1)
             {
                 ForEachMicroBatch(
                     (u, k) =>
@@ -317,40 +380,49 @@ public sealed class RelayExecutor : IExecutor
                     host ? (u, k) => StoreDx(u, k) : null);
             }
         }
-        if (L == 0)
-            throw new InvalidOperationException("The model has no transformer blocks.");
 
-        // Backward, top block down. Each layer's gradients go to the host as soon as they are complete,
-        // and the param server updates that layer while the device works on the layers below.
+        // Backward, top block down to the lowest trainable layer. Each trainable layer's gradients go to the host as
+        // soon as they are complete, with their sum of squares (reduced on the device); in eager mode the param server
+        // updates the layer while the device works on the layers below, in deferred mode it keeps them until the
+        // global norm is known. A frozen block above a trainable one still passes the boundary gradient down.
+        var embeddingTrains = Trains(EmbeddingIndex);
+        var lowest = embeddingTrains ? 0 : Enumerable.Range(0, n).Where(j => Trains(Block(j))).DefaultIfEmpty(n).First();
+        var backwardLayers = 0;
         var pending = new List<int>();
         s.Synchronize();
         WaitForCopies();
-        if (ResidentOnDevice)
+        if (Trains(HeadIndex))
         {
-            _residentOptimizer!.Step(s, _layout.Head, _head.View, _headGrads.View, step);
+            ReduceGradients(step, HeadIndex, _headGrads.View, HeadSumSlot);
+            if (ResidentOnDevice)
+            {
+                if (!deferred)
+                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, 1f);
+            }
+            else
+            {
+                s.Synchronize();
+                SendGradients(HeadIndex, _headGrads.View, HeadSumSlot);
+                pending.Add(HeadIndex);
+            }
         }
-        else
-        {
-            _eps.EnqueueGradients(HeadIndex, c, _headGrads.View);
-            pending.Add(HeadIndex);
-        }
-        for (var l = L - 1; l >= 0; l--)
+        for (var j = n - 1; j >= lowest; j--)
         {
             s.Synchronize();
             WaitForCopies();
-            foreach (var index in pending) _eps.BeginUpdate(index, step);
-            pending.Clear();
-            if (l + 1 < L)
+            BeginEager(pending, step);
+            if (j + 1 < n && Trains(Block(j + 1)))
             {
-                _eps.EnqueueGradients(BlockIndex(l + 1), c, _gradSlots[(l + 1) % 2].View);
-                pending.Add(BlockIndex(l + 1));
+                SendGradients(Block(j + 1), _gradSlots[(j + 1) % 2].View, (j + 1) % 2);
+                pending.Add(Block(j + 1));
             }
-            // Block L-2 is still in its slot from the forward pass; every lower block is fetched again.
-            if (l - 1 >= 0 && l != L - 1) _eps.EnqueueFetch(BlockIndex(l - 1), c, _paramSlots[(l - 1) % 2].View);
-            var p = _paramSlots[l % 2].View;
-            var g = _gradSlots[l % 2].View;
-            var layer = _layout.Blocks[l];
-            var level = l;
+            // The block below the top one is still in its slot from the forward pass; every lower one is fetched again.
+            if (j - 1 >= lowest && j != n - 1) _eps.EnqueueFetch(Block(j - 1), c, _paramSlots[(j - 1) % 2].View);
+            var p = _paramSlots[j % 2].View;
+            var g = _gradSlots[j % 2].View;
+            var layer = _layout.Blocks[active[j]];
+            var level = j;
+            var trains = Trains(layer.Index); // a frozen block here only passes the gradient down
             g.MemSetToZero(s);
             ForEachMicroBatch(
                 (u, k) =>
@@ -358,50 +430,150 @@ public sealed class RelayExecutor : IExecutor
                     UploadBlockInputs(u);
                     var x = Restore(level, u, k);
                     _layers.BlockForward(s, _mb, layer, p, x, _blockOut.View, _act, _inputs);
-                    _layers.BlockBackward(s, _mb, layer, p, g, x, Dx(u, k), _act, _scratch, _inputs);
+                    _layers.BlockBackward(s, _mb, layer, p, g, x, Dx(u, k), _act, _scratch, _inputs, trains);
                 },
                 host ? (u, k) => { FetchStash(level, u, k); FetchDx(u, k); } : null,
                 host ? (u, k) => StoreDx(u, k) : null);
+            backwardLayers++;
+            if (trains)
+                ReduceGradients(step, layer.Index, g, j % 2);
         }
         s.Synchronize();
         WaitForCopies();
-        foreach (var index in pending) _eps.BeginUpdate(index, step);
-        pending.Clear();
-        _eps.EnqueueGradients(BlockIndex(0), c, _gradSlots[0].View);
+        BeginEager(pending, step);
+        if (lowest < n && Trains(Block(lowest)))
+        {
+            SendGradients(Block(lowest), _gradSlots[lowest % 2].View, lowest % 2);
+            pending.Add(Block(lowest));
+        }
 
-        // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
-        // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
-        ForEachMicroBatch(
-            (u, k) =>
-            {
-                UploadInputs(u);
-                _inputs.UploadPlans(s, u);
-                _layers.EmbeddingBackward(s, _mb, _embedding.View, _embeddingGrads.View, _inputs, Dx(u, k), _scratch);
-            },
-            host ? (u, k) => FetchDx(u, k) : null,
-            null);
+        if (embeddingTrains)
+        {
+            // The embedding's gradient from block 0's input gradient (recomputing the embedding's forward
+            // internals per micro-batch where it has any), added to the head's contribution to the tied token embedding.
+            ForEachMicroBatch(
+                (u, k) =>
+                {
+                    UploadInputs(u);
+                    _inputs.UploadPlans(s, u);
+                    _layers.EmbeddingBackward(s, _mb, _embedding.View, _embeddingGrads.View, _inputs, Dx(u, k), _scratch);
+                },
+                host ? (u, k) => FetchDx(u, k) : null,
+                null);
+            backwardLayers++;
+            ReduceGradients(step, EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
+        }
         s.Synchronize();
         WaitForCopies();
-        _eps.BeginUpdate(BlockIndex(0), step);
+        BeginEager(pending, step);
+        _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
         if (ResidentOnDevice)
         {
-            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-            _residentOptimizer!.Step(s, _layout.Embedding, _embedding.View, _embeddingGrads.View, step);
-            WaitForCopies();
+            if (embeddingTrains) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(EmbeddingSumSlot, 1), EmbeddingIndex, 1);
+            if (Trains(HeadIndex)) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
+        }
+        else if (embeddingTrains)
+        {
+            SendGradients(EmbeddingIndex, _embeddingGrads.View, EmbeddingSumSlot);
+        }
+        WaitForCopies();
+        if (!deferred && embeddingTrains)
+        {
+            if (ResidentOnDevice)
+                StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, 1f);
+            else
+                BeginEager([EmbeddingIndex], step);
+        }
+        var sums = _sumSquaresHost.Span;
+        double gradNorm;
+        var skipped = false;
+        if (deferred)
+        {
+            // The global norm is known: update in forward order. The device-updated embedding goes first on the
+            // compute stream, the host-updated layers one after another on host threads, the head last; the next
+            // step's fetch of a layer waits only for that layer.
+            var decision = _control.Decide(sums);
+            gradNorm = decision.GradNorm;
+            skipped = decision.Skip;
+            if (skipped)
+            {
+                _eps.DiscardGradients();
+            }
+            else
+            {
+                var ran = new HashSet<int>(active.Select(BlockIndex)) { EmbeddingIndex, HeadIndex };
+                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i)).ToArray();
+                if (ResidentOnDevice && embeddingTrains)
+                    StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, decision.Factor);
+                var squares = _sumSquaresHost;
+                _eps.BeginUpdatesInOrder(hostLayers, step, _control.NextOptimizerStep, i => _control.LayerFactor(squares[i], decision.Factor));
+                if (ResidentOnDevice && Trains(HeadIndex))
+                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, decision.Factor);
+            }
         }
         else
         {
-            _eps.EnqueueGradients(EmbeddingIndex, c, _embeddingGrads.View);
-            _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
-            WaitForCopies();
-            _eps.BeginUpdate(EmbeddingIndex, step);
+            gradNorm = _control.GlobalNorm(sums);
         }
         _eps.CompleteStep();
 
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore);
+        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers);
+    }
+
+    private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
+
+    /// <summary>
+    /// Enqueues the sum of squares of a layer's completed gradients into device slot <paramref name="sumSlot"/>
+    /// (after the test hook's poisoning, if it targets this layer and step).
+    /// </summary>
+    private void ReduceGradients(long step, int layer, ArrayView<float> grads, int sumSlot)
+    {
+        var s = _backend.ComputeStream;
+        var length = _layout.Layers[layer].Length;
+        if (_fault is { } f && f.Step == step && f.Layer == layer)
+            _reduce.Scale(s, grads.SubView(0, 1), float.NaN);
+        _reduce.SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), grads.SubView(0, length), _partials.View);
+    }
+
+    /// <summary>Enqueues a host-updated layer's gradients and their sum of squares to the param server (compute must be done).</summary>
+    private void SendGradients(int layer, ArrayView<float> grads, int sumSlot)
+    {
+        _eps.EnqueueGradients(layer, _backend.CopyStream, grads);
+        _sumSquaresHost.CopyFromDeviceAsync(_backend.CopyStream, _sumSquares.View.SubView(sumSlot, 1), layer, 1);
+    }
+
+    /// <summary>In eager mode, begins the updates of layers whose gradients (and sums of squares) have landed.</summary>
+    private void BeginEager(List<int> pending, long step)
+    {
+        if (_eps.Mode == Update.UpdateMode.Eager)
+        {
+            foreach (var index in pending)
+                _eps.BeginUpdate(index, step, _control.LayerFactor(_sumSquaresHost.Span[index], 1f), _control.NextOptimizerStep(index));
+        }
+        pending.Clear();
+    }
+
+    /// <summary>
+    /// Enqueues the device update of a resident layer, its gradients first multiplied by <paramref name="factor"/>
+    /// (and, under per-layer clipping, by its own clip coefficient, which needs its sum of squares on the host).
+    /// </summary>
+    private void StepResident(LayerLayout layer, ArrayView<float> weights, ArrayView<float> grads, int sumSlot, long step, float factor)
+    {
+        var s = _backend.ComputeStream;
+        if (_control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Layer)
+        {
+            var one = new float[1];
+            _sumSquares.View.SubView(sumSlot, 1).CopyToCPU(s, one);
+            s.Synchronize();
+            factor = _control.LayerFactor(one[0], factor);
+        }
+        if (factor != 1f)
+            _reduce.Scale(s, grads.SubView(0, layer.Length), factor);
+        _residentOptimizer!.Step(s, layer, weights, grads, step, _control.NextOptimizerStep(layer.Index));
     }
 
     /// <inheritdoc/>

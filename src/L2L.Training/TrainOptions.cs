@@ -49,6 +49,42 @@ public sealed record TrainOptions
     public Update.UpdateLocation? EmbeddingUpdate { get; init; }
     /// <summary>Optional cap on tracked device bytes (simulates a smaller device).</summary>
     public long? DeviceBudgetBytes { get; init; }
+    /// <summary>Relay: eager or deferred host updates; null picks deferred when global clipping or dynamic loss scaling needs it.</summary>
+    public Update.UpdateMode? UpdateMode { get; init; }
+    /// <summary>Clip gradients to this L2 norm (PyTorch <c>clip_grad_norm_</c>), or null for no clipping.</summary>
+    public float? ClipGradNorm { get; init; }
+    /// <summary>Clip by the global norm (needs deferred updates) or by each layer's own norm.</summary>
+    public Update.ClipMode ClipMode { get; init; } = Update.ClipMode.Global;
+    /// <summary>Dynamic loss scaling (needs deferred updates).</summary>
+    public Update.LossScaleMode LossScale { get; init; } = Update.LossScaleMode.None;
+    /// <summary>
+    /// <c>--dropout P</c>: sets the embedding and residual drop probabilities (and attention-probability dropout to 0,
+    /// which is not implemented), overriding the config's; null keeps the config's rates.
+    /// </summary>
+    public float? Dropout { get; init; }
+
+    /// <summary>The drop probabilities training uses.</summary>
+    public Model.Device.DropoutRates ResolvedDropout => Dropout is { } p ? new(p, 0f, p) : Config.Dropout;
+
+    /// <summary>Stochastic depth: the probability that a block is skipped in a step (seeded, the same for every micro-batch).</summary>
+    public float LayerDrop { get; init; }
+    /// <summary><c>--freeze</c>: layers never updated, e.g. <c>embedding,0-5</c> (see <see cref="Update.LayerSelection.ParseFreeze"/>).</summary>
+    public string? Freeze { get; init; }
+
+    /// <summary>The layer selection (layer drop, frozen layers) these options describe.</summary>
+    public Update.LayerSelection Selection(ModelLayout layout) =>
+        new(layout, LayerDrop, Seed, Freeze is null ? null : Update.LayerSelection.ParseFreeze(Freeze, layout));
+
+    /// <summary>Relay: how the param server stores AdamW's m and v (FP32, or BF16 with stochastic rounding, not exact).</summary>
+    public Optim.StatePrecision OptimizerState { get; init; } = Optim.StatePrecision.Fp32;
+
+    /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
+    public Update.GradientFault? GradientFault { get; init; }
+
+    /// <summary>The update mode with the default resolved: deferred when the global norm or an overflow check must precede every update.</summary>
+    public Update.UpdateMode ResolvedUpdateMode =>
+        UpdateMode ?? ((ClipGradNorm is not null && ClipMode == Update.ClipMode.Global) || LossScale == Update.LossScaleMode.Dynamic
+            ? Update.UpdateMode.Deferred : Update.UpdateMode.Eager);
 
     /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
     public Update.UpdateLocation ResolvedEmbeddingUpdate =>
@@ -76,6 +112,29 @@ public sealed record TrainOptions
         if (Optimizer.WeightDecay < 0) throw new ArgumentException("--weight-decay must not be negative.");
         if (Executor == ExecutorKind.Conventional && Optimizer.Kind == OptimizerKind.Lamb)
             throw new ArgumentException("--optimizer lamb runs on the host and needs --executor relay.");
+        if (OptimizerState == Optim.StatePrecision.Bf16 && (Optimizer.Kind != OptimizerKind.AdamW || Executor != ExecutorKind.Relay))
+            throw new ArgumentException("--optimizer-state bf16 stores the param server's AdamW moments: it needs --optimizer adamw and --executor relay.");
+        if (!(LayerDrop >= 0f && LayerDrop < 1f))
+            throw new ArgumentException($"--layer-drop {LayerDrop} must be in [0, 1).");
+        if (Freeze is not null)
+        {
+            var layout = new ModelLayout(Config);
+            if (Update.LayerSelection.ParseFreeze(Freeze, layout).Count == layout.Layers.Count)
+                throw new ArgumentException($"--freeze '{Freeze}' freezes every layer: nothing would train.");
+        }
+        if (Dropout is { } drop && !(drop >= 0f && drop < 1f))
+            throw new ArgumentException($"--dropout {drop} must be in [0, 1).");
+        if (ResolvedDropout.Any && !Config.SupportsDropout)
+            throw new ArgumentException($"The {Config.ModelType} model has no dropout call sites; drop --dropout (and set its config's dropout probabilities to 0).");
+        if (ResolvedDropout.Attention > 0)
+            throw new ArgumentException($"attn_pdrop {ResolvedDropout.Attention}: dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask). " +
+                "Set \"attn_pdrop\": 0 in config.json, or pass --dropout P, which sets embd_pdrop and resid_pdrop to P and attn_pdrop to 0.");
+        if (ClipGradNorm is { } clip && !(clip > 0 && float.IsFinite(clip)))
+            throw new ArgumentException($"--clip-grad-norm {clip} must be a positive number.");
+        if (UpdateMode == Update.UpdateMode.Eager && ClipGradNorm is not null && ClipMode == Update.ClipMode.Global)
+            throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
+        if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

@@ -21,9 +21,15 @@ namespace L2L.Training;
 /// <param name="CopyWaitSeconds">Time blocked waiting on host/device transfers in this step.</param>
 /// <param name="UpdateWaitSeconds">Time blocked before fetching a layer whose host update had not finished.</param>
 /// <param name="ValLoss">Mean validation loss after this step, on steps where validation ran (<see cref="Trainer.EnableValidation"/>).</param>
+/// <param name="GradNorm">Global L2 norm of the step's gradients before clipping (unscaled).</param>
+/// <param name="SkippedSteps">Steps skipped so far because their gradients overflowed (dynamic loss scaling).</param>
+/// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
+/// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
+/// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
-    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null)
+    double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
+    int BlocksRun = 0, int BackwardLayers = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -43,6 +49,7 @@ public sealed class Trainer : IDisposable
     private readonly IExecutor _executor;
     private readonly int[] _inputs, _targets;
     private Validation? _validation;
+    private readonly Update.GradientControl _control;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
@@ -71,17 +78,19 @@ public sealed class Trainer : IDisposable
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
+        _control = Update.GradientControl.From(options, resume);
         if (options.Executor == ExecutorKind.Relay)
         {
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
             // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
             _eps = init is not null
-                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice)
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState)
                 : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
-                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice);
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, codec: options.StashCodecSettings);
+                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
+                    options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings);
             }
             catch
             {
@@ -91,7 +100,8 @@ public sealed class Trainer : IDisposable
         }
         else
         {
-            _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume);
+            _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
+                _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout));
         }
     }
 
@@ -121,7 +131,9 @@ public sealed class Trainer : IDisposable
         var result = _executor.Step(step, _inputs, _targets);
         var seconds = clock.Elapsed.TotalSeconds;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds);
+            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
+            GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
+            BackwardLayers: result.BackwardLayers);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -191,6 +203,11 @@ public sealed class Trainer : IDisposable
         ["copy_wait_fraction"] = m.CopyWaitFraction,
         ["update_wait_s"] = m.UpdateWaitSeconds,
         ["update_wait_fraction"] = m.UpdateWaitFraction,
+        ["grad_norm"] = m.GradNorm,
+        ["skipped_steps"] = m.SkippedSteps,
+        ["loss_scale"] = m.LossScale,
+        ["blocks_run"] = m.BlocksRun,
+        ["backward_layers"] = m.BackwardLayers,
     }));
 
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
@@ -236,12 +253,22 @@ public sealed class Trainer : IDisposable
     /// <summary>The current weights, one array per layer.</summary>
     public float[][] Weights() => _executor.Weights();
 
+    /// <summary>The current optimizer state (what a checkpoint would store), after pending updates finish.</summary>
+    public TrainingState State() => _executor.State(Metadata());
+
+    private Dictionary<string, string> Metadata()
+    {
+        var metadata = new Dictionary<string, string>(RunSettings.Describe(_options));
+        _control.Save(metadata);
+        return metadata;
+    }
+
     /// <summary>Saves the model, optimizer state and run settings (<see cref="RunSettings"/>) to <paramref name="dir"/> (atomically: a failed save leaves the old checkpoint intact).</summary>
     /// <param name="dir">The checkpoint directory.</param>
     /// <param name="notice">Receives a sentence for each leftover of an earlier interrupted save that was tidied.</param>
     public void Save(string dir, Action<string>? notice = null)
     {
-        Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(RunSettings.Describe(_options)), notice);
+        Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(Metadata()), notice);
         if (TokenizerDirectory is { } tokenizer)
             L2L.Model.Tokenizers.TextTokenizers.CopyFiles(tokenizer, dir);
     }

@@ -44,6 +44,21 @@ public sealed class ParamServerMemoryTests(BackendFixture fixture)
             Assert.True(eps.HostBytesPerParameter < 16, $"{eps.HostBytesPerParameter:F2} bytes per parameter");
     }
 
+    [Fact]
+    public void DeferredModeHoldsEveryHostUpdatedLayersGradients()
+    {
+        // Deferred updates wait for the global norm, so every host-updated layer keeps its gradients until backward ends:
+        // 4 more bytes per host-updated parameter instead of the ring, and the accounting says so.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var layout = new ModelLayout(Deep);
+        using var eps = new EagerParamServer(backend, layout, Models.LayerInitializer(layout, 3), new OptimizerSettings(OptimizerKind.AdamW, 1e-3f),
+            new LearningRateSchedule(ScheduleKind.Constant, 1e-3f), threads: 1, deviceUpdated: [layout.Embedding.Index, layout.Head.Index],
+            mode: Update.UpdateMode.Deferred);
+        long blocks = layout.Blocks.Sum(l => (long)l.Length);
+        Assert.Equal(4 * layout.TotalLength + 8 * blocks + 4 * blocks, eps.HostBytes);
+        Assert.Equal(0, eps.GradientSlots);
+    }
+
     [Theory]
     [InlineData("gpt2")]
     [InlineData("bert")]

@@ -49,12 +49,20 @@ internal static class TrainCommand
         var valData = new Option<string?>("--val-data") { Description = "Validation token file (llm.c .bin or bytes); its mean loss is reported as val_loss." };
         var valEvery = new Option<int>("--val-every") { Description = "Validate every N steps (and after the last).", DefaultValueFactory = _ => 50 };
         var valBatches = new Option<int>("--val-batches") { Description = "Validation batches of B sequences (the windows of unshuffled steps 0..K-1).", DefaultValueFactory = _ => 4 };
+        var updateMode = new Option<string?>("--update-mode") { Description = "Relay host updates: eager (as gradients arrive) or deferred (after backward, in forward order; default with global clipping or loss scaling)." };
+        var clipNorm = new Option<float?>("--clip-grad-norm") { Description = "Clip gradients to this L2 norm (PyTorch clip_grad_norm_; global norm: selects deferred updates)." };
+        var clipMode = new Option<string>("--clip-mode") { Description = "global (one norm over the whole model) or layer (each layer by its own norm; keeps eager updates).", DefaultValueFactory = _ => "global" };
+        var dropout = new Option<float?>("--dropout") { Description = "Dropout P on the embedding and each residual branch (embd_pdrop, resid_pdrop; attention-probability dropout is not implemented). Default: the config's." };
+        var layerDrop = new Option<float>("--layer-drop") { Description = "Stochastic depth: skip each block with this probability per step (seeded; not fetched, stashed or updated).", DefaultValueFactory = _ => 0f };
+        var freeze = new Option<string?>("--freeze") { Description = "Layers never updated, e.g. embedding,0-5 (also head and block numbers); backward stops below the lowest trainable layer." };
+        var optimizerState = new Option<string>("--optimizer-state") { Description = "Relay: the param server's AdamW m and v in fp32, or bf16 (stochastic rounding, 4 fewer host bytes per parameter, not exact).", DefaultValueFactory = _ => "fp32" };
+        var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
         var dataFormat = DataSources.FormatOption();
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
         var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
-        foreach (var o in new Option[] { model, config, init, data, dataFormat, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, overrides, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches })
+        foreach (var o in new Option[] { model, config, init, data, dataFormat, labels, steps, batch, micro, seq, optimizer, lr, wd, beta1, beta2, eps, warmup, schedule, executor, stash, device, seed, shuffle, save, saveEvery, resume, overrides, log, plot, threads, embeddingUpdate, budget, valData, valEvery, valBatches, updateMode, clipNorm, clipMode, lossScale, dropout, layerDrop, freeze, optimizerState })
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
@@ -124,6 +132,16 @@ internal static class TrainCommand
             Rules.Custom("--embedding-update device needs sgd or adamw", p => !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase)
                 || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
                 : "--embedding-update device needs an optimizer with a device kernel, and lamb runs on the host only. Use --embedding-update host, or --optimizer adamw or sgd"),
+            Rules.Custom("--update-mode is eager or deferred", p => p.GetValue(updateMode) is null or "eager" or "deferred" ? null
+                : $"--update-mode {p.GetValue(updateMode)} is not a known update mode. Use one of: eager, deferred"),
+            Rules.AppliesOnlyTo(updateMode, Relay, "--executor relay"),
+            Rules.OneOf(clipMode, ["global", "layer"], "clip mode"),
+            Rules.Requires(clipMode, clipNorm, "it says how --clip-grad-norm applies"),
+            Rules.Positive(clipNorm),
+            Rules.OneOf(lossScale, ["none", "dynamic"], "loss scale mode"),
+            Rules.OneOf(optimizerState, ["fp32", "bf16"], "optimizer state precision"),
+            Rules.AppliesOnlyTo(optimizerState, Relay, "--executor relay"),
+            Rules.HalfOpen(layerDrop, 0, 1),
             Rules.InputFile(valData, DataSources.Expected),
             Rules.InputFile(labels, "give an llm.c .bin file of BERT targets aligned with --data (65535 where a position is not scored)"),
             Rules.AtLeast(valEvery, 1),
@@ -189,6 +207,14 @@ internal static class TrainCommand
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
                 EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                UpdateMode = parse.GetValue(updateMode) is { } um ? Enums.Parse<L2L.Training.Update.UpdateMode>(um, "--update-mode") : null,
+                ClipGradNorm = parse.GetValue(clipNorm),
+                Dropout = parse.GetValue(dropout),
+                LayerDrop = parse.GetValue(layerDrop),
+                OptimizerState = Enums.Parse<StatePrecision>(parse.GetValue(optimizerState)!, "--optimizer-state"),
+                Freeze = parse.GetValue(freeze),
+                ClipMode = Enums.Parse<L2L.Training.Update.ClipMode>(parse.GetValue(clipMode)!, "--clip-mode"),
+                LossScale = Enums.Parse<L2L.Training.Update.LossScaleMode>(parse.GetValue(lossScale)!, "--loss-scale"),
             };
             options.Validate();
             if (state is not null)
@@ -222,7 +248,8 @@ internal static class TrainCommand
                 env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
             using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             if (trainer.HostBytesPerParameter is { } hostBytes)
-                env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, a ring of gradient buffers)");
+                env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
+                    (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
             var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
             using var valOwner = valSource as IDisposable;
             if (valSource is not null)
@@ -320,9 +347,15 @@ internal static class TrainCommand
 
     private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
-        $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()})" : "") +
+        $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
+        (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
+        (o.LossScale == L2L.Training.Update.LossScaleMode.Dynamic ? " | dynamic loss scale" : "") +
+        (o.OptimizerState == StatePrecision.Bf16 ? " | bf16 optimizer state" : "") +
+        (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
+        (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
 
     private static string Line(StepMetrics m) =>
-        $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}";
+        $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
+        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "");
 }

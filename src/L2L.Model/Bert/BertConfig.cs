@@ -53,6 +53,10 @@ public sealed partial record BertConfig(
     /// <summary>The preset names accepted by <see cref="Preset"/>, smallest first.</summary>
     public static IReadOnlyList<string> PresetNames { get; } = Array.AsReadOnly(Presets.Select(p => p.Name).ToArray());
 
+    /// <inheritdoc/>
+    /// <remarks>Hidden dropout comes from <c>--dropout</c> only; the config's dropout keys are not read.</remarks>
+    bool IModelConfig.SupportsDropout => true;
+
     /// <summary>
     /// Number of trainable parameters of <c>BertForMaskedLM</c> (no pooler; the decoder weight is tied
     /// to the word embedding, so it is counted once):

@@ -23,6 +23,11 @@ public sealed class BertLayers : IModelLayers
     private readonly EmbeddingOps _embedding;
     private readonly CrossEntropyOps _crossEntropy;
     private readonly ReduceOps _reduce;
+    private readonly DropoutOps _dropoutOps;
+    private DropoutContext? _dropout;
+
+    // Dropout sites within a layer, part of each mask's key.
+    private const int EmbeddingSite = 0, AttentionOutputSite = 0, OutputSite = 1;
 
     /// <summary>Loads (once per backend) every kernel group the layers use.</summary>
     public BertLayers(Backend backend, ModelLayout layout)
@@ -38,6 +43,30 @@ public sealed class BertLayers : IModelLayers
         _embedding = backend.Get<EmbeddingOps>();
         _crossEntropy = backend.Get<CrossEntropyOps>();
         _reduce = backend.Get<ReduceOps>();
+        _dropoutOps = backend.Get<DropoutOps>();
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Hidden dropout (the embedding rate on the embedding's output, the residual rate on each sub-layer's output
+    /// before its residual add and LayerNorm); attention-probability dropout is refused.
+    /// </remarks>
+    /// <exception cref="NotSupportedException">Attention-probability dropout was asked for.</exception>
+    public void SetDropout(DropoutContext? context)
+    {
+        if (context is { Rates.Attention: > 0 })
+            throw new NotSupportedException("Dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask).");
+        _dropout = context is { Rates.Any: true } ? context : null;
+    }
+
+    private float EmbeddingRate => _dropout?.Rates.Embedding ?? 0f;
+    private float ResidualRate => _dropout?.Rates.Residual ?? 0f;
+
+    /// <summary><c>output = dropout(input)</c> with the mask of (layer, site) in the current step and micro-batch (also the backward on a gradient).</summary>
+    private void Dropout(AcceleratorStream s, ArrayView<float> output, ArrayView<float> input, float p, int layer, int site)
+    {
+        var d = _dropout!.Value;
+        _dropoutOps.Apply(s, output, input, p, Kernels.DropoutKernels.Key(d.Seed, d.Step, layer, site), d.MicroBatch * input.Length);
     }
 
     /// <inheritdoc/>
@@ -67,6 +96,7 @@ public sealed class BertLayers : IModelLayers
         EmbeddingSum(s, mb, p, inputs, scratch);
         _ln.Forward(s, output, scratch.EmbeddingMean.View, scratch.EmbeddingRstd.View, scratch.EmbeddingSum.View,
             p["LayerNorm.weight"], p["LayerNorm.bias"], mb.Tokens, Config.HiddenSize, Config.LayerNormEpsilon);
+        if (EmbeddingRate > 0) Dropout(s, output, output, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
     }
 
     /// <summary>Recomputes the embedding sum and its LayerNorm statistics, then scatters the gradient into the three tables.</summary>
@@ -80,6 +110,7 @@ public sealed class BertLayers : IModelLayers
         EmbeddingSum(s, mb, p, inputs, scratch);
         _ln.Forward(s, scratch.EmbeddingRows.View, scratch.EmbeddingMean.View, scratch.EmbeddingRstd.View, scratch.EmbeddingSum.View,
             p["LayerNorm.weight"], p["LayerNorm.bias"], n, h, Config.LayerNormEpsilon);
+        if (EmbeddingRate > 0) Dropout(s, dOutput, dOutput, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
         _ln.Backward(s, dOutput, g["LayerNorm.weight"], g["LayerNorm.bias"], dOutput, scratch.EmbeddingSum.View, p["LayerNorm.weight"],
             scratch.EmbeddingMean.View, scratch.EmbeddingRstd.View, n, h, accumulateInput: false);
         _embedding.Backward(s, g["word_embeddings.weight"], g["position_embeddings.weight"], dOutput, inputs.ScatterPlan.View, inputs.Segments,
@@ -112,12 +143,14 @@ public sealed class BertLayers : IModelLayers
         _gemm.Gemm(s, act.Qkv.View, input, wQkv, n, 3 * h, h, GemmLayout.NT, bias: bQkv);
         AttentionForward(s, mb, act, inputs);
         _gemm.Gemm(s, act.AttSum.View, act.AttY.View, p["attention.output.dense.weight"], n, h, h, GemmLayout.NT, bias: p["attention.output.dense.bias"]);
+        if (ResidualRate > 0) Dropout(s, act.AttSum.View, act.AttSum.View, ResidualRate, layer.Index, AttentionOutputSite);
         _residual.Add(s, act.AttSum.View, act.AttSum.View, input);
         _ln.Forward(s, act.X1.View, act.Mean1.View, act.Rstd1.View, act.AttSum.View,
             p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"], n, h, eps);
         _gemm.Gemm(s, act.Fc.View, act.X1.View, p["intermediate.dense.weight"], n, i, h, GemmLayout.NT, bias: p["intermediate.dense.bias"]);
         _gelu.ForwardErf(s, act.Gelu.View, act.Fc.View);
         _gemm.Gemm(s, act.OutSum.View, act.Gelu.View, p["output.dense.weight"], n, h, i, GemmLayout.NT, bias: p["output.dense.bias"]);
+        if (ResidualRate > 0) Dropout(s, act.OutSum.View, act.OutSum.View, ResidualRate, layer.Index, OutputSite);
         _residual.Add(s, act.OutSum.View, act.OutSum.View, act.X1.View);
         _ln.Forward(s, output, act.Mean2.View, act.Rstd2.View, act.OutSum.View, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], n, h, eps);
     }
@@ -127,7 +160,8 @@ public sealed class BertLayers : IModelLayers
     /// block's output; on return, at its input. Parameter gradients accumulate into <paramref name="grads"/>.
     /// </summary>
     public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs)
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+        bool parameterGradients = true)
     {
         var act = (BertBlockActivations)activations;
         var scratch = (BertScratch)modelScratch;
@@ -140,28 +174,54 @@ public sealed class BertLayers : IModelLayers
         // Output LayerNorm; dStream becomes the gradient at out-sum = x1 + dense(gelu).
         _ln.Backward(s, dStream, g["output.LayerNorm.weight"], g["output.LayerNorm.bias"], dStream, act.OutSum.View,
             p["output.LayerNorm.weight"], act.Mean2.View, act.Rstd2.View, n, h, accumulateInput: false);
-        _gemm.Gemm(s, dFc, dStream, p["output.dense.weight"], n, i, h, GemmLayout.NN);
-        _gemm.Gemm(s, g["output.dense.weight"], dStream, act.Gelu.View, h, i, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["output.dense.bias"], dStream, n, h);
+        // With dropout the dense output's gradient is the masked one, held in dLn until dLn is needed.
+        var dOut = dStream;
+        if (ResidualRate > 0)
+        {
+            dOut = dLn;
+            Dropout(s, dOut, dStream, ResidualRate, layer.Index, OutputSite);
+        }
+        _gemm.Gemm(s, dFc, dOut, p["output.dense.weight"], n, i, h, GemmLayout.NN);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["output.dense.weight"], dOut, act.Gelu.View, h, i, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["output.dense.bias"], dOut, n, h);
+        }
         _gelu.BackwardErf(s, dFc, dFc, act.Fc.View);
         _gemm.Gemm(s, dLn, dFc, p["intermediate.dense.weight"], n, h, i, GemmLayout.NN);
-        _gemm.Gemm(s, g["intermediate.dense.weight"], dFc, act.X1.View, i, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["intermediate.dense.bias"], dFc, n, i);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["intermediate.dense.weight"], dFc, act.X1.View, i, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["intermediate.dense.bias"], dFc, n, i);
+        }
         _residual.Add(s, dLn, dLn, dStream); // gradient at x1: feed-forward path + residual
 
         // Attention LayerNorm; dStream becomes the gradient at att-sum = x + dense(attention).
         _ln.Backward(s, dStream, g["attention.output.LayerNorm.weight"], g["attention.output.LayerNorm.bias"], dLn, act.AttSum.View,
             p["attention.output.LayerNorm.weight"], act.Mean1.View, act.Rstd1.View, n, h, accumulateInput: false);
-        _gemm.Gemm(s, dLn, dStream, p["attention.output.dense.weight"], n, h, h, GemmLayout.NN);
-        _gemm.Gemm(s, g["attention.output.dense.weight"], dStream, act.AttY.View, h, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attention.output.dense.bias"], dStream, n, h);
+        // The masked gradient goes in the wide scratch, free until attention's backward writes dQkv there.
+        var dAttention = dStream;
+        if (ResidualRate > 0)
+        {
+            dAttention = scratch.DWide.View.SubView(0, (long)n * h);
+            Dropout(s, dAttention, dStream, ResidualRate, layer.Index, AttentionOutputSite);
+        }
+        _gemm.Gemm(s, dLn, dAttention, p["attention.output.dense.weight"], n, h, h, GemmLayout.NN);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attention.output.dense.weight"], dAttention, act.AttY.View, h, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attention.output.dense.bias"], dAttention, n, h);
+        }
         var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * h);
         AttentionBackward(s, mb, dQkv, dLn, act, scratch, inputs);
         var (wQkv, _) = Qkv(layer, parameters);
         var (dWQkv, dBQkv) = Qkv(layer, grads);
         _gemm.Gemm(s, dLn, dQkv, wQkv, n, h, 3 * h, GemmLayout.NN);
-        _gemm.Gemm(s, dWQkv, dQkv, input, 3 * h, h, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, dBQkv, dQkv, n, 3 * h);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, dWQkv, dQkv, input, 3 * h, h, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, dBQkv, dQkv, n, 3 * h);
+        }
         _residual.Accumulate(s, dStream, dLn); // gradient at x: attention path + residual
     }
 

@@ -52,6 +52,12 @@ public interface IModelLayers
     /// <summary>Whether the blocks read the micro-batch's inputs (a padding mask): if so, they must be uploaded before each block runs.</summary>
     bool BlocksReadInputs { get; }
 
+    /// <summary>
+    /// Sets dropout for the calls that follow (null: off, as in evaluation). A model without dropout call sites
+    /// ignores it; configs of such models report no dropout rates, and training refuses rates for them.
+    /// </summary>
+    void SetDropout(DropoutContext? context) { }
+
     /// <summary>Allocates what a block's forward keeps for its backward, for micro-batches of <paramref name="shape"/>.</summary>
     IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block");
 
@@ -77,9 +83,12 @@ public interface IModelLayers
     /// <summary>
     /// Backward of <see cref="BlockForward"/> run on the same input: <paramref name="dStream"/> (N, C) holds the
     /// gradient at the block's output on entry and at its input on return; parameter gradients accumulate into <paramref name="grads"/>.
+    /// With <paramref name="parameterGradients"/> false (a frozen block that only passes the gradient down) the weight and
+    /// bias gradients of its matrix products are not computed; <paramref name="grads"/> is then scratch.
     /// </summary>
     void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations act, IModelScratch scratch, MicroBatchInputs inputs);
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations act, IModelScratch scratch, MicroBatchInputs inputs,
+        bool parameterGradients = true);
 
     /// <summary>
     /// Head and loss, forward and backward in one pass: the cross-entropy of every target that is not

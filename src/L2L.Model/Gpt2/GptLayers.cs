@@ -22,6 +22,11 @@ public sealed class GptLayers : IModelLayers
     private readonly EmbeddingOps _embedding;
     private readonly CrossEntropyOps _crossEntropy;
     private readonly ReduceOps _reduce;
+    private readonly DropoutOps _dropoutOps;
+    private DropoutContext? _dropout;
+
+    // Dropout sites within a layer, part of each mask's key.
+    private const int EmbeddingSite = 0, AttentionOutputSite = 0, MlpOutputSite = 1;
 
     /// <summary>Loads (once per backend) every kernel group the layers use.</summary>
     public GptLayers(Backend backend, ModelLayout layout)
@@ -35,6 +40,29 @@ public sealed class GptLayers : IModelLayers
         _embedding = backend.Get<EmbeddingOps>();
         _crossEntropy = backend.Get<CrossEntropyOps>();
         _reduce = backend.Get<ReduceOps>();
+        _dropoutOps = backend.Get<DropoutOps>();
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="NotSupportedException">Attention-probability dropout was asked for.</exception>
+    public void SetDropout(DropoutContext? context)
+    {
+        if (context is { Rates.Attention: > 0 })
+            throw new NotSupportedException("attn_pdrop > 0: dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask).");
+        _dropout = context is { Rates.Any: true } ? context : null;
+    }
+
+    private float EmbeddingRate => _dropout?.Rates.Embedding ?? 0f;
+    private float ResidualRate => _dropout?.Rates.Residual ?? 0f;
+
+    /// <summary>
+    /// <c>output = dropout(input)</c> with the mask of (layer, site) in the current step and micro-batch; the same
+    /// call on a gradient is the backward. The micro-batch's elements are numbered from its place in the minibatch.
+    /// </summary>
+    private void Dropout(AcceleratorStream s, ArrayView<float> output, ArrayView<float> input, float p, int layer, int site)
+    {
+        var d = _dropout!.Value;
+        _dropoutOps.Apply(s, output, input, p, Kernels.DropoutKernels.Key(d.Seed, d.Step, layer, site), d.MicroBatch * input.Length);
     }
 
     /// <summary>The parameter layout.</summary>
@@ -60,21 +88,25 @@ public sealed class GptLayers : IModelLayers
     {
         var p = new LayerViews(Layout.Embedding, embedding);
         _embedding.Forward(s, output, inputs.Ids.View, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
+        if (EmbeddingRate > 0) Dropout(s, output, output, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
     }
 
     /// <summary>
     /// Embedding gradients (+=) from dOutput (N, C), the gradient at block 0's input, scattered by the
-    /// uploaded plan of the micro-batch's ids. The embedding is linear, so nothing is recomputed.
+    /// uploaded plan of the micro-batch's ids. The embedding is linear, so nothing is recomputed. With embedding
+    /// dropout on, <paramref name="dOutput"/> is masked in place first.
     /// </summary>
     public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<float> embeddingGrads,
         MicroBatchInputs inputs, ArrayView<float> dOutput, IModelScratch scratch)
     {
         var g = new LayerViews(Layout.Embedding, embeddingGrads);
+        if (EmbeddingRate > 0) Dropout(s, dOutput, dOutput, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
         _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dOutput, inputs.ScatterPlan.View, inputs.Segments, mb.Batch, mb.SeqLen, Config.Channels);
     }
 
     /// <summary>
-    /// One pre-LN transformer block: x1 = x + proj(attn(ln_1(x))); output = x1 + mlp(ln_2(x1)).
+    /// One pre-LN transformer block: x1 = x + drop(proj(attn(ln_1(x)))); output = x1 + drop(mlp(ln_2(x1))), drop being
+    /// resid_pdrop dropout (when on).
     /// Saves what the backward needs in <paramref name="activations"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
     /// </summary>
     public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters,
@@ -87,11 +119,13 @@ public sealed class GptLayers : IModelLayers
         _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"]);
         _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"]);
+        if (ResidualRate > 0) Dropout(s, act.X1.View, act.X1.View, ResidualRate, layer.Index, AttentionOutputSite);
         _residual.Add(s, act.X1.View, act.X1.View, input);
         _ln.Forward(s, act.Ln2.View, act.Mean2.View, act.Rstd2.View, act.X1.View, p["ln_2.weight"], p["ln_2.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, act.Fc.View, act.Ln2.View, p["mlp.c_fc.weight"], n, 4 * c, c, GemmLayout.NN, bias: p["mlp.c_fc.bias"]);
         _gelu.Forward(s, act.Gelu.View, act.Fc.View);
         _gemm.Gemm(s, output, act.Gelu.View, p["mlp.c_proj.weight"], n, c, 4 * c, GemmLayout.NN, bias: p["mlp.c_proj.bias"]);
+        if (ResidualRate > 0) Dropout(s, output, output, ResidualRate, layer.Index, MlpOutputSite);
         _residual.Add(s, output, output, act.X1.View);
     }
 
@@ -101,7 +135,8 @@ public sealed class GptLayers : IModelLayers
     /// gradients accumulate into <paramref name="grads"/> (the layer's gradient block).
     /// </summary>
     public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs)
+        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+        bool parameterGradients = true)
     {
         var act = (BlockActivations)activations;
         var scratch = (LayerScratch)modelScratch;
@@ -112,25 +147,50 @@ public sealed class GptLayers : IModelLayers
         var dGelu = scratch.DWide.View.SubView(0, (long)n * 4 * c);
         var dFc = scratch.DFc.View.SubView(0, (long)n * 4 * c);
 
-        // MLP: output = x1 + gelu(ln_2(x1) . Wfc + bfc) . Wproj + bproj
-        _gemm.Gemm(s, dGelu, dStream, p["mlp.c_proj.weight"], n, 4 * c, c, GemmLayout.NT);
-        _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dStream, 4 * c, c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dStream, n, c);
+        // MLP: output = x1 + drop(gelu(ln_2(x1) . Wfc + bfc) . Wproj + bproj). With dropout the branch's gradient is
+        // the masked stream gradient, held in dLn until dLn is needed (the residual path keeps dStream).
+        var dMlp = dStream;
+        if (ResidualRate > 0)
+        {
+            dMlp = dLn;
+            Dropout(s, dMlp, dStream, ResidualRate, layer.Index, MlpOutputSite);
+        }
+        _gemm.Gemm(s, dGelu, dMlp, p["mlp.c_proj.weight"], n, 4 * c, c, GemmLayout.NT);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dMlp, 4 * c, c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dMlp, n, c);
+        }
         _gelu.Backward(s, dFc, dGelu, act.Fc.View);
         _gemm.Gemm(s, dLn, dFc, p["mlp.c_fc.weight"], n, c, 4 * c, GemmLayout.NT);
-        _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c);
+        }
         _ln.Backward(s, dStream, g["ln_2.weight"], g["ln_2.bias"], dLn, act.X1.View, p["ln_2.weight"], act.Mean2.View, act.Rstd2.View, n, c, accumulateInput: true);
 
-        // Attention: x1 = x + attn(ln_1(x)) . Wproj + bproj
-        _gemm.Gemm(s, dLn, dStream, p["attn.c_proj.weight"], n, c, c, GemmLayout.NT);
-        _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dStream, c, c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attn.c_proj.bias"], dStream, n, c);
+        // Attention: x1 = x + drop(attn(ln_1(x)) . Wproj + bproj); the masked gradient goes in dFc, free by now.
+        var dAttention = dStream;
+        if (ResidualRate > 0)
+        {
+            dAttention = scratch.DFc.View.SubView(0, (long)n * c);
+            Dropout(s, dAttention, dStream, ResidualRate, layer.Index, AttentionOutputSite);
+        }
+        _gemm.Gemm(s, dLn, dAttention, p["attn.c_proj.weight"], n, c, c, GemmLayout.NT);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dAttention, c, c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attn.c_proj.bias"], dAttention, n, c);
+        }
         var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * c);
         _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.AttY.View, act.Lse.View, scratch.AttentionScratch.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, dLn, dQkv, p["attn.c_attn.weight"], n, c, 3 * c, GemmLayout.NT);
-        _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
-        _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true);
+            _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c);
+        }
         _ln.Backward(s, dStream, g["ln_1.weight"], g["ln_1.bias"], dLn, input, p["ln_1.weight"], act.Mean1.View, act.Rstd1.View, n, c, accumulateInput: true);
     }
 

@@ -72,11 +72,14 @@ public sealed class DeviceLayerOptimizer : IDisposable
     /// <summary>Whether <paramref name="kind"/> has a device kernel.</summary>
     public static bool Supports(OptimizerKind kind) => kind is OptimizerKind.Sgd or OptimizerKind.AdamW;
 
-    /// <summary>Enqueues one step (0-based <paramref name="step"/>) of <paramref name="layer"/> on stream <paramref name="s"/>.</summary>
-    public void Step(AcceleratorStream s, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads, long step)
+    /// <summary>
+    /// Enqueues one step (0-based <paramref name="step"/>) of <paramref name="layer"/> on stream <paramref name="s"/>, with
+    /// AdamW's 1-based step count <paramref name="optimizerStep"/> (default <c>step + 1</c>; less after skipped steps).
+    /// </summary>
+    public void Step(AcceleratorStream s, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads, long step, long? optimizerStep = null)
     {
         var lr = _schedule.At(step);
-        var t = step + 1;
+        var t = optimizerStep ?? step + 1;
         var bc1 = (float)(1 - Math.Pow(_settings.Beta1, t));
         var bc2 = (float)(1 - Math.Pow(_settings.Beta2, t));
         var p = new Model.Device.LayerViews(layer, parameters);
