@@ -30,7 +30,12 @@ foreach (var depth in depths)
         backend.Memory.ResetPeak();
         using (var eps = new EagerParamServer(backend, layout, weights, optimizer, schedule, threads: 1))
         using (new RelayExecutor(backend, eps, mb, 1, StashPlacement.Host))
-            Report("relay, host stash");
+            Report("relay, host stash, --embedding-update host");
+        // The default: the embedding and head stay on the device with their AdamW moments.
+        backend.Memory.ResetPeak();
+        using (var eps = new EagerParamServer(backend, layout, weights, optimizer, schedule, threads: 1, deviceUpdated: [layout.Embedding.Index, layout.Head.Index]))
+        using (new RelayExecutor(backend, eps, mb, 1, StashPlacement.Host))
+            Report("relay, host stash (default: embedding and head updated on the device)");
     }
     if (which is "both" or "conventional")
     {
