@@ -6,15 +6,23 @@ namespace L2L.Training;
 /// <summary>
 /// Names and text forms of the settings a checkpoint records: everything that changes the
 /// trajectory of training (batching, optimizer and its hyper-parameters, schedule, data order,
-/// seed, executor and stash placement). Host thread counts and device choice are left out: they do
-/// not change results.
+/// seed, executor and stash placement, update mode, clipping, loss scaling, dropout, layer drop,
+/// freezing, optimizer-state precision, stash codec and where the relay updates the embedding).
+/// Optional settings are recorded by their effective value (the resolved update mode, "none" for
+/// no clipping or freezing). Host thread counts and device choice are left out: they do not change results.
 /// </summary>
 public static class RunSettings
 {
     /// <summary>Metadata keys, in the order they are reported.</summary>
     public const string Executor = "executor", Stash = "stash", Batch = "batch", Seq = "seq", MicroBatches = "micro_batches",
         Optimizer = "optimizer_kind", LearningRate = "lr", WeightDecay = "weight_decay", Beta1 = "beta1", Beta2 = "beta2", Epsilon = "eps",
-        Schedule = "schedule", Warmup = "warmup", Steps = "steps", Shuffle = "shuffle", Seed = "seed";
+        Schedule = "schedule", Warmup = "warmup", Steps = "steps", Shuffle = "shuffle", Seed = "seed",
+        UpdateMode = "update_mode", ClipGradNorm = "clip_grad_norm", ClipMode = "clip_mode", LossScale = "loss_scale_mode",
+        Dropout = "dropout", LayerDrop = "layer_drop", Freeze = "freeze", OptimizerState = "optimizer_state",
+        StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update";
+
+    /// <summary>The recorded form of an absent optional setting (no clipping, nothing frozen, the config's dropout).</summary>
+    public const string None = "none", ConfigDropout = "config";
 
     /// <summary>The recorded form of <paramref name="o"/>: one string per key.</summary>
     public static Dictionary<string, string> Describe(TrainOptions o)
@@ -40,6 +48,23 @@ public static class RunSettings
             [Steps] = o.Steps.ToString(CultureInfo.InvariantCulture),
             [Shuffle] = o.Shuffle ? "true" : "false",
             [Seed] = o.Seed.ToString(CultureInfo.InvariantCulture),
+            [UpdateMode] = Lower(o.ResolvedUpdateMode),
+            [ClipGradNorm] = o.ClipGradNorm is { } clip ? Number(clip) : None,
+            [ClipMode] = Lower(o.ClipMode),
+            [LossScale] = Lower(o.LossScale),
+            [Dropout] = DescribeDropout(o.ResolvedDropout),
+            [LayerDrop] = Number(o.LayerDrop),
+            [Freeze] = string.IsNullOrWhiteSpace(o.Freeze) ? None : o.Freeze.Trim(),
+            [OptimizerState] = Lower(o.OptimizerState),
+            [StashCodec] = Lower(o.StashCodec),
+            [StashGroup] = o.StashGroup.ToString(CultureInfo.InvariantCulture),
+            [EmbeddingUpdate] = Lower(o.ResolvedEmbeddingUpdate),
         };
     }
+
+    // One probability when the embedding and residual rates agree (what --dropout P sets), else the config's own rates.
+    private static string DescribeDropout(Model.Device.DropoutRates rates) =>
+        rates.Embedding == rates.Residual && rates.Attention == 0f
+            ? rates.Residual.ToString("R", CultureInfo.InvariantCulture)
+            : ConfigDropout;
 }

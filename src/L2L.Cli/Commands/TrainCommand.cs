@@ -74,6 +74,10 @@ internal static class TrainCommand
             (RunSettings.LearningRate, lr), (RunSettings.WeightDecay, wd), (RunSettings.Beta1, beta1), (RunSettings.Beta2, beta2),
             (RunSettings.Epsilon, eps), (RunSettings.Schedule, schedule), (RunSettings.Warmup, warmup), (RunSettings.Steps, steps),
             (RunSettings.Shuffle, shuffle), (RunSettings.Seed, seed), (RunSettings.Executor, executor), (RunSettings.Stash, stash),
+            (RunSettings.UpdateMode, updateMode), (RunSettings.ClipGradNorm, clipNorm), (RunSettings.ClipMode, clipMode),
+            (RunSettings.LossScale, lossScale), (RunSettings.Dropout, dropout), (RunSettings.LayerDrop, layerDrop),
+            (RunSettings.Freeze, freeze), (RunSettings.OptimizerState, optimizerState), (RunSettings.StashCodec, stashCodec),
+            (RunSettings.StashGroup, stashGroup), (RunSettings.EmbeddingUpdate, embeddingUpdate),
         ];
         // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
         IReadOnlyDictionary<string, string>? inherited = null;
@@ -136,7 +140,10 @@ internal static class TrainCommand
                 : $"--update-mode {p.GetValue(updateMode)} is not a known update mode. Use one of: eager, deferred"),
             Rules.AppliesOnlyTo(updateMode, Relay, "--executor relay"),
             Rules.OneOf(clipMode, ["global", "layer"], "clip mode"),
-            Rules.Requires(clipMode, clipNorm, "it says how --clip-grad-norm applies"),
+            // On --resume a clip norm the checkpoint recorded counts as given (known on the second pass, once the checkpoint is read).
+            Rules.Custom("--clip-mode requires --clip-grad-norm", p =>
+                Rules.Given(p, resume) && (inherited is null || (inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None)) ? null
+                    : Rules.Requires(clipMode, clipNorm, "it says how --clip-grad-norm applies").Check(p)),
             Rules.Positive(clipNorm),
             Rules.OneOf(lossScale, ["none", "dynamic"], "loss scale mode"),
             Rules.OneOf(optimizerState, ["fp32", "bf16"], "optimizer state precision"),
@@ -187,6 +194,16 @@ internal static class TrainCommand
             var settings = new ResumeSettings(parse, state?.Metadata, recorded, parse.GetValue(overrides) ?? []);
             static float Number(string text) => float.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
             static int Integer(string text) => int.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
+            var clipping = (Norm: settings.Value(clipNorm, t => t == RunSettings.None ? (float?)null : Number(t)),
+                Mode: Enums.Parse<L2L.Training.Update.ClipMode>(settings.Value(clipMode, t => t), "--clip-mode"));
+            var scaling = Enums.Parse<L2L.Training.Update.LossScaleMode>(settings.Value(lossScale, t => t), "--loss-scale");
+            // An inherited eager mode gives way to the deferred default when clipping or loss scaling now needs it.
+            static L2L.Training.Update.UpdateMode? UpdateModeFor(string? text, (float? Norm, L2L.Training.Update.ClipMode Mode) clip, L2L.Training.Update.LossScaleMode scale)
+            {
+                var mode = text is null ? (L2L.Training.Update.UpdateMode?)null : Enums.Parse<L2L.Training.Update.UpdateMode>(text, "--update-mode");
+                var needsDeferred = (clip.Norm is not null && clip.Mode == L2L.Training.Update.ClipMode.Global) || scale == L2L.Training.Update.LossScaleMode.Dynamic;
+                return mode == L2L.Training.Update.UpdateMode.Eager && needsDeferred ? null : mode;
+            }
             var options = new TrainOptions
             {
                 Config = cfg,
@@ -200,29 +217,37 @@ internal static class TrainCommand
                 Warmup = settings.Value(warmup, Integer),
                 Executor = Enums.Parse<ExecutorKind>(settings.Value(executor, t => t), "--executor"),
                 Stash = Enums.Parse<StashPlacement>(settings.Value(stash, t => t), "--stash"),
-                StashCodec = Enums.Parse<L2L.Training.Stash.StashCodec>(parse.GetValue(stashCodec)!, "--stash-codec"),
-                StashGroup = parse.GetValue(stashGroup),
+                StashCodec = Enums.Parse<L2L.Training.Stash.StashCodec>(settings.Value(stashCodec, t => t), "--stash-codec"),
+                StashGroup = settings.Value(stashGroup, Integer),
                 Seed = settings.Value(seed, Integer),
                 Shuffle = settings.Value(shuffle, bool.Parse),
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
-                EmbeddingUpdate = parse.GetValue(embeddingUpdate) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
-                UpdateMode = parse.GetValue(updateMode) is { } um ? Enums.Parse<L2L.Training.Update.UpdateMode>(um, "--update-mode") : null,
-                ClipGradNorm = parse.GetValue(clipNorm),
-                Dropout = parse.GetValue(dropout),
-                LayerDrop = parse.GetValue(layerDrop),
-                OptimizerState = Enums.Parse<StatePrecision>(parse.GetValue(optimizerState)!, "--optimizer-state"),
-                Freeze = parse.GetValue(freeze),
-                ClipMode = Enums.Parse<L2L.Training.Update.ClipMode>(parse.GetValue(clipMode)!, "--clip-mode"),
-                LossScale = Enums.Parse<L2L.Training.Update.LossScaleMode>(parse.GetValue(lossScale)!, "--loss-scale"),
+                // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel.
+                EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                UpdateMode = UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
+                ClipGradNorm = clipping.Norm,
+                Dropout = settings.Value(dropout, t => t == RunSettings.ConfigDropout ? null : Number(t)),
+                LayerDrop = settings.Value(layerDrop, Number),
+                OptimizerState = Enums.Parse<StatePrecision>(settings.Value(optimizerState, t => t), "--optimizer-state"),
+                Freeze = settings.Value(freeze, t => t == RunSettings.None ? null : t),
+                ClipMode = clipping.Mode,
+                LossScale = scaling,
             };
             options.Validate();
             if (state is not null)
             {
-                // The step target matters only to a decaying schedule; the stash only to the relay.
+                // The step target matters only to a decaying schedule; the stash settings, update mode, optimizer-state
+                // precision and embedding update only to the relay; the clip mode only with a clip norm; the codec's group
+                // only with a codec. An untyped update mode follows from clipping and loss scaling, which are checked themselves.
+                string[] relayOnly = [RunSettings.Stash, RunSettings.UpdateMode, RunSettings.OptimizerState, RunSettings.StashCodec, RunSettings.StashGroup, RunSettings.EmbeddingUpdate];
                 var notes = settings.Check(RunSettings.Describe(options), resumeDir!, key =>
                     (key == RunSettings.Steps && options.Schedule == ScheduleKind.Constant) ||
-                    (key == RunSettings.Stash && options.Executor == ExecutorKind.Conventional));
+                    (relayOnly.Contains(key) && options.Executor == ExecutorKind.Conventional) ||
+                    (key == RunSettings.ClipMode && options.ClipGradNorm is null) ||
+                    (key == RunSettings.StashGroup && options.StashCodec == L2L.Training.Stash.StashCodec.None) ||
+                    (key == RunSettings.UpdateMode && !Rules.Given(parse, updateMode)),
+                    new Dictionary<string, string> { [RunSettings.EmbeddingUpdate] = "this moves the embedding and head update between device and host, which changes results only by rounding" });
                 var stateFloats = options.Optimizer.Kind == OptimizerKind.Sgd ? 0 : 2;
                 if (state.StateFloatsPerParam != stateFloats)
                     throw new CliException($"--resume '{resumeDir}' holds {state.Optimizer} optimizer state, which --optimizer {options.Optimizer.Kind.ToString().ToLowerInvariant()} cannot continue. " +

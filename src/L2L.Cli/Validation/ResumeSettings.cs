@@ -57,10 +57,12 @@ public sealed class ResumeSettings
     /// <summary>
     /// Compares the settings the run will use (<paramref name="now"/>, as RunSettings describes them)
     /// with the recorded ones; <paramref name="ignore"/> names keys that do not matter for this run
-    /// (e.g. the step target under a constant schedule). Returns a note per overridden change.
+    /// (e.g. the step target under a constant schedule). <paramref name="allowed"/> maps keys whose change
+    /// is let through without --override to the reason, given in the note. Returns a note per allowed or overridden change.
     /// </summary>
-    /// <exception cref="CliException">A typed setting differs and is not overridden.</exception>
-    public IReadOnlyList<string> Check(IReadOnlyDictionary<string, string> now, string checkpoint, Func<string, bool> ignore)
+    /// <exception cref="CliException">A typed setting differs and is neither allowed nor overridden.</exception>
+    public IReadOnlyList<string> Check(IReadOnlyDictionary<string, string> now, string checkpoint, Func<string, bool> ignore,
+        IReadOnlyDictionary<string, string>? allowed = null)
     {
         var notes = new List<string>();
         if (_recorded is null) return notes;
@@ -68,6 +70,11 @@ public sealed class ResumeSettings
         {
             if (!_recorded.TryGetValue(key, out var was) || !now.TryGetValue(key, out var value) || was == value || ignore(key)) continue;
             var name = option.Name.TrimStart('-');
+            if (allowed is not null && allowed.TryGetValue(key, out var why))
+            {
+                notes.Add($"{option.Name} changed from {was} (in the checkpoint) to {value}; {why}");
+                continue;
+            }
             if (_overrides.Contains(name))
             {
                 notes.Add($"{option.Name} changed from {was} (in the checkpoint) to {value}, as --override {name} allows");
