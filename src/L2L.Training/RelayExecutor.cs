@@ -348,6 +348,7 @@ public sealed class RelayExecutor : IExecutor
                     {
                         UploadBlockInputs(u);
                         _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
+                        Stashed(step, level + 1, u, k);
                     },
                     null, null);
                 _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
