@@ -341,19 +341,7 @@ public sealed class RelayExecutor : IExecutor
             var p = _paramSlots[j % 2].View;
             var layer = _layout.Blocks[active[j]];
             var level = j;
-            if (fetchAfter)
-            {
-                ForEachMicroBatch(
-                    (u, k) =>
-                    {
-                        UploadBlockInputs(u);
-                        _layers.BlockForward(s, _mb, layer, p, In(level, u, k), Out(level + 1, u, k), _act, _inputs);
-                        Stashed(step, level + 1, u, k);
-                    },
-                    null, null);
-                _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
-            }
-            else if (j < n - 1)
+            if (j < n - 1)
             {
                 ForEachMicroBatch(
                     (u, k) =>
@@ -364,6 +352,7 @@ public sealed class RelayExecutor : IExecutor
                     },
                     HostInputs ? (u, k) => FetchStash(level, u, k) : null,
                     host ? (u, k) => StoreStash(level + 1, u, k) : null);
+                if (fetchAfter) _eps.EnqueueFetch(Block(j + 1), c, _paramSlots[(j + 1) % 2].View);
             }
             else
             {
