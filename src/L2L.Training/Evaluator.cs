@@ -23,7 +23,7 @@ public sealed class Evaluator : IDisposable
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly IReadOnlyList<float[]> _weights;
+    private readonly IReadOnlyList<float[]>? _weights;
     private readonly IModelLayers _layers;
     private readonly MicroBatch _mb;
     private readonly ResourceList _owned = new();
@@ -32,8 +32,11 @@ public sealed class Evaluator : IDisposable
     private readonly IModelScratch _scratch;
     private readonly MicroBatchInputs _inputs;
 
-    /// <summary>Prepares evaluation of <paramref name="weights"/> in batches of <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens.</summary>
-    public Evaluator(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, int batch, int seqLen)
+    /// <summary>
+    /// Prepares evaluation of <paramref name="weights"/> in batches of <paramref name="batch"/> sequences of <paramref name="seqLen"/> tokens;
+    /// with null weights, each call of <see cref="Evaluate(IBatchSource, int, IReadOnlyList{float[]})"/> passes its own.
+    /// </summary>
+    public Evaluator(Backend backend, ModelLayout layout, IReadOnlyList<float[]>? weights, int batch, int seqLen)
     {
         _backend = backend;
         _layout = layout;
@@ -66,16 +69,21 @@ public sealed class Evaluator : IDisposable
     public EvalResult Evaluate(ITokenSource data, int batches) => Evaluate(new BatchLoader(data, _mb.Batch, _mb.SeqLen), batches);
 
     /// <summary>Mean loss over every labelled position of the first <paramref name="batches"/> batches of <paramref name="source"/>.</summary>
-    public EvalResult Evaluate(IBatchSource source, int batches)
+    public EvalResult Evaluate(IBatchSource source, int batches) =>
+        Evaluate(source, batches, _weights ?? throw new InvalidOperationException("This evaluator was built without weights; pass them to Evaluate."));
+
+    /// <summary>As <see cref="Evaluate(IBatchSource, int)"/>, for <paramref name="weights"/> (one array per layer) instead of the constructor's.</summary>
+    public EvalResult Evaluate(IBatchSource source, int batches, IReadOnlyList<float[]> weights)
     {
+        ArgumentNullException.ThrowIfNull(weights);
         ArgumentOutOfRangeException.ThrowIfLessThan(batches, 1);
         if (source.Batch != _mb.Batch || source.SeqLen != _mb.SeqLen)
             throw new ArgumentException($"The batch source makes {source.Batch}x{source.SeqLen} batches; the evaluator was built for {_mb.Batch}x{_mb.SeqLen}.");
         var inputs = new int[_mb.Tokens];
         var targets = new int[_mb.Tokens];
         var s = _backend.ComputeStream;
-        _embedding.View.CopyFromCPU(s, _weights[_layout.Embedding.Index]);
-        _head.View.CopyFromCPU(s, _weights[_layout.Head.Index]);
+        _embedding.View.CopyFromCPU(s, weights[_layout.Embedding.Index]);
+        _head.View.CopyFromCPU(s, weights[_layout.Head.Index]);
         _scratch.LossTotal.View.MemSetToZero(s);
         long labelled = 0;
         for (var i = 0; i < batches; i++)
@@ -91,7 +99,7 @@ public sealed class Evaluator : IDisposable
             foreach (var block in _layout.Blocks)
             {
                 s.Synchronize();
-                _slot.View.SubView(0, block.Length).CopyFromCPU(s, _weights[block.Index]);
+                _slot.View.SubView(0, block.Length).CopyFromCPU(s, weights[block.Index]);
                 _layers.BlockForward(s, _mb, block, _slot.View, x.View, y.View, _act, _inputs);
                 (x, y) = (y, x);
             }

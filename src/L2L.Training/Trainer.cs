@@ -231,21 +231,18 @@ public sealed class Trainer : IDisposable
         if (data.VocabSize > _options.Config.VocabSize)
             throw new ArgumentException($"The validation data ({data.Description}) uses a vocabulary of {data.VocabSize}, larger than the model's vocab_size {_options.Config.VocabSize}.");
         _validation?.Evaluator.Dispose();
-        var weights = _executor.Weights();
-        _validation = new Validation(data, every, batches * _options.MicroBatches, weights,
-            new Evaluator(_backend, _layout, weights, _options.MicroBatchSize, _options.SeqLen));
+        _validation = new Validation(new BatchLoader(data, _options.MicroBatchSize, _options.SeqLen), every, batches * _options.MicroBatches,
+            new Evaluator(_backend, _layout, null, _options.MicroBatchSize, _options.SeqLen));
     }
 
     /// <summary>The mean validation loss of the current weights (<see cref="EnableValidation"/> first).</summary>
     public double Validate()
     {
         var v = _validation ?? throw new InvalidOperationException("Validation is not enabled.");
-        var current = _executor.Weights();
-        for (var l = 0; l < current.Length; l++) current[l].CopyTo(v.Weights[l], 0);
-        return v.Evaluator.Evaluate(v.Data, v.Batches).Loss;
+        return v.Evaluator.Evaluate(v.Data, v.Batches, _executor.Weights()).Loss;
     }
 
-    private sealed record Validation(ITokenSource Data, int Every, int Batches, float[][] Weights, Evaluator Evaluator);
+    private sealed record Validation(BatchLoader Data, int Every, int Batches, Evaluator Evaluator);
 
     /// <summary>A directory whose tokenizer files (<see cref="L2L.Model.Tokenizers.TextTokenizers"/>) every saved checkpoint gets a copy of.</summary>
     public string? TokenizerDirectory { get; set; }
