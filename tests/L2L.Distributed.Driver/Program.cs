@@ -149,12 +149,16 @@ internal sealed unsafe class Scenario(MpiCollectives mpi)
     {
         mpi.Barrier();
         mpi.CollectiveTimeout = TimeSpan.FromSeconds(10);
+        // The other ranks announce the all-reduce before the last rank may exit (the second barrier orders it),
+        // so the launcher cannot end them before their line is out.
+        if (mpi.Rank != R - 1)
+            Say("entering the all-reduce (timeout 10 s)");
+        mpi.Barrier();
         if (mpi.Rank == R - 1)
         {
             Say("exiting with code 3 before the all-reduce, without MPI_Finalize");
             Environment.Exit(3);
         }
-        Say("entering the all-reduce (timeout 10 s)");
         float[] buffer = ScenarioData.Values(mpi.Rank, 1000, 4);
         mpi.AllReduceSum(buffer);
         Say("all-reduce returned although a rank had exited");
