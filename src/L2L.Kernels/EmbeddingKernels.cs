@@ -32,10 +32,11 @@ public static class EmbeddingKernels
     /// per (distinct token, channel) sums its rows in a fixed order, so the result is deterministic and
     /// NaN or infinite gradients cannot stall a compare-and-swap loop. Shapes: <c>dWte</c> (V, C);
     /// <c>dOutput</c> (N, C); <c>plan</c> (3N + 1) int32: rows ordered by token at [0, N), segment starts
-    /// at [N, N + segments + 1), each segment's token at [2N + 1, 2N + 1 + segments).
+    /// at [N, N + segments + 1), each segment's token at [2N + 1, 2N + 1 + segments). Each sum is multiplied by
+    /// <c>scale</c> before it is added (1: unchanged bit for bit).
     /// </summary>
     public static void EmbeddingBackwardTokenKernel(
-        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> plan, int rows, int segments, int c)
+        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> plan, int rows, int segments, int c, float scale)
     {
         long stride = Grid.DimX * Group.DimX;
         long count = (long)segments * c;
@@ -49,17 +50,17 @@ public static class EmbeddingKernels
             for (int k = begin; k < end; k++)
                 sum += dOutput[(long)plan[k] * c + j];
             long token = plan[2 * rows + 1 + segment];
-            dWte[token * c + j] += sum;
+            dWte[token * c + j] += sum * scale;
         }
     }
 
     /// <summary>
     /// <c>dWpe[p, j] += sum over b of dOutput[b * T + p, j]</c> for positions <c>p &lt; T</c>; deterministic
     /// (one thread per element of <c>dWpe</c>, summing the batch in order). Shapes: <c>dWpe</c> (maxT, C);
-    /// <c>dOutput</c> (B*T, C).
+    /// <c>dOutput</c> (B*T, C). Each sum is multiplied by <c>scale</c> before it is added (1: unchanged bit for bit).
     /// </summary>
     public static void EmbeddingBackwardPositionKernel(
-        ArrayView<float> dWpe, ArrayView<float> dOutput, int b, int t, int c)
+        ArrayView<float> dWpe, ArrayView<float> dOutput, int b, int t, int c, float scale)
     {
         long stride = Grid.DimX * Group.DimX;
         long count = (long)t * c;
@@ -69,7 +70,7 @@ public static class EmbeddingKernels
             float sum = 0f;
             for (int s = 0; s < b; s++)
                 sum += dOutput[s * batchStride + i];
-            dWpe[i] += sum;
+            dWpe[i] += sum * scale;
         }
     }
 }

@@ -525,9 +525,10 @@ public static class GemmKernels
     /// <c>dBias (N) += column sums of dOut (rows, N)</c>. The group is <c>columnsPerGroup x (Group.DimX / columnsPerGroup)</c>
     /// threads: each thread sums every <c>(Group.DimX / columnsPerGroup)</c>-th row of one column, then the partial
     /// sums are added in a fixed order, so the result is deterministic. Group size at most 1024 and a multiple of
-    /// <c>columnsPerGroup</c>; groups loop over column blocks.
+    /// <c>columnsPerGroup</c>; groups loop over column blocks. Each column's sum is multiplied by <c>scale</c> before it is
+    /// added (1 leaves it unchanged bit for bit; a unit-scaled model passes its bias-gradient scale).
     /// </summary>
-    public static void BiasBackwardKernel(ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, int columnsPerGroup)
+    public static void BiasBackwardKernel(ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, int columnsPerGroup, float scale)
     {
         var partial = SharedMemory.Allocate<float>(1024);
         int tid = Group.IdxX;
@@ -551,7 +552,7 @@ public static class GemmKernels
                 float total = 0f;
                 for (int l = 0; l < lanes; l++)
                     total += partial[l * columnsPerGroup + cx];
-                dBias[col] += total;
+                dBias[col] += total * scale;
             }
             Group.Barrier();
         }

@@ -101,11 +101,12 @@ public static class LayerNormKernels
     /// <c>dBias[j] += sum over rows of dOutput</c>. Deterministic, without atomics: a group owns a tile of
     /// <c>min(32, Group.DimX)</c> columns (grid-stride over tiles); its threads split the rows into
     /// interleaved lanes and the lane sums are added in a fixed order. Shapes: <c>dWeight</c>,
-    /// <c>dBias</c> (C); <c>dOutput</c>, <c>input</c> (N, C); <c>mean</c>, <c>rstd</c> (N).
+    /// <c>dBias</c> (C); <c>dOutput</c>, <c>input</c> (N, C); <c>mean</c>, <c>rstd</c> (N). Both sums are multiplied by
+    /// <c>scale</c> before they are added (1: unchanged bit for bit; a unit-scaled model passes 1/sqrt(N)).
     /// </summary>
     public static void LayerNormBackwardParamsKernel(
         ArrayView<float> dWeight, ArrayView<float> dBias, ArrayView<float> dOutput, ArrayView<float> input,
-        ArrayView<float> mean, ArrayView<float> rstd, int n, int c)
+        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, float scale)
     {
         var sharedW = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         var sharedB = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
@@ -143,8 +144,8 @@ public static class LayerNormKernels
                     w += sharedW[l * width + col];
                     b += sharedB[l * width + col];
                 }
-                dWeight[j] += w;
-                dBias[j] += b;
+                dWeight[j] += w * scale;
+                dBias[j] += b * scale;
             }
             Group.Barrier();
         }

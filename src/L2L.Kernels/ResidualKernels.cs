@@ -23,6 +23,17 @@ public static class ResidualKernels
     }
 
     /// <summary>
+    /// <c>output = wa * a + wb * b</c>: a weighted residual add (a unit-scaled model's skip and branch weights), and with
+    /// <c>wb = 0</c> an in-place scale. Shapes: <c>output</c>, <c>a</c>, <c>b</c> all (N). <c>output</c> may alias <c>a</c> or <c>b</c>.
+    /// </summary>
+    public static void ScaledAddKernel(ArrayView<float> output, ArrayView<float> a, ArrayView<float> b, float wa, float wb)
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
+            output[i] = wa * a[i] + wb * b[i];
+    }
+
+    /// <summary>
     /// <c>target += source</c>. Shapes: <c>target</c>, <c>source</c> (N).
     /// </summary>
     public static void AccumulateKernel(ArrayView<float> target, ArrayView<float> source)

@@ -168,7 +168,8 @@ public static partial class Checkpoint
     /// <returns>The config and one array per layer of <c>new ModelLayout(Config).Layers</c>.</returns>
     /// <exception cref="DirectoryNotFoundException">No such directory.</exception>
     /// <exception cref="InvalidDataException">
-    /// Config differs from <paramref name="expected"/> (the keys are named), or tensors are missing,
+    /// Config differs from <paramref name="expected"/> (the keys are named; a unit-scaled GPT-2 asked for as a standard one, or
+    /// the reverse, has a message of its own), or tensors are missing,
     /// have the wrong shape or dtype, or are unknown (all problems are listed, with the file).
     /// </exception>
     public static (IModelConfig Config, float[][] Layers) Load(string dir, IModelConfig? expected = null, Action<string>? notice = null)
@@ -181,6 +182,9 @@ public static partial class Checkpoint
         if (expected is not null && expected.ModelType != config.ModelType)
             throw new InvalidDataException($"Checkpoint '{dir}' holds a {config.ModelType} model (\"model_type\" in '{configPath}'), but a {expected.ModelType} model was asked for. " +
                 $"Drop --model/--config to use the checkpoint's own model, or give a {expected.ModelType} checkpoint.");
+        if (expected is GptConfig { UnitScaling: var wanted } && config is GptConfig { UnitScaling: var stored } && wanted != stored)
+            throw new InvalidDataException($"Checkpoint '{dir}' holds a {Kind(stored)} GPT-2 (\"{GptConfig.UnitScalingKey}\": {(stored ? "true" : "false")} in '{configPath}'), " +
+                $"but a {Kind(wanted)} model was asked for; its weights only work with the ops they were trained with. Use the checkpoint's own config, or a {Kind(wanted)} checkpoint.");
         if (expected is not null)
         {
             var differences = expected.Differences(config);
@@ -230,6 +234,8 @@ public static partial class Checkpoint
         }
         return (config, layers);
     }
+
+    private static string Kind(bool unitScaled) => unitScaled ? "unit-scaled" : "standard";
 
     /// <summary>The layout's name for a stored tensor: GPT-2 without <c>transformer.</c>; BERT with <c>bert.</c> on the encoder's tensors.</summary>
     private static string CanonicalName(IModelConfig config, string stored) => config switch

@@ -83,6 +83,14 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
     /// <inheritdoc/>
     bool IModelConfig.SupportsDropout => true;
 
+    /// <summary>
+    /// A unit-scaled GPT-2 (<c>"unit_scaling": true</c>; absent means false): weights initialised N(0, 1) and fixed
+    /// scale factors in every op's forward and backward so that activations and gradients have unit variance at
+    /// initialisation (see <see cref="Gpt2.UnitScales"/>). It changes the model, not just how it is trained: a
+    /// unit-scaled checkpoint only loads as a unit-scaled model.
+    /// </summary>
+    public bool UnitScaling { get; init; }
+
     /// <summary>Throws unless every size is positive and <see cref="Heads"/> divides <see cref="Channels"/>.</summary>
     /// <exception cref="InvalidDataException">The first problem found, naming the config key.</exception>
     public void Validate()
@@ -101,10 +109,11 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
         if (Channels % Heads != 0) return $"n_embd ({Channels}) must be a multiple of n_head ({Heads})";
         if (!float.IsFinite(LayerNormEpsilon) || LayerNormEpsilon <= 0) return $"layer_norm_epsilon must be a positive number, got {LayerNormEpsilon}";
         if (Dropout.Problem() is { } dropout) return dropout;
+        if (UnitScaling && Dropout.Any) return "unit_scaling does not support dropout (embd_pdrop, attn_pdrop and resid_pdrop must be 0)";
         return null;
     }
 
-    /// <summary>Reads a Hugging Face GPT-2 <c>config.json</c>; keys other than the six GPT-2 sizes are ignored.</summary>
+    /// <summary>Reads a Hugging Face GPT-2 <c>config.json</c>; keys other than the six GPT-2 sizes, the drop rates and <c>unit_scaling</c> are ignored.</summary>
     /// <exception cref="FileNotFoundException">No file at <paramref name="path"/>.</exception>
     /// <exception cref="InvalidDataException">Malformed JSON, or a key missing or invalid; the message names the file and the key.</exception>
     public static GptConfig Load(string path)
@@ -148,6 +157,7 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
             {
                 Dropout = new(OptionalFloat(root, "embd_pdrop", source, 0f), OptionalFloat(root, "attn_pdrop", source, 0f),
                     OptionalFloat(root, "resid_pdrop", source, 0f)),
+                UnitScaling = OptionalBool(root, UnitScalingKey, source),
             };
             var problem = config.FindProblem();
             if (problem is not null) throw new InvalidDataException($"Model config '{source}': {problem}.");
@@ -162,6 +172,20 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
         if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt32(out var result))
             throw new InvalidDataException($"Model config '{source}': \"{key}\" must be an integer, found {value.GetRawText()}.");
         return result;
+    }
+
+    /// <summary>The config key of <see cref="UnitScaling"/>.</summary>
+    public const string UnitScalingKey = "unit_scaling";
+
+    private static bool OptionalBool(JsonElement root, string key, string source)
+    {
+        if (!root.TryGetProperty(key, out var value)) return false;
+        return value.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw new InvalidDataException($"Model config '{source}': \"{key}\" must be true or false, found {value.GetRawText()}."),
+        };
     }
 
     private static float OptionalFloat(JsonElement root, string key, string source, float fallback)
@@ -192,6 +216,8 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
                 writer.WriteNumber("attn_pdrop", Dropout.Attention);
                 writer.WriteNumber("resid_pdrop", Dropout.Residual);
             }
+            // Written only when on, so standard configs stay byte-identical to Hugging Face's.
+            if (UnitScaling) writer.WriteBoolean(UnitScalingKey, true);
             writer.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray()) + "\n";
@@ -218,6 +244,8 @@ public sealed record GptConfig(int VocabSize, int MaxPositions, int Channels, in
         Compare("n_layer", Layers, other.Layers);
         Compare("n_head", Heads, other.Heads);
         Compare("layer_norm_epsilon", LayerNormEpsilon, other.LayerNormEpsilon);
+        if (UnitScaling != other.UnitScaling)
+            result.Add($"{UnitScalingKey}: {(UnitScaling ? "true" : "false")} vs {(other.UnitScaling ? "true" : "false")}");
         return result;
     }
 }

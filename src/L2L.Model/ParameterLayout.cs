@@ -29,6 +29,12 @@ public sealed record TensorSlot(string LocalName, string FullName, long Offset, 
 
     /// <summary>The shape as <c>long</c>s, as safetensors stores it.</summary>
     public long[] LongShape => Array.ConvertAll(Shape, d => (long)d);
+
+    /// <summary>
+    /// The optimizers multiply the learning rate by this for this tensor: 1 except in a unit-scaled GPT-2
+    /// (see <see cref="Gpt2.UnitScales.LearningRateScale"/>).
+    /// </summary>
+    public float LearningRateScale { get; init; } = 1f;
 }
 
 /// <summary>
@@ -39,13 +45,15 @@ public sealed class LayerLayout
 {
     private readonly Dictionary<string, TensorSlot> _byName;
 
-    internal LayerLayout(int index, string name, LayerKind kind, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors)
-        : this(index, name, kind, kind == LayerKind.Block ? name + "." : "", tensors)
+    internal LayerLayout(int index, string name, LayerKind kind, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors,
+        Func<string, float>? learningRateScale = null)
+        : this(index, name, kind, kind == LayerKind.Block ? name + "." : "", tensors, learningRateScale)
     {
     }
 
     /// <summary>A layer whose tensors' full names are <paramref name="prefix"/> + local name.</summary>
-    internal LayerLayout(int index, string name, LayerKind kind, string prefix, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors)
+    internal LayerLayout(int index, string name, LayerKind kind, string prefix, IEnumerable<(string LocalName, int[] Shape, bool Decay)> tensors,
+        Func<string, float>? learningRateScale = null)
     {
         Index = index;
         Name = name;
@@ -54,7 +62,7 @@ public sealed class LayerLayout
         long offset = 0;
         foreach (var (localName, shape, decay) in tensors)
         {
-            var slot = new TensorSlot(localName, prefix + localName, offset, shape, decay);
+            var slot = new TensorSlot(localName, prefix + localName, offset, shape, decay) { LearningRateScale = learningRateScale?.Invoke(localName) ?? 1f };
             slots.Add(slot);
             offset += slot.Length;
         }

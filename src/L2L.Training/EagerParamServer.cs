@@ -394,7 +394,7 @@ public sealed class EagerParamServer : IDisposable
             var offset = (int)slot.Offset;
             var length = (int)slot.Length;
             _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
-                state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr, slot.Decay);
+                state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr * slot.LearningRateScale, slot.Decay);
         }
     }
 
@@ -430,7 +430,7 @@ public sealed class EagerParamServer : IDisposable
                     var chunk = scratch.AsSpan(0, 2 * n);
                     Bf16State.Widen(m, chunk[..n]);
                     Bf16State.Widen(v, chunk[n..]);
-                    _optimizer.Step(weights.Slice(offset, n), grads.Slice(offset, n), chunk, Span<System.Half>.Empty, t, lr, slot.Decay);
+                    _optimizer.Step(weights.Slice(offset, n), grads.Slice(offset, n), chunk, Span<System.Half>.Empty, t, lr * slot.LearningRateScale, slot.Decay);
                     Bf16State.RoundStochastic(chunk[..n], m, key, mAt);
                     Bf16State.RoundStochastic(chunk[n..], v, key, vAt);
                 }

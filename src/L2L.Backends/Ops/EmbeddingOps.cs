@@ -10,8 +10,8 @@ public sealed class EmbeddingOps
 {
     private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int> _forward;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int> _backwardToken;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> _backwardPosition;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float> _backwardToken;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, float> _backwardPosition;
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
     public EmbeddingOps(Backend backend)
@@ -19,9 +19,9 @@ public sealed class EmbeddingOps
         _accelerator = backend.Accelerator;
         _forward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, int, int>(
             EmbeddingKernels.EmbeddingForwardKernel);
-        _backwardToken = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int>(
+        _backwardToken = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, int, int, int, float>(
             EmbeddingKernels.EmbeddingBackwardTokenKernel);
-        _backwardPosition = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(
+        _backwardPosition = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, float>(
             EmbeddingKernels.EmbeddingBackwardPositionKernel);
     }
 
@@ -40,10 +40,12 @@ public sealed class EmbeddingOps
     /// <c>dWte</c> (V, C) += <c>dOutput</c> (B*T, C) rows scattered by token, and <c>dWpe</c> (maxT, C)
     /// rows <c>0..T-1</c> += the sum over the batch; both deterministic, without atomics.
     /// <paramref name="plan"/> is the device copy of <see cref="EmbeddingScatterPlan.Build"/>'s output for
-    /// the same tokens, and <paramref name="segments"/> its return value.
+    /// the same tokens, and <paramref name="segments"/> its return value. Each row sum is multiplied by
+    /// <paramref name="tokenScale"/> (into <c>dWte</c>) or <paramref name="positionScale"/> (into <c>dWpe</c>) before it
+    /// is added; 1 (the default) leaves it unchanged bit for bit.
     /// </summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<float> dOutput,
-        ArrayView<int> plan, int segments, int b, int t, int c)
+        ArrayView<int> plan, int segments, int b, int t, int c, float tokenScale = 1f, float positionScale = 1f)
     {
         Check.Positive(b, nameof(b));
         Check.Positive(t, nameof(t));
@@ -52,8 +54,8 @@ public sealed class EmbeddingOps
         CheckShapes(dOutput, plan.SubView(0, rows), dWte, dWpe, b, t, c, nameof(dOutput), nameof(dWte), nameof(dWpe));
         if (segments < 1 || segments > rows)
             throw new ArgumentOutOfRangeException(nameof(segments), segments, $"A plan for {rows} rows has between 1 and {rows} segments.");
-        _backwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c);
-        _backwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c);
+        _backwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c, tokenScale);
+        _backwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c, positionScale);
     }
 
     private static void CheckShapes(ArrayView<float> rows, ArrayView<int> tokens, ArrayView<float> wte, ArrayView<float> wpe,

@@ -43,7 +43,7 @@ public sealed class GemmOps
 {
     private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims> _gemm;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> _biasBackward;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, float> _biasBackward;
     private readonly int _threadsX;
     private readonly int _threadsY;
     private readonly int _tileK;
@@ -110,7 +110,7 @@ public sealed class GemmOps
             _tileK = 1;
             _gemm = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmDirectKernel);
         }
-        _biasBackward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(GemmKernels.BiasBackwardKernel);
+        _biasBackward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, float>(GemmKernels.BiasBackwardKernel);
         _biasGroup = Math.Min(Launch.GroupSize(_accelerator, 256), 1024);
         _biasColumns = Math.Min(_biasGroup, Math.Max(1, _accelerator.WarpSize));
     }
@@ -164,15 +164,18 @@ public sealed class GemmOps
         int batch, int m, int n, int k, GemmLayout layout, bool accumulate = false, float alpha = 1f) =>
         Run(stream, c, a, b, default, batch, m, n, k, layout, accumulate, alpha);
 
-    /// <summary><c>dBias (n) += column sums of dOut (rows, n)</c>. Deterministic (fixed summation order, no atomics).</summary>
-    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n)
+    /// <summary>
+    /// <c>dBias (n) += scale * column sums of dOut (rows, n)</c>. Deterministic (fixed summation order, no atomics).
+    /// <paramref name="scale"/> 1 (the default) leaves the sums unchanged bit for bit.
+    /// </summary>
+    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, float scale = 1f)
     {
         Check.Positive(rows, nameof(rows));
         Check.Positive(n, nameof(n));
         Check.Length(dBias, n, nameof(dBias));
         Check.Length(dOut, (long)rows * n, nameof(dOut));
         var blocks = Launch.CeilDiv(n, _biasColumns);
-        _biasBackward(stream, new KernelConfig(blocks, _biasGroup), dBias, dOut, rows, n, _biasColumns);
+        _biasBackward(stream, new KernelConfig(blocks, _biasGroup), dBias, dOut, rows, n, _biasColumns, scale);
     }
 
     private void Run(AcceleratorStream stream, ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias,

@@ -14,7 +14,7 @@ public sealed class LayerNormOps
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>,
         ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int> _backwardInput;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>,
-        ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> _backwardParams;
+        ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float> _backwardParams;
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
     public LayerNormOps(Backend backend)
@@ -25,7 +25,7 @@ public sealed class LayerNormOps
         _backwardInput = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int>(LayerNormKernels.LayerNormBackwardInputKernel);
         _backwardParams = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(LayerNormKernels.LayerNormBackwardParamsKernel);
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, float>(LayerNormKernels.LayerNormBackwardParamsKernel);
     }
 
     /// <summary>
@@ -55,10 +55,12 @@ public sealed class LayerNormOps
     /// <paramref name="accumulateInput"/> (for a residual stream); <c>dWeight</c> (C) and <c>dBias</c> (C)
     /// are always added to, summed over rows deterministically. <c>dOutput</c>, <c>input</c> (N, C);
     /// <c>weight</c> (C); <c>mean</c>, <c>rstd</c> (N) as saved by the forward. <c>dInput</c> may alias <c>dOutput</c>.
+    /// The parameter gradients' row sums are multiplied by <paramref name="paramGradScale"/> before they are added
+    /// (1, the default, leaves them unchanged bit for bit); <c>dInput</c> is never scaled.
     /// </summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dInput, ArrayView<float> dWeight, ArrayView<float> dBias,
         ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
-        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, bool accumulateInput)
+        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, bool accumulateInput, float paramGradScale = 1f)
     {
         Check.Positive(n, nameof(n));
         Check.Positive(c, nameof(c));
@@ -75,7 +77,7 @@ public sealed class LayerNormOps
         var group = Launch.GroupSize(_accelerator, 256);
         var tileWidth = Math.Min(32, group);
         var paramsConfig = new KernelConfig(RowLaunch.Groups(_accelerator, Launch.CeilDiv(c, tileWidth), group), group);
-        _backwardParams(s, paramsConfig, dWeight, dBias, dOutput, input, mean, rstd, n, c);
+        _backwardParams(s, paramsConfig, dWeight, dBias, dOutput, input, mean, rstd, n, c, paramGradScale);
         _backwardInput(s, RowLaunch.Rows(_accelerator, n, c), dInput, dOutput, input, weight, mean, rstd, n, c,
             accumulateInput ? 1 : 0);
     }

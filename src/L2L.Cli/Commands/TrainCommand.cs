@@ -58,6 +58,9 @@ internal static class TrainCommand
         var optimizerState = new Option<string>("--optimizer-state") { Description = "Relay: the param server's AdamW m and v in fp32, or bf16 (stochastic rounding, 4 fewer host bytes per parameter, not exact).", DefaultValueFactory = _ => "fp32" };
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
+        // Unit scaling changes the model (its config records "unit_scaling"); the flag asks for it on a fresh GPT-2.
+        var unitScaling = new Option<bool>("--unit-scaling") { Description = "Train a unit-scaled GPT-2 (\"unit_scaling\": true: N(0,1) weights, fixed per-op scales, per-tensor learning rates; see README 'Unit scaling'). A checkpoint keeps its own." };
+
         var dataFormat = DataSources.FormatOption();
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
@@ -66,6 +69,7 @@ internal static class TrainCommand
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
+        command.Options.Add(unitScaling);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -78,6 +82,7 @@ internal static class TrainCommand
             (RunSettings.LossScale, lossScale), (RunSettings.Dropout, dropout), (RunSettings.LayerDrop, layerDrop),
             (RunSettings.Freeze, freeze), (RunSettings.OptimizerState, optimizerState), (RunSettings.StashCodec, stashCodec),
             (RunSettings.StashGroup, stashGroup), (RunSettings.EmbeddingUpdate, embeddingUpdate),
+            (RunSettings.UnitScaling, unitScaling),
         ];
         // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
         IReadOnlyDictionary<string, string>? inherited = null;
@@ -155,6 +160,9 @@ internal static class TrainCommand
             Rules.AtLeast(valBatches, 1),
             Rules.Requires(valEvery, valData, "it says how often to validate on that file"),
             Rules.Requires(valBatches, valData, "it says how many batches of that file to validate on"),
+            Rules.Custom("--unit-scaling needs a GPT-2 model", p => !p.GetValue(unitScaling) || !Rules.Given(p, model)
+                || GptConfig.PresetNames.Contains(p.GetValue(model)!, StringComparer.OrdinalIgnoreCase) ? null
+                : $"--unit-scaling builds a unit-scaled GPT-2, but --model {p.GetValue(model)} is not a GPT-2 preset. Drop --unit-scaling, or choose one of: {string.Join(", ", GptConfig.PresetNames)}"),
         };
 
         command.SetAction(parse =>
@@ -185,6 +193,7 @@ internal static class TrainCommand
             {
                 cfg = explicitConfig ?? ModelConfigs.Preset(parse.GetValue(model)!);
             }
+            cfg = UnitScalingModel(parse, unitScaling, cfg, checkpointDir, state?.Metadata);
 
             if (state is not null)
             {
@@ -370,6 +379,27 @@ internal static class TrainCommand
 
     internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");
 
+    /// <summary>
+    /// The model the run trains once <c>--unit-scaling</c> is applied: a fresh GPT-2 becomes unit-scaled; a checkpoint's
+    /// model is kept, and asking for the other kind (typed, or recorded by the resumed run) is an error, since its
+    /// weights only work with the ops they were trained with.
+    /// </summary>
+    private static IModelConfig UnitScalingModel(ParseResult parse, Option<bool> option, IModelConfig cfg, string? checkpointDir,
+        IReadOnlyDictionary<string, string>? recorded)
+    {
+        bool wanted;
+        if (Rules.Given(parse, option)) wanted = parse.GetValue(option);
+        else if (recorded is not null && recorded.TryGetValue(RunSettings.UnitScaling, out var text)) wanted = text == "true";
+        else wanted = cfg is GptConfig { UnitScaling: true };
+        if (cfg is not GptConfig gpt)
+            return wanted ? throw new CliException($"--unit-scaling builds a unit-scaled GPT-2, but the model is a {cfg.ModelType} model. Drop --unit-scaling, or train a GPT-2") : cfg;
+        if (gpt.UnitScaling == wanted) return gpt;
+        if (checkpointDir is null) return gpt with { UnitScaling = wanted };
+        throw new CliException(gpt.UnitScaling
+            ? $"checkpoint '{checkpointDir}' holds a unit-scaled GPT-2 (\"unit_scaling\": true in its config.json), but the run asks for a standard one. Leave --unit-scaling out to keep the checkpoint's model, or start a standard model afresh"
+            : $"checkpoint '{checkpointDir}' holds a standard GPT-2, but --unit-scaling asks for a unit-scaled one, whose ops and initialisation differ. Drop --unit-scaling, or start a unit-scaled model afresh without --init/--resume");
+    }
+
     private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
@@ -377,6 +407,7 @@ internal static class TrainCommand
         (o.LossScale == L2L.Training.Update.LossScaleMode.Dynamic ? " | dynamic loss scale" : "") +
         (o.OptimizerState == StatePrecision.Bf16 ? " | bf16 optimizer state" : "") +
         (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
+        (o.Config is GptConfig { UnitScaling: true } ? " | unit-scaled" : "") +
         (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
 

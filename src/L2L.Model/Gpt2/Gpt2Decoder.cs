@@ -59,6 +59,8 @@ public sealed class Gpt2Decoder : IDisposable
         ArgumentNullException.ThrowIfNull(weights);
         var cfg = layout.Config as GptConfig
             ?? throw new NotSupportedException($"Generation runs GPT-2 models; this checkpoint is a '{layout.Config.ModelType}' model.");
+        if (cfg.UnitScaling)
+            throw new NotSupportedException("Generation from a unit-scaled model (\"unit_scaling\": true) is not implemented: the cached decoder runs the standard GPT-2's ops. Evaluate it with 'l2l eval' instead.");
         if (maxTokens < 1 || maxTokens > cfg.MaxPositions)
             throw new ArgumentException($"A decoder holds between 1 and n_positions = {cfg.MaxPositions} tokens, not {maxTokens}.", nameof(maxTokens));
         if (weights.Count != layout.Layers.Count)

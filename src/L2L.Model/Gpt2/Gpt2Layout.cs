@@ -7,13 +7,14 @@ internal static class Gpt2Layout
     public static List<LayerLayout> Layers(GptConfig config)
     {
         int c = config.Channels;
+        Func<string, float> lr = name => UnitScales.LearningRateScale(config, name);
         var layers = new List<LayerLayout>
         {
             new(0, "embedding", LayerKind.Embedding,
             [
                 ("wte.weight", [config.VocabSize, c], true),
                 ("wpe.weight", [config.MaxPositions, c], true),
-            ]),
+            ], lr),
         };
         for (var i = 0; i < config.Layers; i++)
         {
@@ -31,13 +32,13 @@ internal static class Gpt2Layout
                 ("mlp.c_fc.bias", [4 * c], false),
                 ("mlp.c_proj.weight", [4 * c, c], true),
                 ("mlp.c_proj.bias", [c], false),
-            ]));
+            ], lr));
         }
         layers.Add(new LayerLayout(config.Layers + 1, "head", LayerKind.Head,
         [
             ("ln_f.weight", [c], false),
             ("ln_f.bias", [c], false),
-        ]));
+        ], lr));
         return layers;
     }
 }

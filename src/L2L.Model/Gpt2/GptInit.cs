@@ -4,7 +4,8 @@ namespace L2L.Model;
 /// <summary>
 /// GPT-2 initialisation: weights and embeddings N(0, 0.02), the two residual output projections
 /// (<c>attn.c_proj.weight</c>, <c>mlp.c_proj.weight</c>) N(0, 0.02/√(2L)) so the residual stream's
-/// variance does not grow with depth, biases 0, LayerNorm gains 1 and shifts 0.
+/// variance does not grow with depth, biases 0, LayerNorm gains 1 and shifts 0. A unit-scaled model
+/// (<see cref="GptConfig.UnitScaling"/>) draws every weight and embedding from N(0, 1): its ops carry the scale.
 /// </summary>
 /// <remarks>
 /// Random values come in chunks of <see cref="ChunkLength"/> floats, each from its own generator
@@ -52,7 +53,8 @@ public static class GptInit
     private static void FillChunk(LayerLayout layer, Span<float> chunk, long start, GptConfig config, int seed)
     {
         var rng = new SplitMix64(SplitMix64.Mix(SplitMix64.Mix((ulong)(uint)seed, (ulong)layer.Index), (ulong)start));
-        var residualStd = Std / Math.Sqrt(2.0 * config.Layers);
+        var std = config.UnitScaling ? 1.0 : Std;
+        var residualStd = config.UnitScaling ? 1.0 : Std / Math.Sqrt(2.0 * config.Layers);
         var end = start + chunk.Length;
         foreach (var slot in layer.Tensors)
         {
@@ -68,7 +70,7 @@ public static class GptInit
             else if (name is "attn.c_proj.weight" or "mlp.c_proj.weight")
                 rng.FillNormal(values, residualStd);
             else
-                rng.FillNormal(values, Std);
+                rng.FillNormal(values, std);
         }
     }
 }

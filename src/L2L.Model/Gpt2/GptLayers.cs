@@ -3,6 +3,7 @@ using ILGPU;
 using ILGPU.Runtime;
 using L2L.Backends;
 using L2L.Backends.Ops;
+using L2L.Model.Gpt2;
 
 namespace L2L.Model.Device;
 
@@ -47,6 +48,8 @@ public sealed class GptLayers : IModelLayers
     /// <exception cref="NotSupportedException">Attention-probability dropout was asked for.</exception>
     public void SetDropout(DropoutContext? context)
     {
+        if (Config.UnitScaling && context is { Rates.Any: true })
+            throw new NotSupportedException("Dropout is not supported by the unit-scaled GPT-2 (\"unit_scaling\": true); train it without dropout.");
         if (context is { Rates.Attention: > 0 })
             throw new NotSupportedException("attn_pdrop > 0: dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask).");
         _dropout = context is { Rates.Any: true } ? context : null;
@@ -70,6 +73,21 @@ public sealed class GptLayers : IModelLayers
 
     private GptConfig Config => (GptConfig)Layout.Config;
 
+    private UnitScales? _scales;
+
+    /// <summary>The unit-scaled model's factors for <paramref name="mb"/>'s shape (computed once per shape).</summary>
+    private UnitScales Scales(MicroBatch mb)
+    {
+        if (_scales is null || _scalesBatch != mb.Batch || _scalesSeq != mb.SeqLen)
+        {
+            _scales = UnitScales.For(Config, mb.Batch, mb.SeqLen);
+            (_scalesBatch, _scalesSeq) = (mb.Batch, mb.SeqLen);
+        }
+        return _scales;
+    }
+
+    private int _scalesBatch, _scalesSeq;
+
     /// <inheritdoc/>
     public ModelInputs Inputs => new(TokenTypes: false, PadTokenId: null);
 
@@ -88,6 +106,11 @@ public sealed class GptLayers : IModelLayers
     {
         var p = new LayerViews(Layout.Embedding, embedding);
         _embedding.Forward(s, output, inputs.Ids.View, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
+        if (Config.UnitScaling)
+        {
+            _residual.ScaledAdd(s, output, output, Scales(mb).EmbeddingOutput, output, 0f);
+            return;
+        }
         if (EmbeddingRate > 0) Dropout(s, output, output, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
     }
 
@@ -100,6 +123,13 @@ public sealed class GptLayers : IModelLayers
         MicroBatchInputs inputs, ArrayView<float> dOutput, IModelScratch scratch)
     {
         var g = new LayerViews(Layout.Embedding, embeddingGrads);
+        if (Config.UnitScaling)
+        {
+            var u = Scales(mb);
+            _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dOutput, inputs.ScatterPlan.View, inputs.Segments, mb.Batch, mb.SeqLen, Config.Channels,
+                u.EmbeddingOutput * u.TokenGrad, u.EmbeddingOutput * u.PositionGrad);
+            return;
+        }
         if (EmbeddingRate > 0) Dropout(s, dOutput, dOutput, EmbeddingRate, Layout.Embedding.Index, EmbeddingSite);
         _embedding.Backward(s, g["wte.weight"], g["wpe.weight"], dOutput, inputs.ScatterPlan.View, inputs.Segments, mb.Batch, mb.SeqLen, Config.Channels);
     }
@@ -115,6 +145,11 @@ public sealed class GptLayers : IModelLayers
         var act = (BlockActivations)activations;
         var p = new LayerViews(layer, parameters);
         int n = mb.Tokens, c = Config.Channels;
+        if (Config.UnitScaling)
+        {
+            UnitBlockForward(s, mb, layer, p, input, output, act);
+            return;
+        }
         _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"]);
         _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
@@ -146,6 +181,11 @@ public sealed class GptLayers : IModelLayers
         var dLn = scratch.DLn.View;
         var dGelu = scratch.DWide.View.SubView(0, (long)n * 4 * c);
         var dFc = scratch.DFc.View.SubView(0, (long)n * 4 * c);
+        if (Config.UnitScaling)
+        {
+            UnitBlockBackward(s, mb, layer, p, g, input, dStream, act, scratch, parameterGradients);
+            return;
+        }
 
         // MLP: output = x1 + drop(gelu(ln_2(x1) . Wfc + bfc) . Wproj + bproj). With dropout the branch's gradient is
         // the masked stream gradient, held in dLn until dLn is needed (the residual path keeps dStream).
@@ -212,6 +252,21 @@ public sealed class GptLayers : IModelLayers
         var dWte = new LayerViews(Layout.Embedding, embeddingGrads)["wte.weight"];
         int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
         var logits = scratch.Logits.View;
+        if (Config.UnitScaling)
+        {
+            var u = Scales(mb);
+            _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
+            _gemm.Gemm(s, logits, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT, alpha: u.Head.Output);
+            // lossScale is (loss scale) / (labelled targets of the minibatch); the unit-scaled gradient is per token, not per mean.
+            var dLogitsScale = lossScale * Math.Max(1, inputs.Labelled) * u.CrossEntropyGrad;
+            _crossEntropy.ForwardBackward(s, scratch.Losses.View, logits, logits, targets, n, v, dLogitsScale, MicroBatchInputs.IgnoreIndex);
+            AccumulateLoss(s, scratch);
+            _gemm.Gemm(s, scratch.DLn.View, logits, wte, n, c, v, GemmLayout.NN, alpha: u.Head.InputGrad);
+            _gemm.Gemm(s, dWte, logits, scratch.Lnf.View, v, c, n, GemmLayout.TN, accumulate: true, alpha: u.Head.WeightGrad);
+            _ln.Backward(s, dInput, g["ln_f.weight"], g["ln_f.bias"], scratch.DLn.View, input, p["ln_f.weight"], scratch.MeanF.View, scratch.RstdF.View, n, c,
+                accumulateInput: false, paramGradScale: u.LayerNormParamGrad);
+            return;
+        }
         _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, logits, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
         _crossEntropy.ForwardBackward(s, scratch.Losses.View, logits, logits, targets, n, v, lossScale, MicroBatchInputs.IgnoreIndex);
@@ -231,9 +286,86 @@ public sealed class GptLayers : IModelLayers
         var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
         int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
         _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
-        _gemm.Gemm(s, scratch.Logits.View, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT);
+        _gemm.Gemm(s, scratch.Logits.View, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT, alpha: Config.UnitScaling ? Scales(mb).Head.Output : 1f);
         _crossEntropy.Forward(s, scratch.Losses.View, scratch.Logits.View, targets, n, v, MicroBatchInputs.IgnoreIndex);
         AccumulateLoss(s, scratch);
+    }
+
+    /// <summary>
+    /// The unit-scaled block (see <see cref="UnitScales"/>): x1 = a1·x + b1·(αp·s·attn(ln_1(x)·αq·Wq + bq)·Wp + bp), output = a2·x1 +
+    /// b2·(αd·g·gelu(ln_2(x1)·αu·Wu + bu)·Wd + bd). The attention (s) and GELU (g) factors are folded into the products that read
+    /// those outputs, so the saved activations are the plain ops' outputs.
+    /// </summary>
+    private void UnitBlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews p, ArrayView<float> input, ArrayView<float> output,
+        BlockActivations act)
+    {
+        var u = Scales(mb);
+        var (attnAdd, mlpAdd) = u.Residual(layer.Index - Layout.Blocks[0].Index);
+        int n = mb.Tokens, c = Config.Channels;
+        _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"], alpha: u.QkvProjection.Output);
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"],
+            alpha: u.AttentionProjection.Output * u.Attention);
+        _residual.ScaledAdd(s, act.X1.View, input, attnAdd.Skip, act.X1.View, attnAdd.Branch);
+        _ln.Forward(s, act.Ln2.View, act.Mean2.View, act.Rstd2.View, act.X1.View, p["ln_2.weight"], p["ln_2.bias"], n, c, Config.LayerNormEpsilon);
+        _gemm.Gemm(s, act.Fc.View, act.Ln2.View, p["mlp.c_fc.weight"], n, 4 * c, c, GemmLayout.NN, bias: p["mlp.c_fc.bias"], alpha: u.MlpUp.Output);
+        _gelu.Forward(s, act.Gelu.View, act.Fc.View);
+        _gemm.Gemm(s, output, act.Gelu.View, p["mlp.c_proj.weight"], n, c, 4 * c, GemmLayout.NN, bias: p["mlp.c_proj.bias"], alpha: u.MlpDown.Output * u.Gelu);
+        _residual.ScaledAdd(s, output, act.X1.View, mlpAdd.Skip, output, mlpAdd.Branch);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="UnitBlockForward"/>. Each branch receives the stream gradient unscaled; at each split the
+    /// LayerNorm's input gradient (written over dLn) joins the skip path as dx = SkipGrad·dy + BranchGrad·dLn.
+    /// </summary>
+    private void UnitBlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews p, LayerViews g, ArrayView<float> input,
+        ArrayView<float> dStream, BlockActivations act, LayerScratch scratch, bool parameterGradients)
+    {
+        var u = Scales(mb);
+        var (attnAdd, mlpAdd) = u.Residual(layer.Index - Layout.Blocks[0].Index);
+        int n = mb.Tokens, c = Config.Channels;
+        var dLn = scratch.DLn.View;
+        var dGelu = scratch.DWide.View.SubView(0, (long)n * 4 * c);
+        var dFc = scratch.DFc.View.SubView(0, (long)n * 4 * c);
+
+        // MLP branch; dGelu is the gradient at the plain GELU's output (the GELU factor g folded in).
+        _gemm.Gemm(s, dGelu, dStream, p["mlp.c_proj.weight"], n, 4 * c, c, GemmLayout.NT, alpha: u.MlpDown.InputGrad * u.Gelu);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_proj.weight"], act.Gelu.View, dStream, 4 * c, c, n, GemmLayout.TN, accumulate: true, alpha: u.MlpDown.WeightGrad * u.Gelu);
+            _gemm.BiasBackward(s, g["mlp.c_proj.bias"], dStream, n, c, u.MlpDown.WeightGrad);
+        }
+        _gelu.Backward(s, dFc, dGelu, act.Fc.View);
+        _gemm.Gemm(s, dLn, dFc, p["mlp.c_fc.weight"], n, c, 4 * c, GemmLayout.NT, alpha: u.MlpUp.InputGrad);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["mlp.c_fc.weight"], act.Ln2.View, dFc, c, 4 * c, n, GemmLayout.TN, accumulate: true, alpha: u.MlpUp.WeightGrad);
+            _gemm.BiasBackward(s, g["mlp.c_fc.bias"], dFc, n, 4 * c, u.MlpUp.WeightGrad);
+        }
+        _ln.Backward(s, dLn, g["ln_2.weight"], g["ln_2.bias"], dLn, act.X1.View, p["ln_2.weight"], act.Mean2.View, act.Rstd2.View, n, c,
+            accumulateInput: false, paramGradScale: u.LayerNormParamGrad);
+        _residual.ScaledAdd(s, dStream, dStream, mlpAdd.SkipGrad, dLn, mlpAdd.BranchGrad);
+
+        // Attention branch; the kernel's output gradient is the one at the plain attention's output (the factor s folded in).
+        _gemm.Gemm(s, dLn, dStream, p["attn.c_proj.weight"], n, c, c, GemmLayout.NT, alpha: u.AttentionProjection.InputGrad * u.Attention);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_proj.weight"], act.AttY.View, dStream, c, c, n, GemmLayout.TN, accumulate: true,
+                alpha: u.AttentionProjection.WeightGrad * u.Attention);
+            _gemm.BiasBackward(s, g["attn.c_proj.bias"], dStream, n, c, u.AttentionProjection.WeightGrad);
+        }
+        var dQkv = scratch.DWide.View.SubView(0, (long)n * 3 * c);
+        _attention.Backward(s, dQkv, dLn, act.Qkv.View, act.AttY.View, act.Lse.View, scratch.AttentionScratch.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _gemm.Gemm(s, dLn, dQkv, p["attn.c_attn.weight"], n, c, 3 * c, GemmLayout.NT, alpha: u.QkvProjection.InputGrad);
+        if (parameterGradients)
+        {
+            _gemm.Gemm(s, g["attn.c_attn.weight"], act.Ln1.View, dQkv, c, 3 * c, n, GemmLayout.TN, accumulate: true, alpha: u.QkvProjection.WeightGrad);
+            _gemm.BiasBackward(s, g["attn.c_attn.bias"], dQkv, n, 3 * c, u.QkvProjection.WeightGrad);
+        }
+        _ln.Backward(s, dLn, g["ln_1.weight"], g["ln_1.bias"], dLn, input, p["ln_1.weight"], act.Mean1.View, act.Rstd1.View, n, c,
+            accumulateInput: false, paramGradScale: u.LayerNormParamGrad);
+        _residual.ScaledAdd(s, dStream, dStream, attnAdd.SkipGrad, dLn, attnAdd.BranchGrad);
     }
 
     private void AccumulateLoss(AcceleratorStream s, LayerScratch scratch)

@@ -93,11 +93,11 @@ public sealed class DeviceLayerOptimizer : IDisposable
                 var m = new Model.Device.LayerViews(layer, mb.View);
                 var v = new Model.Device.LayerViews(layer, vb.View);
                 _ops.AdamW(s, p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName],
-                    lr, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                    lr * slot.LearningRateScale, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
             }
             else
             {
-                _ops.Sgd(s, p[slot.LocalName], g[slot.LocalName], lr, wd);
+                _ops.Sgd(s, p[slot.LocalName], g[slot.LocalName], lr * slot.LearningRateScale, wd);
             }
         }
     }
