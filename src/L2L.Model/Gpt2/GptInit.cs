@@ -5,7 +5,10 @@ namespace L2L.Model;
 /// GPT-2 initialisation: weights and embeddings N(0, 0.02), the two residual output projections
 /// (<c>attn.c_proj.weight</c>, <c>mlp.c_proj.weight</c>) N(0, 0.02/√(2L)) so the residual stream's
 /// variance does not grow with depth, biases 0, LayerNorm gains 1 and shifts 0. A unit-scaled model
-/// (<see cref="GptConfig.UnitScaling"/>) draws every weight and embedding from N(0, 1): its ops carry the scale.
+/// (<see cref="GptConfig.UnitScaling"/>) draws every weight and embedding from N(0, 1): its ops carry the scale. Its
+/// <c>mlp.c_proj.bias</c> starts at minus what GELU's positive mean (E gelu(x) ≈ 0.282 for unit x) sends through the
+/// down-projection, so the MLP branch has zero mean at initialisation: otherwise that mean is the same vector in every
+/// row of the stream, and causal attention, which averages rows, grows its output block by block.
 /// </summary>
 /// <remarks>
 /// Random values come in chunks of <see cref="ChunkLength"/> floats, each from its own generator
@@ -35,6 +38,9 @@ public static class GptInit
             var length = (int)Math.Min(ChunkLength, item.Layer.Length - start);
             FillChunk(item.Layer, result[item.Layer.Index].AsSpan(start, length), start, config, seed);
         });
+        if (config.UnitScaling)
+            foreach (var layer in layout.Blocks)
+                CentreMlpOutput(layer, result[layer.Index], config);
         return result;
     }
 
@@ -47,6 +53,24 @@ public static class GptInit
             throw new ArgumentException($"Layer '{layer.Name}' has {layer.Length} floats, the buffer has {data.Length}.", nameof(data));
         for (var start = 0; start < data.Length; start += ChunkLength)
             FillChunk(layer, data.Slice(start, Math.Min(ChunkLength, data.Length - start)), start, config, seed);
+        if (config.UnitScaling && layer.Kind == LayerKind.Block)
+            CentreMlpOutput(layer, data, config);
+    }
+
+    /// <summary>A unit-scaled block's <c>mlp.c_proj.bias[c] = −(α·g·E[gelu]) Σ_j W[j, c]</c>, cancelling GELU's mean at initialisation.</summary>
+    private static void CentreMlpOutput(LayerLayout layer, Span<float> data, GptConfig config)
+    {
+        var scales = Gpt2.UnitScales.For(config, 1, 1);
+        var shift = (double)scales.MlpDown.Output * scales.Gelu * Gpt2.UnitScales.GeluMean;
+        var w = LayerLayout.Slice(data, layer["mlp.c_proj.weight"]);
+        var bias = LayerLayout.Slice(data, layer["mlp.c_proj.bias"]);
+        int c = bias.Length, rows = w.Length / c;
+        var sums = new double[c];
+        for (var j = 0; j < rows; j++)
+            for (var k = 0; k < c; k++)
+                sums[k] += w[j * c + k];
+        for (var k = 0; k < c; k++)
+            bias[k] = (float)(-shift * sums[k]);
     }
 
     /// <summary>Fills <paramref name="chunk"/>, the layer's floats from <paramref name="start"/>, tensor by tensor.</summary>

@@ -74,11 +74,13 @@ public sealed record UnitScales
     public Matmul Head { get; init; } = Matmul.One;
 
     /// <summary>
-    /// Attention's output, and the gradient it passes to q, k and v, are multiplied by this: 1/√(mean over query rows
-    /// of E[Σ_j p_j²]), the variance of a softmax-weighted mean of unit values. With unit q and k the scores
-    /// <c>q·k/√hs</c> have unit variance, and for n visible keys E[Σ p²] ≈ e/(n + e − 1) (exact for n = 1, e/n for large n).
-    /// The scores keep GPT-2's 1/√hs: with 1/hs the scores have variance 1/hs, the q and k gradients
-    /// are 1/√hs of the v gradient at initialisation, and no single gradient-consistent factor makes all three unit.
+    /// Attention's output, and the gradient it passes to q, k and v, are multiplied by this one factor: the geometric
+    /// mean of the factor that makes the output unit and the one that makes the q,k,v gradient unit. With unit q and k
+    /// the scores <c>q·k/√hs</c> have unit variance; for a query row with n visible keys (causal: n = t + 1) the
+    /// output's variance is m2 = E[Σ_j p_j²] ≈ e/(n + e − 1), the v gradient's the same on average, and the q and k
+    /// gradients' m2 − 2·m3 + m2² with m3 = E[Σ p³] ≈ e³/((n + e³ − 1)·n) (both approximations exact at n = 1 and
+    /// right for large n). The scores keep GPT-2's 1/√hs: with 1/hs the scores have variance 1/hs, the q and k
+    /// gradients are 1/√hs of the v gradient at initialisation, and no single gradient-consistent factor makes all three unit.
     /// </summary>
     public float Attention { get; init; } = 1f;
 
@@ -98,17 +100,20 @@ public sealed record UnitScales
     public (ResidualAdd Attention, ResidualAdd Mlp) Residual(int block)
     {
         if (!Enabled) return (ResidualAdd.Plain, ResidualAdd.Plain);
-        // Running mean: the k-th add (k = 1 … 2L) has τ = 1/(k+1), so the stream after it is the normalised sum of the
-        // embedding and the k branch outputs, each weighted alike (like a standard residual stream, divided by √(k+1)).
-        return (Add(2 * block + 1, AttentionBranchRatio), Add(2 * block + 2, 1.0));
+        // Attention: a fixed τ = 0.01, which keeps the stream's rows nearly independent (attention mixes positions, and a
+        // large attention share makes deeper blocks see correlated rows). MLP: a running mean, τ = 1/(k+1) at the k-th
+        // block, so the stream after block k is the normalised sum of the embedding and the k MLP outputs, each weighted alike.
+        return (Add(AttentionTau, AttentionBranchRatio), Add(1.0 / (block + 2), 1.0));
     }
+
+    /// <summary>The residual weight τ of every attention add.</summary>
+    public const double AttentionTau = 0.01;
 
     // The attention branch's backward/forward drift: the q,k,v projection's 1/√(3C) over its 1/√C.
     private static readonly double AttentionBranchRatio = 1 / Math.Sqrt(3);
 
-    private static ResidualAdd Add(int k, double ratio)
+    private static ResidualAdd Add(double tau, double ratio)
     {
-        var tau = 1.0 / (k + 1);
         double a = Math.Sqrt(1 - tau), b = Math.Sqrt(tau);
         // The split undoes the branch's drift (b / ratio), then one factor keeps the summed gradient at unit variance.
         var branchGrad = b / ratio;
@@ -150,16 +155,29 @@ public sealed record UnitScales
     /// <summary>Causal attention over <paramref name="seqLen"/> positions: query t sees t + 1 keys.</summary>
     internal static double AttentionScale(int seqLen)
     {
-        double sum = 0;
-        for (var t = 1; t <= seqLen; t++)
-            sum += Math.E / (t + Math.E - 1);
-        return 1 / Math.Sqrt(sum / seqLen);
+        double output = 0, queryKey = 0;
+        var e3 = Math.Exp(3);
+        for (var n = 1; n <= seqLen; n++)
+        {
+            var m2 = Math.E / (n + Math.E - 1);
+            var m3 = e3 / ((n + e3 - 1) * n);
+            output += m2;
+            queryKey += Math.Max(0, m2 - 2 * m3 + m2 * m2);
+        }
+        output /= seqLen;
+        queryKey /= seqLen;
+        // The q, k and v thirds of the gradient: q and k with queryKey, v with output (a key's column sums over queries alike).
+        var gradient = (2 * queryKey + output) / 3;
+        return 1 / Math.Sqrt(Math.Sqrt(output * gradient));
     }
 
     /// <summary>1/√(std of gelu(x) · RMS of gelu'(x)) for x ~ N(0, 1), GPT-2's tanh GELU, by the trapezoid rule on [−12, 12].</summary>
-    internal static readonly double GeluScale = ComputeGeluScale();
+    internal static readonly double GeluScale = GeluMoments().Scale;
 
-    private static double ComputeGeluScale()
+    /// <summary>E[gelu(x)] for x ~ N(0, 1) (≈ 0.282), by the same quadrature.</summary>
+    internal static readonly double GeluMean = GeluMoments().Mean;
+
+    private static (double Scale, double Mean) GeluMoments()
     {
         const int steps = 24000;
         const double lo = -12, hi = 12, h = (hi - lo) / steps;
@@ -174,7 +192,7 @@ public sealed record UnitScales
             d2 += w * dg * dg;
         }
         var std = Math.Sqrt(m2 - m1 * m1);
-        return 1 / Math.Sqrt(std * Math.Sqrt(d2));
+        return (1 / Math.Sqrt(std * Math.Sqrt(d2)), m1);
     }
 
     private static (double Value, double Derivative) GeluTanh(double x)
