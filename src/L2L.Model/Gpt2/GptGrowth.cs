@@ -31,6 +31,8 @@ public static class ModelGrowth
     {
         if (config is not GptConfig gpt)
             throw new ArgumentException($"Growing is for pre-LN GPT-2 models, whose blocks can start as the identity; a {config.ModelType} model has no such block.");
+        if (gpt.UnitScaling)
+            throw new ArgumentException("Growing a unit-scaled GPT-2 is not supported: its residual adds weight the skip path by sqrt(1 - tau) and the MLP's tau follows the block's depth, so a block with zero output projections is not the identity.");
         if (layers <= gpt.Layers)
             throw new ArgumentException($"--layers {layers} must be more than the checkpoint's {gpt.Layers} blocks.");
         var oldLayout = new ModelLayout(gpt);
