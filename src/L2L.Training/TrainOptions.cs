@@ -126,6 +126,8 @@ public sealed record TrainOptions
             throw new ArgumentException($"--dropout {drop} must be in [0, 1).");
         if (ResolvedDropout.Any && !Config.SupportsDropout)
             throw new ArgumentException($"The {Config.ModelType} model has no dropout call sites; drop --dropout (and set its config's dropout probabilities to 0).");
+        if (ResolvedDropout.Any && Config is GptConfig { UnitScaling: true })
+            throw new ArgumentException("The unit-scaled GPT-2 does not support dropout; drop --dropout (and keep its config's dropout probabilities at 0).");
         if (ResolvedDropout.Attention > 0)
             throw new ArgumentException($"attn_pdrop {ResolvedDropout.Attention}: dropout on attention probabilities is not implemented (the attention kernels keep no probabilities to mask). " +
                 "Set \"attn_pdrop\": 0 in config.json, or pass --dropout P, which sets embd_pdrop and resid_pdrop to P and attn_pdrop to 0.");

@@ -80,6 +80,14 @@ public class UnitScalingModelTests
     }
 
     [Fact]
+    public void GrowingAUnitScaledModelIsRefused()
+    {
+        var layout = new ModelLayout(Unit);
+        var e = Assert.Throws<ArgumentException>(() => ModelGrowth.Grow(Unit, Models.Initialize(layout, 1), 3, GrowthPlacement.Top, 2));
+        Assert.Contains("unit-scaled", e.Message);
+    }
+
+    [Fact]
     public void LearningRateFactorsFollowEachWeightsForwardScale()
     {
         var layout = new ModelLayout(Unit);
