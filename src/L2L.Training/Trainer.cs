@@ -26,10 +26,14 @@ namespace L2L.Training;
 /// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
 /// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
+/// <param name="WorldSize">MPI ranks of the job (1 without MPI).</param>
+/// <param name="Devices">Accelerators in this process.</param>
+/// <param name="CollectiveSeconds">Time this rank spent in gradient reductions and weight gathers (in-process and MPI) this step.</param>
+/// <param name="CollectiveHiddenSeconds">The part of <paramref name="CollectiveSeconds"/> that overlapped device work (did not lengthen the step).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
-    int BlocksRun = 0, int BackwardLayers = 0)
+    int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -208,6 +212,10 @@ public sealed class Trainer : IDisposable
         ["loss_scale"] = m.LossScale,
         ["blocks_run"] = m.BlocksRun,
         ["backward_layers"] = m.BackwardLayers,
+        ["world_size"] = m.WorldSize,
+        ["devices"] = m.Devices,
+        ["collective_seconds"] = m.CollectiveSeconds,
+        ["collective_hidden_seconds"] = m.CollectiveHiddenSeconds,
     }));
 
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
@@ -257,6 +265,9 @@ public sealed class Trainer : IDisposable
     {
         var metadata = new Dictionary<string, string>(RunSettings.Describe(_options));
         _control.Save(metadata);
+        metadata[TrainOptions.WorldSizeKey] = _options.WorldSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        metadata[TrainOptions.DevicesKey] = _options.Devices.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        metadata[TrainOptions.ShardOptimizerKey] = _options.ShardOptimizer ? "true" : "false";
         return metadata;
     }
 

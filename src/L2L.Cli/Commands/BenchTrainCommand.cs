@@ -9,7 +9,7 @@ namespace L2L.Cli.Commands;
 
 internal static class BenchTrainCommand
 {
-    public static Command Create()
+    public static Command Create(Func<string, string?>? variables = null)
     {
         var model = new Option<string>("--model") { Description = "Model preset (gpt2-*, bert-*).", DefaultValueFactory = _ => "gpt2-tiny" };
         var config = new Option<string?>("--config") { Description = "A config.json instead of a preset." };
@@ -23,11 +23,14 @@ internal static class BenchTrainCommand
         var budget = new Option<double?>("--budget-s") { Description = "Report configurations not started within this many seconds as skipped." };
         var output = new Option<string?>("--out") { Description = "Also write the JSON report to this file (e.g. bench/results/train-<machine>.json)." };
         var (stashCodec, stashGroup) = StashCodecOptions.Create();
+        var parallel = new ParallelOptions { Environment = variables ?? Environment.GetEnvironmentVariable };
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, budget, json, output })
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
+        foreach (var o in parallel.All)
+            command.Options.Add(o);
         var rules = new RuleTable
         {
             StashCodecOptions.CodecRule(stashCodec),
@@ -43,6 +46,8 @@ internal static class BenchTrainCommand
             Rules.Device(device),
             Rules.OutputFile(output, "the JSON report"),
         };
+        foreach (var rule in parallel.Rules(device, microBatches: null, relay: null))
+            rules.Add(rule);
         command.SetAction(parse =>
         {
             rules.Check(parse);

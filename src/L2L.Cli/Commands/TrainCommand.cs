@@ -6,6 +6,7 @@ using L2L.Model;
 using L2L.Model.Data;
 using L2L.Model.Tokenizers;
 using L2L.Training;
+using L2L.Training.Distributed;
 using L2L.Training.Optim;
 using Spectre.Console;
 
@@ -59,6 +60,7 @@ internal static class TrainCommand
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
         var dataFormat = DataSources.FormatOption();
+        var parallel = new ParallelOptions { Environment = env.Variables };
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
         var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
@@ -66,6 +68,8 @@ internal static class TrainCommand
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
+        foreach (var o in parallel.All)
+            command.Options.Add(o);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -156,12 +160,26 @@ internal static class TrainCommand
             Rules.Requires(valEvery, valData, "it says how often to validate on that file"),
             Rules.Requires(valBatches, valData, "it says how many batches of that file to validate on"),
         };
+        // Data parallel: the device list, the launcher, sharding, and a U that splits over ranks and devices (on --resume, the recorded U).
+        int MicroBatchCount(ParseResult p) => !Rules.Given(p, micro) && inherited is not null && inherited.TryGetValue(RunSettings.MicroBatches, out var u)
+            && int.TryParse(u, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : p.GetValue(micro);
+        foreach (var rule in parallel.Rules(device, MicroBatchCount, Relay))
+            rules.Add(rule);
+        rules.Add(Rules.Custom("--embedding-update device needs one device in one process", p =>
+            !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase) || (p.GetValue(parallel.Devices) is null && parallel.Plan(p).WorldSizeHint is 1) ? null
+                : "--embedding-update device keeps the embedding and head on one device, but with several devices or MPI ranks every layer is updated on the host. Use --embedding-update host or auto"));
 
         command.SetAction(parse =>
         {
-            foreach (var dir in new[] { parse.GetValue(resume), parse.GetValue(init), parse.GetValue(save) })
-                Checkpoints.Tidy(dir, env);
+            // Under MPI only rank 0 touches files and stdout; the others only read (the checkpoint, the data).
+            var plan = parallel.Plan(parse);
+            if (plan.Writes)
+                foreach (var dir in new[] { parse.GetValue(resume), parse.GetValue(init), parse.GetValue(save) })
+                    Checkpoints.Tidy(dir, env);
             rules.Check(parse);
+            if (!plan.Writes)
+                env.Silence();
+            var devices = parallel.DeviceList(parse, device);
 
             var initDir = parse.GetValue(init);
             var resumeDir = parse.GetValue(resume);
@@ -207,6 +225,9 @@ internal static class TrainCommand
             var options = new TrainOptions
             {
                 Config = cfg,
+                Devices = devices.Count,
+                WorldSize = plan.WorldSizeHint ?? 1,
+                ShardOptimizer = parse.GetValue(parallel.ShardOptimizer),
                 Steps = settings.Value(steps, t => long.Parse(t, System.Globalization.CultureInfo.InvariantCulture)),
                 Batch = settings.Value(batch, Integer),
                 MicroBatches = settings.Value(micro, Integer),
@@ -223,8 +244,8 @@ internal static class TrainCommand
                 Shuffle = settings.Value(shuffle, bool.Parse),
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
-                // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel.
-                EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel, or the run is data parallel.
+                EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && (devices.Count > 1 || plan.WorldSizeHint != 1 || !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o)))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
                 UpdateMode = UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
                 ClipGradNorm = clipping.Norm,
                 Dropout = settings.Value(dropout, t => t == RunSettings.ConfigDropout ? null : Number(t)),
@@ -254,6 +275,8 @@ internal static class TrainCommand
                         "Resume with the checkpoint's optimizer, or use --init to start from its weights with a fresh optimizer");
                 foreach (var note in notes)
                     env.Out.WriteLine($"note: {note}.");
+                if (SpreadNote(state.Metadata, options) is { } spread)
+                    env.Out.WriteLine($"note: {spread}.");
                 if (state.Step >= options.Steps)
                 {
                     env.Out.WriteLine($"checkpoint '{resumeDir}' is already at step {state.Step}, at or past --steps {options.Steps}: nothing to train, nothing saved. " +
@@ -266,81 +289,123 @@ internal static class TrainCommand
             var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
             using var labelLifetime = labelSource as IDisposable;
 
-            using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
-            var backend = lease.Backend;
-            env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
-            if (options.StashCodecSettings is { Enabled: true } codec)
-                env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
-            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
-            if (trainer.HostBytesPerParameter is { } hostBytes)
-                env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
-                    (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
-            var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
-            using var valOwner = valSource as IDisposable;
-            if (valSource is not null)
-                trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
-            trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
-            var saveDir = parse.GetValue(save);
-            var every = parse.GetValue(saveEvery);
-            var metrics = new List<StepMetrics>();
-            var interactive = ReferenceEquals(env.Out, Console.Out) && env.Ansi.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
-            void Note(string line) => env.Out.WriteLine($"note: {line}.");
-            void OnStep(StepMetrics m)
-            {
-                metrics.Add(m);
-                if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
-                    trainer.Save(saveDir, Note);
-                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
-                    env.Out.WriteLine(Line(m));
-            }
-            var start = trainer.StepsDone;
-            var stopped = false;
+            // From here every rank of an MPI job takes part in every step: a failure on one rank ends them all
+            // (MPI_Abort through the launcher) rather than leaving the others waiting in a collective.
+            using var collectives = plan.Start();
             try
             {
-                if (interactive)
+                return Train(collectives);
+            }
+            catch (Exception e) when (collectives.WorldSize > 1)
+            {
+                using var line = new StringWriter();
+                var code = Cli.Report(e, line, verbose: false);
+                collectives.Abort(code, $"error: rank {collectives.Rank} of {collectives.WorldSize}: {line.ToString().Trim()["error: ".Length..]} " +
+                    "Ending every rank; the last checkpoint saved before this is intact.");
+                return code;
+            }
+
+            int Train(IHostCollectives collectives)
+            {
+                if (collectives.WorldSize != options.WorldSize)
                 {
-                    env.Ansi.Progress()
-                        .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                        .Start(ctx =>
-                        {
-                            var task = ctx.AddTask("starting", maxValue: options.Steps - start);
-                            trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log), env.Stop);
-                        });
+                    // A launcher that did not announce its size (PMIx alone): the split is checked now that MPI knows it.
+                    if (ParallelOptions.SplitProblem(options.MicroBatches, options.Devices, collectives.WorldSize) is { } problem)
+                        throw new CliException(problem);
+                    options = options with { WorldSize = collectives.WorldSize };
+                    options.Validate();
                 }
-                else
+                if (options.IsParallel)
+                    throw new CliException("data parallel training is not wired into this build yet");
+                using var leases = env.OpenBackends(devices.ForLocalRank(plan.LocalRank));
+                var backend = leases.Backends[0];
+                env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, leases.Backends))}");
+                if (options.StashCodecSettings is { Enabled: true } codec)
+                    env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
+                using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
+                if (trainer.HostBytesPerParameter is { } hostBytes)
+                    env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
+                        (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
+                var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
+                using var valOwner = valSource as IDisposable;
+                if (valSource is not null)
+                    trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
+                trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
+                var saveDir = parse.GetValue(save);
+                var every = parse.GetValue(saveEvery);
+                var metrics = new List<StepMetrics>();
+                // Under mpirun stdout is a terminal on every rank; only rank 0 writes to it (the others are silenced), and never a bar on a dumb one.
+                var interactive = ReferenceEquals(env.Out, Console.Out) && env.Ansi.Profile.Capabilities.Interactive && !Console.IsOutputRedirected
+                    && !string.Equals(env.Variables("TERM"), "dumb", StringComparison.Ordinal);
+                void Note(string line) => env.Out.WriteLine($"note: {line}.");
+                void OnStep(StepMetrics m)
                 {
-                    trainer.Run(OnStep, parse.GetValue(log), env.Stop);
+                    metrics.Add(m);
+                    if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
+                        trainer.Save(saveDir, Note);
+                    if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
+                        env.Out.WriteLine(Line(m));
                 }
+                var start = trainer.StepsDone;
+                var stopped = false;
+                try
+                {
+                    if (interactive)
+                    {
+                        env.Ansi.Progress()
+                            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                            .Start(ctx =>
+                            {
+                                var task = ctx.AddTask("starting", maxValue: options.Steps - start);
+                                trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log), env.Stop);
+                            });
+                    }
+                    else
+                    {
+                        trainer.Run(OnStep, parse.GetValue(log), env.Stop);
+                    }
+                }
+                catch (OperationCanceledException) when (env.Stop.IsCancellationRequested)
+                {
+                    stopped = true; // between steps: the last step finished and is logged
+                }
+                if (metrics.Count > 0)
+                    env.Out.WriteLine($"final: {Line(metrics[^1])}");
+                // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+                var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+                if (floor is { } rate && !stopped)
+                    env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
+                var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
+                if (saved)
+                {
+                    trainer.Save(saveDir!, Note);
+                    env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
+                }
+                if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
+                {
+                    LossPlot.Save(plotPath, metrics, floor);
+                    env.Out.WriteLine($"wrote {plotPath}");
+                }
+                if (!stopped) return 0;
+                env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
+                env.Out.WriteLine(saved
+                    ? $"resume with: {ResumeCommand(env.Args, saveDir!)}"
+                    : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
+                return Cli.InterruptedExitCode;
             }
-            catch (OperationCanceledException) when (env.Stop.IsCancellationRequested)
-            {
-                stopped = true; // between steps: the last step finished and is logged
-            }
-            if (metrics.Count > 0)
-                env.Out.WriteLine($"final: {Line(metrics[^1])}");
-            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
-            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
-            if (floor is { } rate && !stopped)
-                env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
-            var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
-            if (saved)
-            {
-                trainer.Save(saveDir!, Note);
-                env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
-            }
-            if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
-            {
-                LossPlot.Save(plotPath, metrics, floor);
-                env.Out.WriteLine($"wrote {plotPath}");
-            }
-            if (!stopped) return 0;
-            env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
-            env.Out.WriteLine(saved
-                ? $"resume with: {ResumeCommand(env.Args, saveDir!)}"
-                : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
-            return Cli.InterruptedExitCode;
         });
         return command;
+    }
+
+    // A checkpoint written by a run spread over other ranks or devices continues: only the order of the gradient sums changes.
+    private static string? SpreadNote(IReadOnlyDictionary<string, string> recorded, TrainOptions now)
+    {
+        static int Count(IReadOnlyDictionary<string, string> m, string key) =>
+            m.TryGetValue(key, out var text) && int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 1;
+        int ranks = Count(recorded, TrainOptions.WorldSizeKey), devices = Count(recorded, TrainOptions.DevicesKey);
+        return ranks == now.WorldSize && devices == now.Devices ? null
+            : $"the checkpoint was written by {ParallelOptions.Describe(devices, ranks)} and this run has {ParallelOptions.Describe(now.Devices, now.WorldSize)}; " +
+              "that changes only the order in which gradients are summed";
     }
 
     // Where the run's tokenizer is recorded: beside the data (l2l prepare writes it there), else in the starting checkpoint.
@@ -370,7 +435,7 @@ internal static class TrainCommand
 
     internal static OptimizerKind ParseOptimizer(string text) => Enums.Parse<OptimizerKind>(text, "--optimizer");
 
-    private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
+    private static string Describe(TrainOptions o, ITokenSource source, IReadOnlyList<Backend> backends) =>
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
         (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
@@ -378,7 +443,9 @@ internal static class TrainCommand
         (o.OptimizerState == StatePrecision.Bf16 ? " | bf16 optimizer state" : "") +
         (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
         (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
-        $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
+        $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | " +
+        (o.IsParallel ? $"{ParallelOptions.Describe(o.Devices, o.WorldSize)}{(o.ShardOptimizer ? ", sharded optimizer" : "")} (world_size {o.WorldSize}, devices {o.Devices}) | " : "") +
+        (backends.Count == 1 ? $"device: {backends[0].Description}" : $"devices: {string.Join("; ", backends.Select(b => b.Description))}");
 
     private static string Line(StepMetrics m) =>
         $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
