@@ -128,6 +128,10 @@ public sealed record TrainOptions
             throw new ArgumentException("--shard-optimizer splits the param server across MPI ranks and needs at least two.");
         if (IsParallel && Executor != ExecutorKind.Relay)
             throw new ArgumentException("--executor conventional runs on one device in one process; data parallel training needs --executor relay.");
+        if (IsParallel && (ClipGradNorm is not null || LossScale == Update.LossScaleMode.Dynamic || ResolvedUpdateMode == Update.UpdateMode.Deferred))
+            throw new ArgumentException("Data parallel training updates each layer as soon as its gradients are summed: --clip-grad-norm, --loss-scale dynamic and --update-mode deferred need one device.");
+        if (ShardOptimizer && (OptimizerState == Optim.StatePrecision.Bf16 || Optimizer.Kind == OptimizerKind.Lamb))
+            throw new ArgumentException("--shard-optimizer keeps FP32 state and splits every tensor: use --optimizer-state fp32 and --optimizer adamw or sgd with it.");
         if (IsParallel && EmbeddingUpdate == Update.UpdateLocation.Device)
             throw new ArgumentException("--embedding-update device keeps the embedding and head on one device; with several devices or ranks every layer is updated on the host. Use --embedding-update host or auto.");
         if (StashCodec != StashCodec.None && Executor != ExecutorKind.Relay)

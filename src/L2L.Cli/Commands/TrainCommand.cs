@@ -60,7 +60,7 @@ internal static class TrainCommand
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
 
         var dataFormat = DataSources.FormatOption();
-        var parallel = new ParallelOptions { Environment = env.Variables };
+        var parallel = new DataParallelOptions { Environment = env.Variables };
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
         var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
@@ -168,6 +168,26 @@ internal static class TrainCommand
         rules.Add(Rules.Custom("--embedding-update device needs one device in one process", p =>
             !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase) || (p.GetValue(parallel.Devices) is null && parallel.Plan(p).WorldSizeHint is 1) ? null
                 : "--embedding-update device keeps the embedding and head on one device, but with several devices or MPI ranks every layer is updated on the host. Use --embedding-update host or auto"));
+        // Data parallel updates each layer as soon as every device's and rank's gradients of it are summed: nothing may wait for the whole step.
+        rules.Add(Rules.Custom("data parallel refuses what needs the whole step's gradients", p =>
+        {
+            if (!parallel.IsSpread(p)) return null;
+            var clipped = Rules.Given(p, clipNorm) || (inherited is not null && inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None);
+            var what = clipped ? "--clip-grad-norm" : string.Equals(Effective(p, lossScale, RunSettings.LossScale), "dynamic", StringComparison.OrdinalIgnoreCase) ? "--loss-scale dynamic"
+                : string.Equals(p.GetValue(updateMode), "deferred", StringComparison.OrdinalIgnoreCase) ? "--update-mode deferred" : null;
+            var fromCheckpoint = clipped && !Rules.Given(p, clipNorm) || what == "--loss-scale dynamic" && !Rules.Given(p, lossScale);
+            return what is null ? null
+                : $"{what}{(fromCheckpoint ? " (recorded in the resumed checkpoint)" : "")} needs every gradient of the step before any update, but data parallel training updates each layer " +
+                  $"as soon as its gradients from every device and rank are summed. {(fromCheckpoint ? "Resume that checkpoint on one device" : $"Drop {what}, or train on one device")}";
+        }));
+        rules.Add(Rules.Custom("--shard-optimizer keeps fp32 adamw or sgd state", p =>
+        {
+            if (!p.GetValue(parallel.ShardOptimizer)) return null;
+            if (string.Equals(p.GetValue(optimizerState), "bf16", StringComparison.OrdinalIgnoreCase))
+                return "--shard-optimizer keeps each rank's share of the optimizer state in FP32. Use --optimizer-state fp32 with it";
+            return string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase)
+                ? "--shard-optimizer splits every tensor across the ranks, but lamb's trust ratio needs each whole tensor. Use --optimizer adamw or sgd with it" : null;
+        }));
 
         command.SetAction(parse =>
         {
@@ -246,7 +266,8 @@ internal static class TrainCommand
                 DeviceBudgetBytes = parse.GetValue(budget),
                 // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel, or the run is data parallel.
                 EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && (devices.Count > 1 || plan.WorldSizeHint != 1 || !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o)))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
-                UpdateMode = UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
+                // Data parallel updates eagerly: an untyped (inherited) deferred mode gives way, a typed one was refused by the rules.
+                UpdateMode = parallel.IsSpread(parse) && !Rules.Given(parse, updateMode) ? null : UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
                 ClipGradNorm = clipping.Norm,
                 Dropout = settings.Value(dropout, t => t == RunSettings.ConfigDropout ? null : Number(t)),
                 LayerDrop = settings.Value(layerDrop, Number),
@@ -300,6 +321,7 @@ internal static class TrainCommand
             {
                 using var line = new StringWriter();
                 var code = Cli.Report(e, line, verbose: false);
+                if (parse.GetValue<bool>("--verbose")) env.Error.WriteLine(e.ToString());
                 collectives.Abort(code, $"error: rank {collectives.Rank} of {collectives.WorldSize}: {line.ToString().Trim()["error: ".Length..]} " +
                     "Ending every rank; the last checkpoint saved before this is intact.");
                 return code;
@@ -310,21 +332,20 @@ internal static class TrainCommand
                 if (collectives.WorldSize != options.WorldSize)
                 {
                     // A launcher that did not announce its size (PMIx alone): the split is checked now that MPI knows it.
-                    if (ParallelOptions.SplitProblem(options.MicroBatches, options.Devices, collectives.WorldSize) is { } problem)
+                    if (DataParallelOptions.SplitProblem(options.MicroBatches, options.Devices, collectives.WorldSize) is { } problem)
                         throw new CliException(problem);
                     options = options with { WorldSize = collectives.WorldSize };
                     options.Validate();
                 }
-                if (options.IsParallel)
-                    throw new CliException("data parallel training is not wired into this build yet");
                 using var leases = env.OpenBackends(devices.ForLocalRank(plan.LocalRank));
                 var backend = leases.Backends[0];
                 env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, leases.Backends))}");
                 if (options.StashCodecSettings is { Enabled: true } codec)
                     env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
-                using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
+                var setup = options.IsParallel ? new L2L.Training.Parallel.ParallelSetup(leases.Backends, collectives, options.ShardOptimizer) : null;
+                using var trainer = new Trainer(backend, options, source, weights, state, labelSource, setup);
                 if (trainer.HostBytesPerParameter is { } hostBytes)
-                    env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
+                    env.Out.WriteLine($"param server{(options.ShardOptimizer ? $" (sharded: each rank's 1/{options.WorldSize})" : "")}: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
                         (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
                 var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
                 using var valOwner = valSource as IDisposable;
@@ -381,7 +402,7 @@ internal static class TrainCommand
                     trainer.Save(saveDir!, Note);
                     env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
                 }
-                if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
+                if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0 && trainer.Writes)
                 {
                     LossPlot.Save(plotPath, metrics, floor);
                     env.Out.WriteLine($"wrote {plotPath}");
@@ -389,7 +410,7 @@ internal static class TrainCommand
                 if (!stopped) return 0;
                 env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
                 env.Out.WriteLine(saved
-                    ? $"resume with: {ResumeCommand(env.Args, saveDir!)}"
+                    ? $"resume with: {(options.WorldSize > 1 ? $"mpirun -np {options.WorldSize} " : "")}{ResumeCommand(env.Args, saveDir!)}"
                     : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
                 return Cli.InterruptedExitCode;
             }
@@ -404,7 +425,7 @@ internal static class TrainCommand
             m.TryGetValue(key, out var text) && int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 1;
         int ranks = Count(recorded, TrainOptions.WorldSizeKey), devices = Count(recorded, TrainOptions.DevicesKey);
         return ranks == now.WorldSize && devices == now.Devices ? null
-            : $"the checkpoint was written by {ParallelOptions.Describe(devices, ranks)} and this run has {ParallelOptions.Describe(now.Devices, now.WorldSize)}; " +
+            : $"the checkpoint was written by {DataParallelOptions.Describe(devices, ranks)} and this run has {DataParallelOptions.Describe(now.Devices, now.WorldSize)}; " +
               "that changes only the order in which gradients are summed";
     }
 
@@ -444,7 +465,7 @@ internal static class TrainCommand
         (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
         (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | " +
-        (o.IsParallel ? $"{ParallelOptions.Describe(o.Devices, o.WorldSize)}{(o.ShardOptimizer ? ", sharded optimizer" : "")} (world_size {o.WorldSize}, devices {o.Devices}) | " : "") +
+        (o.IsParallel ? $"{DataParallelOptions.Describe(o.Devices, o.WorldSize)}{(o.ShardOptimizer ? ", sharded optimizer" : "")} (world_size {o.WorldSize}, devices {o.Devices}) | " : "") +
         (backends.Count == 1 ? $"device: {backends[0].Description}" : $"devices: {string.Join("; ", backends.Select(b => b.Description))}");
 
     private static string Line(StepMetrics m) =>

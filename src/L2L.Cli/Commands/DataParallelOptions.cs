@@ -136,13 +136,13 @@ internal sealed record LaunchPlan(string Mode, MpiLaunch Launch, int LaunchRank,
 }
 
 /// <summary>The three options and their rules, shared by `l2l train` and `l2l bench train`.</summary>
-internal sealed class ParallelOptions
+internal sealed class DataParallelOptions
 {
     /// <summary>The --distributed values.</summary>
     public static readonly string[] Modes = ["auto", "none", "mpi"];
 
     /// <summary>Creates the options.</summary>
-    public ParallelOptions()
+    public DataParallelOptions()
     {
         Devices = new Option<string?>("--devices") { Description = "Train data parallel on several accelerators in this process, e.g. cuda:0,cuda:1, cuda*2 or cpu*2 (two CPU accelerators); the micro-batches of each step are shared out among them." };
         Distributed = new Option<string>("--distributed") { Description = "auto (an MPI rank when started by mpirun/mpiexec, else one process), none, or mpi (insist on an MPI launcher).", DefaultValueFactory = _ => "auto" };
@@ -221,7 +221,7 @@ internal sealed class ParallelOptions
             yield return Validation.Rules.Custom("--executor conventional runs on one device in one process", p =>
             {
                 if (relay(p)) return null;
-                var (devices, ranks) = Shape(p, device);
+                var (devices, ranks) = Shape(p);
                 return devices * ranks == 1 ? null
                     : $"--executor conventional runs on one device in one process, but this run has {Describe(devices, ranks)}. Use --executor relay, which trains data parallel, or one device";
             });
@@ -230,10 +230,17 @@ internal sealed class ParallelOptions
         {
             yield return Validation.Rules.Custom("--micro-batches splits across ranks and devices", p =>
             {
-                var (devices, ranks) = Shape(p, device);
+                var (devices, ranks) = Shape(p);
                 return SplitProblem(microBatches(p), devices, ranks);
             });
         }
+    }
+
+    /// <summary>Whether the command line spreads the run over more than one device or rank (as far as is known before MPI starts).</summary>
+    public bool IsSpread(ParseResult parse)
+    {
+        var (devices, ranks) = Shape(parse);
+        return devices * ranks > 1;
     }
 
     /// <summary>Why U micro-batches do not split over <paramref name="ranks"/> ranks of <paramref name="devices"/> devices each; null when they do.</summary>
@@ -254,7 +261,7 @@ internal sealed class ParallelOptions
         $"{ranks} MPI rank{(ranks == 1 ? "" : "s")} x {devices} device{(devices == 1 ? "" : "s")}";
 
     // Devices per rank and ranks, as far as they are known before MPI starts (a launcher that gave no size counts as 1).
-    private (int Devices, int Ranks) Shape(ParseResult p, Option<string?> device)
+    private (int Devices, int Ranks) Shape(ParseResult p)
     {
         int devices;
         try
