@@ -29,7 +29,7 @@ namespace L2L.Training;
 /// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
 /// <param name="WorldSize">MPI ranks of the job (1 without MPI).</param>
 /// <param name="Devices">Accelerators in this process.</param>
-/// <param name="CollectiveSeconds">Time this rank spent in gradient reductions and weight gathers (in-process and MPI) this step.</param>
+/// <param name="CollectiveSeconds">Time this rank spent in cross-rank collectives this step (0 with one rank).</param>
 /// <param name="CollectiveHiddenSeconds">The part of <paramref name="CollectiveSeconds"/> that overlapped device work (did not lengthen the step).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
