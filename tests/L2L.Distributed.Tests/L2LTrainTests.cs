@@ -51,6 +51,36 @@ public sealed class L2LTrainTests
     }
 
     [Fact]
+    public void TwoRanksWithAShardedOptimizer_TrainLikeOneProcess_AndTheirCheckpointHoldsTheWholeState()
+    {
+        var mpi = MpiRun.Get("openmpi");
+        mpi.SkipIfMissing();
+        using var job = new L2LJob();
+        var single = job.NewDirectory("single");
+        var alone = job.RunAlone(single, $"{Args(job, 3)} --log m.jsonl --save ck");
+        Assert.True(alone.ExitCode == 0, alone.ToString());
+        string rank0 = job.NewDirectory("rank0"), rank1 = job.NewDirectory("rank1");
+        var ranks = job.RunRanks(mpi, [rank0, rank1], $"{Args(job, 3)} --shard-optimizer --log m.jsonl --save ck");
+        Assert.True(ranks.ExitCode == 0, ranks.ToString());
+        Assert.Contains("2 MPI ranks x 1 device, sharded optimizer", Unwrapped(ranks.Out));
+        Assert.Contains("param server (sharded: each rank's 1/2):", ranks.Out);
+        AssertSameLosses(L2LJob.Losses(Path.Combine(single, "m.jsonl")), L2LJob.Losses(Path.Combine(rank0, "m.jsonl")));
+        AssertSameWeights(Path.Combine(single, "ck"), Path.Combine(rank0, "ck"));
+        // The checkpoint gathers every rank's shard: the optimizer state is the one process's, to rounding.
+        var layout = Layout(Path.Combine(single, "ck"));
+        var expected = Checkpoint.LoadTrainingState(Path.Combine(single, "ck"), layout);
+        var actual = Checkpoint.LoadTrainingState(Path.Combine(rank0, "ck"), layout);
+        Assert.Equal(expected.Step, actual.Step);
+        for (var l = 0; l < expected.LayerStates.Length; l++)
+        {
+            Assert.Equal(expected.LayerStates[l].Length, actual.LayerStates[l].Length);
+            for (var i = 0; i < expected.LayerStates[l].Length; i++)
+                Assert.True(Math.Abs(expected.LayerStates[l][i] - actual.LayerStates[l][i]) <= WeightTolerance, $"layer {l} state {i}");
+        }
+        Assert.Empty(L2LJob.Files(rank1));
+    }
+
+    [Fact]
     public void ACheckpointOfTwoRanks_ContinuesAlikeInOneProcessAndInTwoRanks()
     {
         var mpi = MpiRun.Get("openmpi");
