@@ -222,6 +222,35 @@ public sealed class L2LTrainTests
         Assert.True(resumed.ExitCode == 0, resumed.ToString());
     }
 
+    [Fact]
+    public void AnInterruptOfOneRank_StopsEveryRankAfterTheSameStep_AndRankZeroSaves()
+    {
+        var mpi = MpiRun.Get("openmpi");
+        mpi.SkipIfMissing();
+        using var job = new L2LJob();
+        string rank0 = job.NewDirectory("rank0"), rank1 = job.NewDirectory("rank1");
+        var marker = $"L2L_TEST_JOB={Guid.NewGuid():N}";
+        var environment = new Dictionary<string, string> { ["L2L_TEST_JOB"] = marker["L2L_TEST_JOB=".Length..], ["L2L_MPI_TIMEOUT"] = "20" };
+        var metrics = Path.Combine(rank0, "m.jsonl");
+        var clock = Stopwatch.StartNew();
+        var result = job.RunRanks(mpi, [rank0, rank1], $"{Args(job, 100000)} --log m.jsonl --save ck", environment, started: launcher =>
+        {
+            while (!launcher.HasExited && clock.Elapsed < TimeSpan.FromSeconds(120) && (!File.Exists(metrics) || File.ReadAllLines(metrics).Length < 2))
+                Thread.Sleep(20);
+            var pid = L2LJob.FindRank(marker, 1);
+            Assert.True(pid is not null, "rank 1 of the job was not found in /proc");
+            using var signal = Process.Start("kill", ["-INT", pid.Value.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            signal.WaitForExit();
+        });
+        Assert.True(result.ExitCode == 130, result.ToString());
+        var logged = L2LJob.Losses(metrics);
+        var last = logged[^1].Step;
+        Assert.Contains($"interrupted: stopped after step {last} of 100000.", result.Out);
+        Assert.Contains("resume with: mpirun -np 2 l2l train", result.Out);
+        Assert.Equal(last, Checkpoint.LoadTrainingState(Path.Combine(rank0, "ck"), Layout(Path.Combine(rank0, "ck"))).Step);
+        Assert.Empty(L2LJob.Files(rank1));
+    }
+
     private static void AssertSameLosses((long Step, double Loss)[] expected, (long Step, double Loss)[] actual)
     {
         Assert.Equal(expected.Select(e => e.Step), actual.Select(a => a.Step));

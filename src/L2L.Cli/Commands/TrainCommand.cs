@@ -386,9 +386,10 @@ internal static class TrainCommand
                         trainer.Run(OnStep, parse.GetValue(log), env.Stop);
                     }
                 }
-                catch (OperationCanceledException) when (env.Stop.IsCancellationRequested)
+                // Between steps: the last step finished and is logged. Under MPI a rank stops also when another rank was interrupted.
+                catch (OperationCanceledException e) when (env.Stop.IsCancellationRequested || (options.WorldSize > 1 && e.CancellationToken == env.Stop))
                 {
-                    stopped = true; // between steps: the last step finished and is logged
+                    stopped = true;
                 }
                 if (metrics.Count > 0)
                     env.Out.WriteLine($"final: {Line(metrics[^1])}");
@@ -407,6 +408,8 @@ internal static class TrainCommand
                     LossPlot.Save(plotPath, metrics, floor);
                     env.Out.WriteLine($"wrote {plotPath}");
                 }
+                // No rank leaves before rank 0 has saved: a rank ending with 130 makes the launcher end the job, rank 0 included.
+                collectives.Barrier();
                 if (!stopped) return 0;
                 env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
                 env.Out.WriteLine(saved
