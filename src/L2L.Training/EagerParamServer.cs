@@ -141,7 +141,7 @@ public sealed class EagerParamServer : IDisposable
             {
                 var length = layout.Layers[i].Length;
                 _weights[i] = backend.AllocatePinned<float>(length);
-                var (lo, hi) = ShardLayout.Range(length, ranks, _parallel?.Rank ?? 0);
+                var (lo, hi) = ShardLayout.Range(length, ranks, ranks > 1 ? _parallel!.Rank : 0);
                 var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * (hi - lo);
                 var bf16 = statePrecision == StatePrecision.Bf16;
                 _state[i] = bf16 ? [] : new float[stateLength];
