@@ -10,10 +10,12 @@ internal static unsafe class Program
     {
         if (args.Length < 1)
         {
-            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs|train-parity [device|host]|train-sharded|train-resume> [count]");
+            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs|train-parity [device|host]|train-sharded|train-resume|bench-train DEVICES STEPS [host]> [count]");
             return 2;
         }
         string scenario = args[0];
+        if (scenario == "bench-train")
+            return BenchTrain.Run(args);
         var options = MpiOptions.FromEnvironment() with
         {
             MaxElementsPerCall = scenario == "chunked" ? 5 : int.MaxValue,

@@ -14,7 +14,8 @@ namespace L2L.Training.Tests;
 /// <param name="HostBytes">The param server's host bytes on this rank.</param>
 /// <param name="StateBytes">The param server's optimizer-state bytes on this rank.</param>
 /// <param name="Results">Each step's result.</param>
-public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results);
+/// <param name="StepSeconds">Each step's wall time.</param>
+public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results, double[] StepSeconds);
 
 /// <summary>Trains the tiny model with a given setup over a global batch that does not depend on the setup.</summary>
 public static class ParallelHarness
@@ -50,6 +51,7 @@ public static class ParallelHarness
         var first = resume?.Step ?? 0;
         var losses = new double[steps];
         var results = new StepResult[steps];
+        var seconds = new double[steps];
         for (var k = 0; k < steps; k++)
         {
             loader.Fill(first + k, globalInputs, globalTargets);
@@ -58,10 +60,12 @@ public static class ParallelHarness
                 globalInputs.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(inputs.AsSpan(j * seq));
                 globalTargets.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(targets.AsSpan(j * seq));
             }
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
             results[k] = executor.Step(first + k, inputs, targets);
+            seconds[k] = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
             losses[k] = results[k].Loss;
         }
-        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results);
+        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results, seconds);
     }
 
     /// <summary>max |a − b| − (atol + rtol·|a|) over the elements: ≤ 0 when every element is within tolerance.</summary>
