@@ -10,7 +10,7 @@ internal static unsafe class Program
     {
         if (args.Length < 1)
         {
-            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs|train-parity [device|host]|train-sharded|train-resume|bench-train DEVICES STEPS [host]> [count]");
+            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs|train-parity [device|host] [devices per rank]|train-sharded|train-resume|bench-train DEVICES STEPS [host]> [count]");
             return 2;
         }
         string scenario = args[0];
@@ -41,7 +41,8 @@ internal static unsafe class Program
             "chunked" => run.Chunked(),
             "rank-exits" => run.RankExits(),
             "rank-hangs" => run.RankHangs(),
-            "train-parity" => new TrainingScenarios(mpi, run.Say).Parity(args.Length > 1 && args[1] == "host" ? L2L.Training.StashPlacement.Host : L2L.Training.StashPlacement.Device),
+            "train-parity" => new TrainingScenarios(mpi, run.Say).Parity(args.Length > 1 && args[1] == "host" ? L2L.Training.StashPlacement.Host : L2L.Training.StashPlacement.Device,
+                args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 1),
             "train-sharded" => new TrainingScenarios(mpi, run.Say).Sharded(),
             "train-resume" => new TrainingScenarios(mpi, run.Say).Resume(),
             _ => throw new ArgumentException($"Unknown scenario {scenario}."),

@@ -28,14 +28,19 @@ internal sealed class TrainingScenarios(MpiCollectives mpi, Action<string> say)
     }
 
     /// <summary>Unsharded data parallel over the ranks equals one process on the same global batch.</summary>
-    public bool Parity(StashPlacement placement)
+    public bool Parity(StashPlacement placement, int devices)
     {
         using var backend = Backend.CreateCpu();
-        var dist = ParallelHarness.Train(new ParallelSetup([backend], mpi), Steps, placement);
-        var single = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, placement);
+        var more = Enumerable.Range(1, devices - 1).Select(_ => Backend.CreateCpu()).ToArray();
+        // With D devices per rank the global batch keeps two micro-batches per device.
+        var dist = ParallelHarness.Train(new ParallelSetup([backend, .. more], mpi), Steps, placement, globalBatch: 4 * devices * mpi.WorldSize,
+            globalMicroBatches: 2 * devices * mpi.WorldSize);
+        foreach (var b in more) b.Dispose();
+        var single = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, placement, globalBatch: 4 * devices * mpi.WorldSize,
+            globalMicroBatches: 2 * devices * mpi.WorldSize);
         var lossExcess = ParallelHarness.Excess(single.Losses, dist.Losses, Atol, Rtol);
         var weightExcess = ParallelHarness.Excess(ParallelHarness.Flat(single.Weights), ParallelHarness.Flat(dist.Weights), Atol, Rtol);
-        say($"placement={placement} losses={string.Join(",", dist.Losses.Select(F))} single-losses={string.Join(",", single.Losses.Select(F))}");
+        say($"devices={devices} placement={placement} losses={string.Join(",", dist.Losses.Select(F))} single-losses={string.Join(",", single.Losses.Select(F))}");
         say($"loss-within-tolerance={lossExcess <= 0} weights-within-tolerance={weightExcess <= 0} weights-hash={Hash(dist.Weights):x16} " +
             $"collective-seconds={F(dist.Results.Sum(r => r.CollectiveSeconds))} hidden-seconds={F(dist.Results.Sum(r => r.CollectiveHiddenSeconds))}");
         return lossExcess <= 0 && weightExcess <= 0 && dist.Losses[^1] < dist.Losses[0] && dist.Results.All(r => r.CollectiveSeconds > 0);

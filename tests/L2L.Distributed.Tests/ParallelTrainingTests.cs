@@ -9,12 +9,14 @@ public sealed class ParallelTrainingTests
     // gradient sums differently from one process, which changes the last bits; see ParallelDeviceTests.
 
     [Theory]
-    [InlineData("openmpi", "device")]
-    [InlineData("openmpi", "host")]
-    [InlineData("mpich", "device")]
-    public void TwoRanksMatchOneProcessOnTheSameGlobalBatch(string family, string placement)
+    [InlineData("openmpi", "device", 1)]
+    [InlineData("openmpi", "host", 1)]
+    [InlineData("openmpi", "device", 2)]
+    [InlineData("mpich", "device", 1)]
+    public void TwoRanksMatchOneProcessOnTheSameGlobalBatch(string family, string placement, int devicesPerRank)
     {
-        var result = MpiRun.Get(family).Run(2, "train-parity", placement);
+        // With 2 devices per rank: two CPU accelerators in each of the two processes, 4 replicas in all.
+        var result = MpiRun.Get(family).Run(2, "train-parity", placement, devicesPerRank.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(result.ExitCode == 0, result.ToString());
         string? hash = null;
         for (int r = 0; r < 2; r++)

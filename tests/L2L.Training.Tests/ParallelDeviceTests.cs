@@ -85,6 +85,25 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
     }
 
     [Fact]
+    public void AReplicaThatFailsEndsTheStepOnEveryDeviceWithItsError()
+    {
+        // Four blocks, so the healthy replica fills its 3-slot gradient ring and would wait for the failed one's gradients.
+        var config = ParallelHarness.Tiny(layers: 4);
+        var layout = new ModelLayout(config);
+        var settings = new OptimizerSettings(OptimizerKind.AdamW, 3e-3f);
+        using var eps = new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), threads: 2, parallel: Two);
+        using var executor = ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 2, StashPlacement.Device);
+        var inputs = new int[32];
+        var targets = new int[32];
+        targets[^1] = 99; // outside the vocabulary of 32, in the second device's share only
+        var bad = Assert.Throws<ArgumentException>(() => executor.Step(0, inputs, targets));
+        Assert.Contains("outside the vocabulary", bad.Message);
+        var after = Assert.Throws<InvalidOperationException>(() => executor.Step(1, inputs, new int[32]));
+        Assert.Contains("failed in an earlier step", after.Message);
+    }
+
+    [Fact]
     public void BadSplitsAndRefusedOptionsAreClearErrors()
     {
         // 3 micro-batches per rank do not split across 2 devices.
