@@ -85,11 +85,35 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
     }
 
     [Fact]
+    public void AReplicaThatFailsEndsTheStepOnEveryDeviceWithItsError()
+    {
+        // Four blocks, so the healthy replica fills its 3-slot gradient ring and would wait for the failed one's gradients.
+        var config = ParallelHarness.Tiny(layers: 4);
+        var layout = new ModelLayout(config);
+        var settings = new OptimizerSettings(OptimizerKind.AdamW, 3e-3f);
+        using var eps = new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), threads: 2, parallel: Two);
+        using var executor = ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 2, StashPlacement.Device);
+        var inputs = new int[32];
+        var targets = new int[32];
+        targets[^1] = 99; // outside the vocabulary of 32, in the second device's share only
+        var bad = Assert.Throws<ArgumentException>(() => executor.Step(0, inputs, targets));
+        Assert.Contains("outside the vocabulary", bad.Message);
+        var after = Assert.Throws<InvalidOperationException>(() => executor.Step(1, inputs, new int[32]));
+        Assert.Contains("failed in an earlier step", after.Message);
+    }
+
+    [Fact]
     public void BadSplitsAndRefusedOptionsAreClearErrors()
     {
         // 3 micro-batches per rank do not split across 2 devices.
         var odd = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(Two, 1, StashPlacement.Device, globalBatch: 6, globalMicroBatches: 3));
         Assert.Contains("do not split across 2 devices", odd.Message);
+        // A global batch of 6 micro-batches does not split across 2 ranks x 2 devices; 8 do, 4 per rank.
+        var fourParts = new ParallelSetup(Two.Devices, new TwoRankStandIn());
+        var global = Assert.Throws<ArgumentException>(() => fourParts.MicroBatchesPerRank(6));
+        Assert.Contains("6 micro-batches do not split across 2 rank(s) x 2 device(s)", global.Message);
+        Assert.Equal(4, fourParts.MicroBatchesPerRank(8));
         // Sharding needs more than one rank.
         var shard = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(One with { ShardOptimizer = true }, 1, StashPlacement.Device));
         Assert.Contains("at least 2 ranks", shard.Message);
@@ -111,4 +135,19 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
         var mismatch = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(One, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device));
         Assert.Contains("same setup", mismatch.Message);
     }
+}
+
+/// <summary>The rank and size of rank 0 of a 2-rank job, for checks that never reach a collective.</summary>
+internal sealed unsafe class TwoRankStandIn : IHostCollectives
+{
+    public int Rank => 0;
+    public int WorldSize => 2;
+    public string Description => "stand-in for rank 0 of 2 (no collectives)";
+    public void Barrier() => throw new NotSupportedException();
+    public void AllReduceSum(float* buffer, long count) => throw new NotSupportedException();
+    public void ReduceScatterBlockSum(float* send, float* block, long blockCount) => throw new NotSupportedException();
+    public void AllGather(float* block, float* all, long blockCount) => throw new NotSupportedException();
+    public void Broadcast(byte* buffer, long count, int root) => throw new NotSupportedException();
+    public void Abort(int exitCode, string message) => throw new NotSupportedException();
+    public void Dispose() { }
 }

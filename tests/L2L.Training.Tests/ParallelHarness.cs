@@ -14,7 +14,8 @@ namespace L2L.Training.Tests;
 /// <param name="HostBytes">The param server's host bytes on this rank.</param>
 /// <param name="StateBytes">The param server's optimizer-state bytes on this rank.</param>
 /// <param name="Results">Each step's result.</param>
-public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results);
+/// <param name="StepSeconds">Each step's wall time.</param>
+public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results, double[] StepSeconds);
 
 /// <summary>Trains the tiny model with a given setup over a global batch that does not depend on the setup.</summary>
 public static class ParallelHarness
@@ -25,10 +26,10 @@ public static class ParallelHarness
     /// <summary>
     /// Trains <paramref name="steps"/> AdamW steps (from <paramref name="resume"/> if given) on a global batch of
     /// <paramref name="globalBatch"/> sequences in <paramref name="globalMicroBatches"/> micro-batches; rank r takes
-    /// sequences r, r+R, … of each global batch.
+    /// sequences r, r+R, … of each global batch. <paramref name="init"/> replaces the seeded initial weights (to resume).
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
-        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null)
+        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -39,8 +40,9 @@ public static class ParallelHarness
         var loader = new BatchLoader(new SyntheticCorpus(config.VocabSize, 1 << 14, seed: 7), globalBatch, seq);
         var settings = new OptimizerSettings(optimizer, optimizer == OptimizerKind.Sgd ? 0.1f : 3e-3f, WeightDecay: 0.1f);
         var schedule = new LearningRateSchedule(ScheduleKind.Constant, settings.LearningRate);
-        using var eps = new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume,
-            threads: 2, parallel: setup);
+        using var eps = init is not null
+            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, parallel: setup)
+            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, parallel: setup);
         using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume);
         var globalInputs = new int[globalBatch * seq];
         var globalTargets = new int[globalBatch * seq];
@@ -49,6 +51,7 @@ public static class ParallelHarness
         var first = resume?.Step ?? 0;
         var losses = new double[steps];
         var results = new StepResult[steps];
+        var seconds = new double[steps];
         for (var k = 0; k < steps; k++)
         {
             loader.Fill(first + k, globalInputs, globalTargets);
@@ -57,11 +60,26 @@ public static class ParallelHarness
                 globalInputs.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(inputs.AsSpan(j * seq));
                 globalTargets.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(targets.AsSpan(j * seq));
             }
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
             results[k] = executor.Step(first + k, inputs, targets);
+            seconds[k] = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
             losses[k] = results[k].Loss;
         }
-        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results);
+        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results, seconds);
     }
+
+    /// <summary>max |a − b| − (atol + rtol·|a|) over the elements: ≤ 0 when every element is within tolerance.</summary>
+    public static double Excess(IReadOnlyList<double> a, IReadOnlyList<double> b, double atol, double rtol)
+    {
+        if (a.Count != b.Count) return double.PositiveInfinity;
+        var worst = double.NegativeInfinity;
+        for (var i = 0; i < a.Count; i++)
+            worst = Math.Max(worst, Math.Abs(a[i] - b[i]) - (atol + rtol * Math.Abs(a[i])));
+        return double.IsNaN(worst) ? double.PositiveInfinity : worst;
+    }
+
+    /// <summary>Every layer's values, in layout order, as doubles.</summary>
+    public static double[] Flat(IEnumerable<float[]> layers) => layers.SelectMany(l => l).Select(x => (double)x).ToArray();
 
     /// <summary>The optimizer-state bytes one rank of <paramref name="ranks"/> holds with the state sharded (AdamW: 2 floats per parameter).</summary>
     public static long ShardedStateBytes(ModelLayout layout, int ranks, int rank, int statePerParam = 2) =>

@@ -23,6 +23,19 @@ public sealed record ParallelSetup(IReadOnlyList<Backend> Devices, IHostCollecti
     public bool IsParallel => DeviceCount > 1 || WorldSize > 1;
 
     /// <summary>
+    /// U per rank for a run of <paramref name="microBatches"/> micro-batches per global minibatch: each rank takes an
+    /// equal share, and each rank's share splits equally across its devices.
+    /// </summary>
+    /// <exception cref="ArgumentException">The global batch does not split across the ranks and devices.</exception>
+    public int MicroBatchesPerRank(int microBatches)
+    {
+        var parts = WorldSize * DeviceCount;
+        if (microBatches < parts || microBatches % parts != 0)
+            throw new ArgumentException($"{microBatches} micro-batches do not split across {WorldSize} rank(s) x {DeviceCount} device(s); use a micro-batch count that is a multiple of {parts}.");
+        return microBatches / WorldSize;
+    }
+
+    /// <summary>
     /// Checks the setup and <paramref name="microBatchesPerRank"/> (U per rank) against it: at least one device, U a
     /// positive multiple of the device count, sharding only with more than one rank.
     /// </summary>
