@@ -115,7 +115,7 @@ public sealed class Trainer : IDisposable
             try
             {
                 _executor = _parallel is { } setup
-                    ? ParallelRelay.Create(setup, _eps, mb, options.MicroBatchesPerRank, options.Stash, resume, _control, options.GradientFault,
+                    ? ParallelRelay.Create(setup, _eps, mb, setup.MicroBatchesPerRank(options.MicroBatches), options.Stash, resume, _control, options.GradientFault,
                         options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings)
                     : new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
                         options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings);
