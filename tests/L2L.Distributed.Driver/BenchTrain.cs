@@ -33,7 +33,7 @@ internal static class BenchTrain
             var tokens = batch * seq;
             Console.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"rank {collectives.Rank}/{collectives.WorldSize}: devices={devices} ranks={collectives.WorldSize} placement={placement} steps={steps} " +
-                $"median-step-s={median:F3} tokens-per-s={tokens / median:F1} loss={run.Losses[0]:F4}->{run.Losses[^1]:F4} " +
+                $"median-step-s={median:F3} tokens-per-s={tokens / median:F1} cpu-s-per-step={run.StepCpuSeconds.Skip(1).Order().ElementAt(timed.Length / 2):F3} loss={run.Losses[0]:F4}->{run.Losses[^1]:F4} " +
                 $"collective-s-per-step={run.Results.Skip(1).Average(r => r.CollectiveSeconds):F4} hidden-s-per-step={run.Results.Skip(1).Average(r => r.CollectiveHiddenSeconds):F4} " +
                 $"host-bytes-per-parameter={run.HostBytes / (double)new ModelLayout(config).TotalLength:F2}"));
             return 0;

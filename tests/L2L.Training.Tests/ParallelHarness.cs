@@ -15,7 +15,9 @@ namespace L2L.Training.Tests;
 /// <param name="StateBytes">The param server's optimizer-state bytes on this rank.</param>
 /// <param name="Results">Each step's result.</param>
 /// <param name="StepSeconds">Each step's wall time.</param>
-public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results, double[] StepSeconds);
+/// <param name="StepCpuSeconds">Each step's processor time of this whole process (all its threads).</param>
+public sealed record ParallelRun(double[] Losses, float[][] Weights, TrainingState State, long HostBytes, long StateBytes, StepResult[] Results,
+    double[] StepSeconds, double[] StepCpuSeconds);
 
 /// <summary>Trains the tiny model with a given setup over a global batch that does not depend on the setup.</summary>
 public static class ParallelHarness
@@ -52,6 +54,8 @@ public static class ParallelHarness
         var losses = new double[steps];
         var results = new StepResult[steps];
         var seconds = new double[steps];
+        var cpuSeconds = new double[steps];
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
         for (var k = 0; k < steps; k++)
         {
             loader.Fill(first + k, globalInputs, globalTargets);
@@ -60,12 +64,16 @@ public static class ParallelHarness
                 globalInputs.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(inputs.AsSpan(j * seq));
                 globalTargets.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(targets.AsSpan(j * seq));
             }
+            process.Refresh();
+            var cpu = process.TotalProcessorTime;
             var start = System.Diagnostics.Stopwatch.GetTimestamp();
             results[k] = executor.Step(first + k, inputs, targets);
             seconds[k] = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
+            process.Refresh();
+            cpuSeconds[k] = (process.TotalProcessorTime - cpu).TotalSeconds;
             losses[k] = results[k].Loss;
         }
-        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results, seconds);
+        return new ParallelRun(losses, executor.Weights(), executor.State(), eps.HostBytes, eps.OptimizerStateBytes, results, seconds, cpuSeconds);
     }
 
     /// <summary>max |a − b| − (atol + rtol·|a|) over the elements: ≤ 0 when every element is within tolerance.</summary>
