@@ -35,11 +35,63 @@ public sealed class CliEnvironment
     /// <summary>The arguments as typed (for the resume hint).</summary>
     internal IReadOnlyList<string> Args { get; set; } = [];
 
+    /// <summary>Looks an environment variable up (null when unset): the process's own unless a test gives another.</summary>
+    public Func<string, string?> Variables { get; init; } = Environment.GetEnvironmentVariable;
+
     /// <summary>Opens the backend for <paramref name="spec"/>; dispose the lease when done.</summary>
     internal BackendLease OpenBackend(DeviceSpec spec)
     {
         Interlocked.Increment(ref _backends);
         return Backend is { } shared ? new BackendLease(shared, owned: false) : new BackendLease(Backends.Backend.Create(spec), owned: true);
+    }
+
+    /// <summary>Opens one backend per spec (a shared <see cref="Backend"/> stands for the first only: the others are real accelerators of their own).</summary>
+    internal BackendLeases OpenBackends(IReadOnlyList<DeviceSpec> specs)
+    {
+        var leases = new BackendLeases();
+        try
+        {
+            for (var i = 0; i < specs.Count; i++)
+            {
+                Interlocked.Increment(ref _backends);
+                leases.Add(i == 0 && Backend is { } shared ? new BackendLease(shared, owned: false) : new BackendLease(Backends.Backend.Create(specs[i]), owned: true));
+            }
+            return leases;
+        }
+        catch
+        {
+            leases.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Sends standard output nowhere (an MPI rank other than 0: rank 0 reports for the job); errors still go to <see cref="Error"/>.</summary>
+    internal void Silence()
+    {
+        Out = TextWriter.Null;
+        Ansi = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(TextWriter.Null),
+            Ansi = AnsiSupport.No,
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+        });
+    }
+}
+
+/// <summary>The backends of a data-parallel run, disposed together.</summary>
+internal sealed class BackendLeases : IDisposable
+{
+    private readonly List<BackendLease> _leases = [];
+
+    public IReadOnlyList<Backend> Backends => _leases.Select(l => l.Backend).ToList();
+
+    public void Add(BackendLease lease) => _leases.Add(lease);
+
+    public void Dispose()
+    {
+        for (var i = _leases.Count - 1; i >= 0; i--) _leases[i].Dispose();
+        _leases.Clear();
     }
 }
 
@@ -89,7 +141,7 @@ public static partial class Cli
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(GrowCommand.Create());
         root.Subcommands.Add(DevicesCommand.Create(env));
-        root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create(env));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

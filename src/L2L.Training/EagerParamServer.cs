@@ -4,6 +4,7 @@ using ILGPU.Runtime;
 using L2L.Backends;
 using L2L.Model;
 using L2L.Training.Optim;
+using L2L.Training.Parallel;
 
 namespace L2L.Training;
 
@@ -41,6 +42,14 @@ public sealed class EagerParamServer : IDisposable
     private long _busBytes;
     private long _updateWaitTicks;
     private readonly L2L.Training.Update.UpdateMode _mode;
+    // Data parallel (several devices or ranks): the reducer owns the gradient staging; replica views share this server's
+    // weights and state and route their fetches and gradients through it.
+    private readonly ParallelSetup? _parallel;
+    private readonly GradientReducer? _reducer;
+    private readonly EagerParamServer? _root;
+    private readonly int _replica;
+    private long _collectiveWaitTicks;
+    private long _stepsDone;
 
     /// <summary>Gradient buffers in the ring unless the executor asks for another count.</summary>
     public const int DefaultGradientSlots = 3;
@@ -61,11 +70,15 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
     /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
     /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
+    /// <param name="parallel">
+    /// Data parallel over several devices and/or ranks (null or one device of one rank: a plain server). Every layer is
+    /// then updated here, once, from the gradients of every device and rank; see <see cref="ParallelRelay"/>.
+    /// </param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
         int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
-        StatePrecision statePrecision = StatePrecision.Fp32)
-        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision)
+        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision, parallel)
     {
     }
 
@@ -84,11 +97,19 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="gradientSlots">Layer-sized gradient buffers in the ring (at least 2).</param>
     /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
     /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
+    /// <param name="parallel">Data parallel over several devices and/or ranks (null or one device of one rank: a plain server).</param>
     public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
         int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
-        StatePrecision statePrecision = StatePrecision.Fp32)
+        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null)
     {
+        parallel?.Validate();
+        if (parallel is { IsParallel: true })
+        {
+            _parallel = parallel;
+            CheckParallel(parallel, deviceUpdated, mode, statePrecision, optimizer.Kind);
+        }
+        var ranks = _parallel is { ShardOptimizer: true } ? _parallel.WorldSize : 1;
         if (statePrecision == StatePrecision.Bf16 && optimizer.Kind != OptimizerKind.AdamW)
             throw new ArgumentException("--optimizer-state bf16 stores AdamW's moments; it needs --optimizer adamw.");
         _statePrecision = statePrecision;
@@ -120,7 +141,8 @@ public sealed class EagerParamServer : IDisposable
             {
                 var length = layout.Layers[i].Length;
                 _weights[i] = backend.AllocatePinned<float>(length);
-                var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * length;
+                var (lo, hi) = ShardLayout.Range(length, ranks, ranks > 1 ? _parallel!.Rank : 0);
+                var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * (hi - lo);
                 var bf16 = statePrecision == StatePrecision.Bf16;
                 _state[i] = bf16 ? [] : new float[stateLength];
                 _state16[i] = bf16 ? new ushort[stateLength] : [];
@@ -128,6 +150,8 @@ public sealed class EagerParamServer : IDisposable
                 {
                     if (bf16)
                         for (var k = 0; k < stateLength; k++) _state16[i][k] = Bf16State.RoundNearest(resume.LayerStates[i][k]);
+                    else if (ranks > 1)
+                        ShardLayout.CopyState(layout.Layers[i], _optimizer.StateFloatsPerParam, lo, hi, _state[i], resume.LayerStates[i], toFull: false);
                     else
                         resume.LayerStates[i].AsSpan().CopyTo(_state[i]);
                 }
@@ -136,18 +160,21 @@ public sealed class EagerParamServer : IDisposable
             // sized for the repeated block, and the slot is released when its update finishes, so the host
             // never holds a full gradient copy. A host-updated layer longer than a block gets its own buffer.
             // Deferred updates need every host-updated layer's gradients at the end of backward: no ring, a buffer each.
-            var slotLength = mode == L2L.Training.Update.UpdateMode.Deferred ? 0
+            // In data parallel the reducer stages the gradients: no ring here.
+            var slotLength = mode == L2L.Training.Update.UpdateMode.Deferred || _parallel is not null ? 0
                 : layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
             foreach (var layer in layout.Layers)
             {
-                if (!_onDevice[layer.Index] && layer.Length > slotLength)
+                if (!_onDevice[layer.Index] && layer.Length > slotLength && _parallel is null)
                     _ownGrads[layer.Index] = backend.AllocatePinned<float>(layer.Length);
             }
-            Parallel.For(0, count, i => initialize(i, _weights[i].Span));
+            System.Threading.Tasks.Parallel.For(0, count, i => initialize(i, _weights[i].Span));
             _gradSlots = new PinnedHostBuffer<float>[slotLength > 0 ? gradientSlots : 0];
             for (var k = 0; k < _gradSlots.Length; k++)
                 _gradSlots[k] = backend.AllocatePinned<float>(slotLength);
             _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
+            if (_parallel is not null)
+                _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i]);
         }
         catch
         {
@@ -158,8 +185,107 @@ public sealed class EagerParamServer : IDisposable
         }
         if (resume is not null)
             StepsDone = resume.Step;
-        HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0)
-            + _state.Sum(st => (long)st.Length)) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
+        OptimizerStateBytes = sizeof(float) * _state.Sum(st => (long)st.Length) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
+        HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0))
+            + OptimizerStateBytes + (_reducer?.HostBytes ?? 0);
+    }
+
+    /// <summary>What data parallel refuses, each with the option to change.</summary>
+    private static void CheckParallel(ParallelSetup parallel, IReadOnlyCollection<int>? deviceUpdated, L2L.Training.Update.UpdateMode mode,
+        StatePrecision statePrecision, OptimizerKind optimizer)
+    {
+        var what = $"{parallel.DeviceCount} device(s) x {parallel.WorldSize} rank(s)";
+        if (deviceUpdated is { Count: > 0 })
+            throw new ArgumentException($"Data parallel ({what}) updates every layer on the host, from every device's gradients; use --embedding-update host.");
+        if (mode == L2L.Training.Update.UpdateMode.Deferred)
+            throw new ArgumentException($"Data parallel ({what}) updates each layer as soon as its gradients are reduced; gradient clipping, dynamic loss scaling and --update-mode deferred are not supported with it; leave them off.");
+        if (parallel.ShardOptimizer && statePrecision == StatePrecision.Bf16)
+            throw new ArgumentException("Sharding the optimizer state keeps it in FP32; use --optimizer-state fp32 with --shard-optimizer.");
+        if (parallel.ShardOptimizer && optimizer == OptimizerKind.Lamb)
+            throw new ArgumentException("LAMB's trust ratio needs each whole tensor, which a shard splits; use --optimizer adamw or sgd with --shard-optimizer.");
+    }
+
+    /// <summary>A view of <paramref name="root"/> for the replica on device <paramref name="replica"/>: same weights and state, its own transfer counters.</summary>
+    private EagerParamServer(EagerParamServer root, int replica)
+    {
+        _root = root;
+        _replica = replica;
+        _parallel = root._parallel;
+        _reducer = root._reducer;
+        _weights = root._weights;
+        _gradSlots = root._gradSlots;
+        _slotOwner = root._slotOwner;
+        _slotOfLayer = root._slotOfLayer;
+        _ownGrads = root._ownGrads;
+        _gradsOf = root._gradsOf;
+        _updateOrder = root._updateOrder;
+        _state = root._state;
+        _state16 = root._state16;
+        _statePrecision = root._statePrecision;
+        _updates = root._updates;
+        _optimizer = root._optimizer;
+        _onDevice = root._onDevice;
+        _mode = root._mode;
+        Layout = root.Layout;
+        Settings = root.Settings;
+        Schedule = root.Schedule;
+        HostBytes = root.HostBytes;
+        OptimizerStateBytes = root.OptimizerStateBytes;
+    }
+
+    /// <summary>
+    /// The server as replica <paramref name="replica"/> of a data-parallel run sees it (data parallel only): its fetches
+    /// read this server's weights, its gradients go to its own staging, and a layer is reduced and updated once every
+    /// replica's gradients of it have arrived.
+    /// </summary>
+    internal EagerParamServer Replica(int replica)
+    {
+        if (_reducer is null || _root is not null)
+            throw new InvalidOperationException("Replica views exist only on a data-parallel param server.");
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(replica, _parallel!.DeviceCount);
+        return new EagerParamServer(this, replica);
+    }
+
+    /// <summary>The data-parallel setup, or null for a plain server.</summary>
+    internal ParallelSetup? Parallel => _parallel;
+
+    internal GradientReducer? Reducer => _reducer;
+
+    /// <summary>Time this replica's fetches waited for cross-rank collectives of the layer they fetch.</summary>
+    internal double CollectiveWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _collectiveWaitTicks)).TotalSeconds;
+
+    /// <summary>
+    /// Bytes of optimizer state this server (this rank) holds: the full state, or about 1/R of it with the optimizer
+    /// sharded over R ranks.
+    /// </summary>
+    public long OptimizerStateBytes { get; }
+
+    private void ParallelUpdate(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi)
+    {
+        if (_parallel is { ShardOptimizer: true })
+            UpdateShard(layer, step, optimizerStep, grads, lo, hi);
+        else
+            Update(layer, step, optimizerStep, 1f, grads);
+    }
+
+    /// <summary>Applies the optimizer to this rank's shard [lo, hi) of a layer, from the shard's reduced gradients.</summary>
+    private void UpdateShard(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi)
+    {
+        var lr = Schedule.At(step);
+        var t = checked((int)optimizerStep);
+        var spp = _optimizer.StateFloatsPerParam;
+        var weights = _weights[layer].Span;
+        var state = _state[layer].AsSpan();
+        long pos = 0;
+        foreach (var slot in Layout.Layers[layer].Tensors)
+        {
+            var a = Math.Max(lo, slot.Offset);
+            var b = Math.Min(hi, slot.Offset + slot.Length);
+            if (a >= b) continue;
+            var n = (int)(b - a);
+            _optimizer.Step(weights.Slice((int)a, n), grads.Slice((int)(a - lo), n), state.Slice((int)(spp * pos), spp * n), Span<System.Half>.Empty, t, lr, slot.Decay);
+            pos += n;
+        }
     }
 
     private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
@@ -200,7 +326,11 @@ public sealed class EagerParamServer : IDisposable
     public LearningRateSchedule Schedule { get; }
 
     /// <summary>Optimizer steps completed (every layer has been updated this many times once pending updates finish).</summary>
-    public long StepsDone { get; private set; }
+    public long StepsDone
+    {
+        get => _root?.StepsDone ?? Interlocked.Read(ref _stepsDone);
+        private set => _stepsDone = value;
+    }
 
     /// <summary>Bytes moved between host and device by this server (weights in, gradients out).</summary>
     public long BusBytes => Interlocked.Read(ref _busBytes);
@@ -212,7 +342,7 @@ public sealed class EagerParamServer : IDisposable
     public double UpdateWaitSeconds => TimeSpan.FromTicks(Interlocked.Read(ref _updateWaitTicks)).TotalSeconds;
 
     /// <summary>Whether layer <paramref name="layer"/> has an update that has not finished yet (a fetch now would block).</summary>
-    public bool IsUpdatePending(int layer) => _updates[layer] is { IsCompleted: false };
+    public bool IsUpdatePending(int layer) => _reducer?.IsPending(layer) ?? _updates[layer] is { IsCompleted: false };
 
     /// <summary>Whether the executor updates layer <paramref name="layer"/> on the device.</summary>
     public bool IsDeviceUpdated(int layer) => _onDevice[layer];
@@ -223,7 +353,13 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s weights into <paramref name="target"/>, after its pending update finishes.</summary>
     public void EnqueueFetch(int layer, AcceleratorStream copyStream, ArrayView<float> target)
     {
-        if (_updates[layer] is not null)
+        if (_reducer is not null)
+        {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
+            _reducer.Wait(layer, ref _collectiveWaitTicks);
+            Interlocked.Add(ref _updateWaitTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
+        }
+        else if (_updates[layer] is not null)
         {
             var start = System.Diagnostics.Stopwatch.GetTimestamp();
             WaitForUpdate(layer);
@@ -239,6 +375,15 @@ public sealed class EagerParamServer : IDisposable
     {
         if (_onDevice[layer])
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device; its gradients stay there.");
+        if (_reducer is not null)
+        {
+            CheckReplica();
+            var staging = _reducer.Stage(_replica, layer);
+            var n = Layout.Layers[layer].Length;
+            staging.CopyFromDeviceAsync(copyStream, source.SubView(0, n), 0, n);
+            Interlocked.Add(ref _busBytes, n * sizeof(float));
+            return;
+        }
         WaitForUpdate(layer);
         if (_gradsOf[layer] is not null)
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' already has gradients waiting for BeginUpdate.");
@@ -295,6 +440,14 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public void BeginUpdate(int layer, long step, float gradientFactor = 1f, long? optimizerStep = null)
     {
+        if (_reducer is not null)
+        {
+            CheckReplica();
+            if (gradientFactor != 1f)
+                throw new InvalidOperationException("Data-parallel updates take no gradient factor (clipping and loss scaling are refused with data parallel).");
+            _reducer.Arrive(_replica, layer, step, optimizerStep ?? step + 1);
+            return;
+        }
         CheckUpdatable(layer);
         _updateOrder[layer] = ++_updatesBegun;
         var t = optimizerStep ?? step + 1;
@@ -313,6 +466,8 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="gradientFactor">Each layer's gradient factor (called once per layer, on the calling thread).</param>
     public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, Func<int, long> optimizerStep, Func<int, float> gradientFactor)
     {
+        if (_reducer is not null)
+            throw new InvalidOperationException("Deferred updates are refused with data parallel.");
         var done = new TaskCompletionSource[layers.Count];
         for (var k = 0; k < layers.Count; k++)
         {
@@ -348,6 +503,8 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Drops the gradients every layer holds without updating anything (a step skipped on overflow).</summary>
     public void DiscardGradients()
     {
+        if (_reducer is not null)
+            throw new InvalidOperationException("Steps skipped on overflow need dynamic loss scaling, which data parallel refuses.");
         for (var i = 0; i < _gradsOf.Length; i++)
         {
             if (_updates[i] is null && _gradsOf[i] is not null)
@@ -363,6 +520,12 @@ public sealed class EagerParamServer : IDisposable
         }
     }
 
+    private void CheckReplica()
+    {
+        if (_root is null)
+            throw new InvalidOperationException("A data-parallel param server takes gradients through its replica views (one per device).");
+    }
+
     private void CheckUpdatable(int layer)
     {
         if (_onDevice[layer])
@@ -374,15 +537,18 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>Applies the optimizer to one layer now, on the calling thread.</summary>
-    private void Update(int layer, long step, long optimizerStep, float gradientFactor)
+    private void Update(int layer, long step, long optimizerStep, float gradientFactor) =>
+        Update(layer, step, optimizerStep, gradientFactor, _gradsOf[layer]!.Span);
+
+    /// <summary>Applies the optimizer to one layer now, on the calling thread, from <paramref name="grads"/>.</summary>
+    private void Update(int layer, long step, long optimizerStep, float gradientFactor, Span<float> grads)
     {
         var lr = Schedule.At(step);
         var t = checked((int)optimizerStep);
         if (gradientFactor != 1f)
-            Scale(_gradsOf[layer]!.Span, gradientFactor);
+            Scale(grads, gradientFactor);
         var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
-        var grads = _gradsOf[layer]!.Span;
         if (_statePrecision == StatePrecision.Bf16)
         {
             UpdateBf16(layer, t, lr, weights, grads);
@@ -457,6 +623,12 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>Blocks until layer <paramref name="layer"/>'s pending update (if any) is done; rethrows its failure.</summary>
     public void WaitForUpdate(int layer)
     {
+        if (_reducer is not null)
+        {
+            long ignored = 0;
+            _reducer.Wait(layer, ref ignored);
+            return;
+        }
         var task = _updates[layer];
         if (task is null)
             return;
@@ -485,11 +657,16 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>Marks one optimizer step as complete (after the executor has begun every layer's update).</summary>
-    public void CompleteStep() => StepsDone++;
+    public void CompleteStep()
+    {
+        if (_root is null) StepsDone++; // a replica's step is the root's, counted once by the data-parallel executor
+    }
 
     /// <summary>A copy of the master weights, after pending updates finish.</summary>
     public float[][] SnapshotWeights()
     {
+        if (_root is not null)
+            return _root.SnapshotWeights();
         WaitAll();
         return _weights.Select(w => w.Span.ToArray()).ToArray();
     }
@@ -498,9 +675,18 @@ public sealed class EagerParamServer : IDisposable
     /// The optimizer state for a checkpoint, after pending updates finish. <paramref name="deviceState"/>
     /// supplies the state of the layers updated on the device, in the host layout.
     /// </summary>
+    /// <remarks>
+    /// With the optimizer sharded over ranks every rank must call this at the same point (it all-gathers the shards), and
+    /// every rank receives the full state, so a checkpoint written from any rank resumes on any rank count.
+    /// </remarks>
     public TrainingState SnapshotState(IReadOnlyDictionary<string, string>? metadata = null, Func<int, float[]>? deviceState = null)
     {
+        if (_root is not null)
+            return _root.SnapshotState(metadata, deviceState);
         WaitAll();
+        if (_parallel is { ShardOptimizer: true })
+            return new TrainingState(StepsDone, OptimizerName(Settings.Kind), _optimizer.StateFloatsPerParam,
+                _reducer!.GatherState(_optimizer.StateFloatsPerParam, i => _state[i]), metadata ?? new Dictionary<string, string>());
         var states = new float[_state.Length][];
         for (var i = 0; i < states.Length; i++)
         {
@@ -535,6 +721,9 @@ public sealed class EagerParamServer : IDisposable
     /// <inheritdoc/>
     public void Dispose()
     {
+        if (_root is not null)
+            return; // a replica view owns nothing
+        _reducer?.Dispose();
         try { WaitAll(); } catch (Exception) { /* disposal must release pinned memory regardless */ }
         foreach (var w in _weights) w.Dispose();
         foreach (var g in _gradSlots) g.Dispose();

@@ -32,8 +32,15 @@ public enum StashPlacement
 /// <param name="SkippedSteps">Steps skipped so far in the run.</param>
 /// <param name="BlocksRun">Transformer blocks that ran this step (fewer than the model's under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward pass ran (blocks and embedding; fewer with frozen bottom layers).</param>
+/// <param name="CollectiveSeconds">Time this rank spent inside cross-rank collectives during the step (0 with one rank).</param>
+/// <param name="CollectiveHiddenSeconds">
+/// The part of <paramref name="CollectiveSeconds"/> that device work hid: the collective time minus the time the step's
+/// threads were blocked waiting for a collective's result (a fetch waiting for a layer's reduction, the loss and
+/// label-count sums), never below 0.
+/// </param>
 public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0,
-    double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0);
+    double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0,
+    double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

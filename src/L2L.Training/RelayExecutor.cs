@@ -153,6 +153,15 @@ public sealed class RelayExecutor : IExecutor
         }
     }
 
+    /// <summary>
+    /// Data parallel: the labelled targets of the whole global minibatch (every device and rank), which scales this
+    /// replica's loss gradient and loss; null: this executor's own minibatch.
+    /// </summary>
+    internal long? LabelledTotal { get; set; }
+
+    /// <summary>Data parallel: the global index of this replica's first micro-batch, so dropout masks match one device's.</summary>
+    internal int MicroBatchOffset { get; set; }
+
     /// <summary>Whether the embedding and head layers stay on the device with their optimizer there.</summary>
     private bool ResidentOnDevice => _eps.IsDeviceUpdated(EmbeddingIndex);
 
@@ -260,7 +269,7 @@ public sealed class RelayExecutor : IExecutor
         // Every pass over micro-batch u (forward, recomputation, backward) keys its dropout masks the same way.
         void Compute(int u, int k)
         {
-            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, _step, u) : null);
+            _layers.SetDropout(_dropout.Any ? new DropoutContext(_dropout, _seed, _step, MicroBatchOffset + u) : null);
             compute(u, k);
         }
 
@@ -300,7 +309,8 @@ public sealed class RelayExecutor : IExecutor
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
         // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
-        var labelled = Math.Max(1, _inputs.Load(inputs, targets, tokenTypes));
+        var local = _inputs.Load(inputs, targets, tokenTypes);
+        var labelled = Math.Max(1, LabelledTotal ?? local);
         // Under dynamic loss scaling the loss gradient is multiplied by the scale (a power of two, so exactly).
         var lossScale = _control.LossScale / labelled;
         var deferred = _eps.Mode == Update.UpdateMode.Deferred;

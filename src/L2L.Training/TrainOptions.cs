@@ -78,6 +78,22 @@ public sealed record TrainOptions
     /// <summary>Relay: how the param server stores AdamW's m and v (FP32, or BF16 with stochastic rounding, not exact).</summary>
     public Optim.StatePrecision OptimizerState { get; init; } = Optim.StatePrecision.Fp32;
 
+    /// <summary>Data parallel: accelerators this process trains on (each runs an equal share of a rank's micro-batches).</summary>
+    public int Devices { get; init; } = 1;
+    /// <summary>Data parallel: MPI ranks of the job (each runs sequences r, r+R, … of every minibatch).</summary>
+    public int WorldSize { get; init; } = 1;
+    /// <summary>With several ranks: each keeps the weights and optimizer state of 1/R of every layer.</summary>
+    public bool ShardOptimizer { get; init; }
+
+    /// <summary>Whether the step is shared among more than one device or rank (every layer is then updated on the host).</summary>
+    public bool IsParallel => Devices * WorldSize > 1;
+
+    /// <summary>Micro-batches each rank runs per step.</summary>
+    public int MicroBatchesPerRank => MicroBatches / WorldSize;
+
+    /// <summary>Checkpoint metadata keys recording how the run was spread (informative: a change alters only the order of gradient sums).</summary>
+    public const string WorldSizeKey = "world_size", DevicesKey = "devices", ShardOptimizerKey = "shard_optimizer";
+
     /// <summary>A test hook: poison one layer's gradient at one step (an injected overflow).</summary>
     public Update.GradientFault? GradientFault { get; init; }
 
@@ -88,7 +104,7 @@ public sealed record TrainOptions
 
     /// <summary>Where the relay updates the embedding and head layers, with the default resolved.</summary>
     public Update.UpdateLocation ResolvedEmbeddingUpdate =>
-        EmbeddingUpdate ?? (Update.DeviceLayerOptimizer.Supports(Optimizer.Kind) ? Update.UpdateLocation.Device : Update.UpdateLocation.Host);
+        IsParallel ? Update.UpdateLocation.Host : EmbeddingUpdate ?? (Update.DeviceLayerOptimizer.Supports(Optimizer.Kind) ? Update.UpdateLocation.Device : Update.UpdateLocation.Host);
 
     /// <summary>The micro-batch shape.</summary>
     public int MicroBatchSize => Batch / MicroBatches;
@@ -105,6 +121,19 @@ public sealed record TrainOptions
         if (SeqLen < 1 || SeqLen > Config.MaxPositions)
             throw new ArgumentException($"--seq {SeqLen} must be between 1 and the model's longest sequence (n_positions / max_position_embeddings = {Config.MaxPositions}).");
         if (Warmup < 0) throw new ArgumentException("--warmup must not be negative.");
+        if (Devices < 1 || WorldSize < 1) throw new ArgumentException($"A run needs at least one device and one rank, not {Devices} and {WorldSize}.");
+        if (MicroBatches % WorldSize != 0 || MicroBatchesPerRank % Devices != 0)
+            throw new ArgumentException($"--micro-batches {MicroBatches} does not split across {WorldSize} rank(s) of {Devices} device(s): use a multiple of {WorldSize * Devices}.");
+        if (ShardOptimizer && WorldSize < 2)
+            throw new ArgumentException("--shard-optimizer splits the param server across MPI ranks and needs at least two.");
+        if (IsParallel && Executor != ExecutorKind.Relay)
+            throw new ArgumentException("--executor conventional runs on one device in one process; data parallel training needs --executor relay.");
+        if (IsParallel && (ClipGradNorm is not null || LossScale == Update.LossScaleMode.Dynamic || ResolvedUpdateMode == Update.UpdateMode.Deferred))
+            throw new ArgumentException("Data parallel training updates each layer as soon as its gradients are summed: --clip-grad-norm, --loss-scale dynamic and --update-mode deferred need one device.");
+        if (ShardOptimizer && (OptimizerState == Optim.StatePrecision.Bf16 || Optimizer.Kind == OptimizerKind.Lamb))
+            throw new ArgumentException("--shard-optimizer keeps FP32 state and splits every tensor: use --optimizer-state fp32 and --optimizer adamw or sgd with it.");
+        if (IsParallel && EmbeddingUpdate == Update.UpdateLocation.Device)
+            throw new ArgumentException("--embedding-update device keeps the embedding and head on one device; with several devices or ranks every layer is updated on the host. Use --embedding-update host or auto.");
         if (StashCodec != StashCodec.None && Executor != ExecutorKind.Relay)
             throw new ArgumentException("--stash-codec compresses the relay's stash and needs --executor relay.");
         StashCodecSettings.Validate();

@@ -5,6 +5,7 @@ using L2L.Backends;
 using L2L.Model;
 using L2L.Model.Data;
 using L2L.Model.Device;
+using L2L.Training.Parallel;
 
 namespace L2L.Training;
 
@@ -26,10 +27,14 @@ namespace L2L.Training;
 /// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
 /// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
+/// <param name="WorldSize">MPI ranks of the job (1 without MPI).</param>
+/// <param name="Devices">Accelerators in this process.</param>
+/// <param name="CollectiveSeconds">Time this rank spent in cross-rank collectives this step (0 with one rank).</param>
+/// <param name="CollectiveHiddenSeconds">The part of <paramref name="CollectiveSeconds"/> that overlapped device work (did not lengthen the step).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
-    int BlocksRun = 0, int BackwardLayers = 0)
+    int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -48,6 +53,8 @@ public sealed class Trainer : IDisposable
     private readonly EagerParamServer? _eps;
     private readonly IExecutor _executor;
     private readonly int[] _inputs, _targets;
+    private readonly ParallelSetup? _parallel;
+    private readonly int[] _rankInputs, _rankTargets; // this rank's sequences r, r+R, … of the minibatch (the minibatch itself with one rank)
     private Validation? _validation;
     private readonly Update.GradientControl _control;
 
@@ -55,28 +62,46 @@ public sealed class Trainer : IDisposable
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
     /// (weights and optimizer state), else <paramref name="init"/> (weights only), else the model's own initialisation.
     /// A masked-language model reads its targets from <paramref name="labels"/> when given, else masks on the fly.
+    /// With <paramref name="parallel"/> the run is data parallel over its devices (the first is <paramref name="backend"/>) and ranks:
+    /// see the other constructor.
     /// </summary>
     public Trainer(Backend backend, TrainOptions options, ITokenSource data, float[][]? init = null, TrainingState? resume = null,
-        ITokenSource? labels = null)
-        : this(backend, options, CheckedBatches(options, data, labels), init, resume)
+        ITokenSource? labels = null, ParallelSetup? parallel = null)
+        : this(backend, options, CheckedBatches(options, data, labels), init, resume, parallel)
     {
     }
 
-    /// <summary>Prepares a run that reads its minibatches from <paramref name="batches"/> (B and T as in <paramref name="options"/>).</summary>
-    public Trainer(Backend backend, TrainOptions options, IBatchSource batches, float[][]? init = null, TrainingState? resume = null)
+    /// <summary>
+    /// Prepares a run that reads its minibatches from <paramref name="batches"/> (B and T as in <paramref name="options"/>).
+    /// With <paramref name="parallel"/> (needed when <see cref="TrainOptions.IsParallel"/>) every rank reads the same global
+    /// minibatch and keeps sequences r, r+R, … of it, so the job trains on the batch one process would; only rank 0 writes
+    /// the metrics log and checkpoints.
+    /// </summary>
+    public Trainer(Backend backend, TrainOptions options, IBatchSource batches, float[][]? init = null, TrainingState? resume = null,
+        ParallelSetup? parallel = null)
     {
         options.Validate();
         if (batches.Batch != options.Batch || batches.SeqLen != options.SeqLen)
             throw new ArgumentException($"The batch source makes {batches.Batch}x{batches.SeqLen} minibatches; the run needs {options.Batch}x{options.SeqLen}.");
+        if (parallel is not null && (parallel.DeviceCount != options.Devices || parallel.WorldSize != options.WorldSize || !ReferenceEquals(parallel.Devices[0], backend)))
+            throw new ArgumentException($"The parallel setup ({parallel.DeviceCount} devices, {parallel.WorldSize} ranks) does not match the options ({options.Devices} devices, {options.WorldSize} ranks) or does not start with the given backend.");
+        if (parallel is null && options.IsParallel)
+            throw new ArgumentException($"The options ask for {options.Devices} devices and {options.WorldSize} ranks; pass the parallel setup that provides them.");
         _backend = backend;
         _options = options;
+        _parallel = options.IsParallel ? parallel : null;
         _layout = new ModelLayout(options.Config);
         _loader = batches;
         _inputs = new int[options.Batch * options.SeqLen];
         _targets = new int[options.Batch * options.SeqLen];
-        if (options.DeviceBudgetBytes is { } budget)
-            backend.Memory.BudgetBytes = budget;
-        backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
+        (_rankInputs, _rankTargets) = options.WorldSize == 1 ? (_inputs, _targets)
+            : (new int[options.Batch / options.WorldSize * options.SeqLen], new int[options.Batch / options.WorldSize * options.SeqLen]);
+        foreach (var device in Devices)
+        {
+            if (options.DeviceBudgetBytes is { } budget)
+                device.Memory.BudgetBytes = budget;
+            device.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
+        }
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         _control = Update.GradientControl.From(options, resume);
         if (options.Executor == ExecutorKind.Relay)
@@ -84,13 +109,16 @@ public sealed class Trainer : IDisposable
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
             // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
             _eps = init is not null
-                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState)
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel)
                 : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
-                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState);
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel);
             try
             {
-                _executor = new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
-                    options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings);
+                _executor = _parallel is { } setup
+                    ? ParallelRelay.Create(setup, _eps, mb, setup.MicroBatchesPerRank(options.MicroBatches), options.Stash, resume, _control, options.GradientFault,
+                        options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings)
+                    : new RelayExecutor(backend, _eps, mb, options.MicroBatches, options.Stash, resume, _control, options.GradientFault,
+                        options.ResolvedDropout, options.Seed, options.Selection(_layout), options.StashCodecSettings);
             }
             catch
             {
@@ -113,6 +141,12 @@ public sealed class Trainer : IDisposable
         return BatchSources.Create(options, data, labels);
     }
 
+    /// <summary>The accelerators this process trains on (one unless data parallel over devices).</summary>
+    public IReadOnlyList<Backend> Devices => _parallel?.Devices ?? [_backend];
+
+    /// <summary>Whether this process writes the metrics log and checkpoints: rank 0 of the job (every process that is not an MPI rank).</summary>
+    public bool Writes => (_parallel?.Rank ?? 0) == 0;
+
     /// <summary>The parameter layout.</summary>
     public ModelLayout Layout => _layout;
 
@@ -127,23 +161,47 @@ public sealed class Trainer : IDisposable
     {
         var step = _executor.StepsDone;
         _loader.Fill(step, _inputs, _targets);
+        if (_options.WorldSize > 1)
+        {
+            var rank = _parallel!.Rank;
+            TakeShare(_inputs, _rankInputs, _options.SeqLen, rank, _options.WorldSize);
+            TakeShare(_targets, _rankTargets, _options.SeqLen, rank, _options.WorldSize);
+        }
         var clock = Stopwatch.StartNew();
-        var result = _executor.Step(step, _inputs, _targets);
+        var result = _executor.Step(step, _rankInputs, _rankTargets);
         var seconds = clock.Elapsed.TotalSeconds;
+        // The job's tokens over this rank's step time; the device figures are the largest over this process's devices.
+        var peak = Devices.MaxBy(d => d.Memory.PeakBytes)!.Memory;
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
-            _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
+            peak.PeakBytes, peak.PeakByCategory(), result.BusBytes, Devices.Max(d => d.Memory.AllocationCount), result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
-            BackwardLayers: result.BackwardLayers);
+            BackwardLayers: result.BackwardLayers, WorldSize: _options.WorldSize, Devices: _options.Devices,
+            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds);
+    }
+
+    /// <summary>
+    /// Copies rank <paramref name="rank"/>'s share of a (B, T) minibatch into <paramref name="share"/>: sequences
+    /// rank, rank + R, rank + 2R, … in that order (B/R of them), so R ranks together cover the whole minibatch.
+    /// </summary>
+    public static void TakeShare(ReadOnlySpan<int> minibatch, Span<int> share, int seqLen, int rank, int worldSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
+        if ((uint)rank >= (uint)worldSize) throw new ArgumentOutOfRangeException(nameof(rank), $"Rank {rank} is not in a world of {worldSize}.");
+        var sequences = minibatch.Length / seqLen;
+        if (sequences * seqLen != minibatch.Length || sequences % worldSize != 0 || share.Length != minibatch.Length / worldSize)
+            throw new ArgumentException($"A minibatch of {sequences} sequences of {seqLen} does not split into {worldSize} shares of {share.Length / Math.Max(seqLen, 1)}.");
+        for (int s = rank, i = 0; s < sequences; s += worldSize, i++)
+            minibatch.Slice(s * seqLen, seqLen).CopyTo(share.Slice(i * seqLen, seqLen));
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
     public IReadOnlyList<StepMetrics> Run(Action<StepMetrics>? onStep = null, string? metricsPath = null, CancellationToken cancel = default)
     {
         var all = new List<StepMetrics>();
-        using var log = metricsPath is null ? null : OpenLog(metricsPath);
+        using var log = metricsPath is null || !Writes ? null : OpenLog(metricsPath);
         while (_executor.StepsDone < _options.Steps)
         {
-            cancel.ThrowIfCancellationRequested();
+            if (StopRequested(cancel)) throw new OperationCanceledException(cancel);
             var metrics = Step();
             if (_validation is { } v && (metrics.Step % v.Every == 0 || metrics.Step == _options.Steps))
                 metrics = metrics with { ValLoss = Validate() };
@@ -156,6 +214,15 @@ public sealed class Trainer : IDisposable
             onStep?.Invoke(metrics);
         }
         return all;
+    }
+
+    // Every rank stops after the same step: an interrupt seen by any rank (mpirun forwards it to all, not at the same instant) stops all.
+    private unsafe bool StopRequested(CancellationToken cancel)
+    {
+        if (_options.WorldSize == 1) return cancel.IsCancellationRequested;
+        var flag = cancel.IsCancellationRequested ? 1f : 0f;
+        _parallel!.Collectives.AllReduceSum(&flag, 1);
+        return flag > 0;
     }
 
     private StreamWriter OpenLog(string path)
@@ -208,6 +275,10 @@ public sealed class Trainer : IDisposable
         ["loss_scale"] = m.LossScale,
         ["blocks_run"] = m.BlocksRun,
         ["backward_layers"] = m.BackwardLayers,
+        ["world_size"] = m.WorldSize,
+        ["devices"] = m.Devices,
+        ["collective_seconds"] = m.CollectiveSeconds,
+        ["collective_hidden_seconds"] = m.CollectiveHiddenSeconds,
     }));
 
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
@@ -257,15 +328,22 @@ public sealed class Trainer : IDisposable
     {
         var metadata = new Dictionary<string, string>(RunSettings.Describe(_options));
         _control.Save(metadata);
+        metadata[TrainOptions.WorldSizeKey] = _options.WorldSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        metadata[TrainOptions.DevicesKey] = _options.Devices.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        metadata[TrainOptions.ShardOptimizerKey] = _options.ShardOptimizer ? "true" : "false";
         return metadata;
     }
 
     /// <summary>Saves the model, optimizer state and run settings (<see cref="RunSettings"/>) to <paramref name="dir"/> (atomically: a failed save leaves the old checkpoint intact).</summary>
     /// <param name="dir">The checkpoint directory.</param>
     /// <param name="notice">Receives a sentence for each leftover of an earlier interrupted save that was tidied.</param>
+    /// <remarks>Every rank of a job calls it (the weights and state may be gathered from the ranks); rank 0 alone writes.</remarks>
     public void Save(string dir, Action<string>? notice = null)
     {
-        Checkpoint.Save(dir, _layout, _executor.Weights(), _executor.State(Metadata()), notice);
+        var weights = _executor.Weights();
+        var state = _executor.State(Metadata());
+        if (!Writes) return;
+        Checkpoint.Save(dir, _layout, weights, state, notice);
         if (TokenizerDirectory is { } tokenizer)
             L2L.Model.Tokenizers.TextTokenizers.CopyFiles(tokenizer, dir);
     }

@@ -69,9 +69,12 @@ internal sealed class Workspace : IDisposable
     public CliResult Run(BackendFixture fixture, string commandLine) => Run(fixture, Words(commandLine));
 
     /// <summary>Runs <paramref name="args"/> on the fixture's CPU backend; cancelling the test stops training gracefully.</summary>
-    public CliResult Run(BackendFixture fixture, string[] args)
+    public CliResult Run(BackendFixture fixture, string[] args) => Run(fixture, args, Environment.GetEnvironmentVariable);
+
+    /// <summary>As above, with the environment variables the command reads given by <paramref name="variables"/> (e.g. a launcher's).</summary>
+    public CliResult Run(BackendFixture fixture, string[] args, Func<string, string?> variables)
     {
-        var env = new CliEnvironment { Backend = fixture.Get(DeviceKind.Cpu), Stop = TestContext.Current.CancellationToken };
+        var env = new CliEnvironment { Backend = fixture.Get(DeviceKind.Cpu), Stop = TestContext.Current.CancellationToken, Variables = variables };
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
         var code = Cli.Run(args, stdout, stderr, env);

@@ -10,10 +10,12 @@ internal static unsafe class Program
     {
         if (args.Length < 1)
         {
-            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs> [count]");
+            Console.Error.WriteLine("usage: L2L.Distributed.Driver <info|allreduce|roundtrip|chunked|rank-exits|rank-hangs|train-parity [device|host] [devices per rank]|train-sharded|train-resume|bench-train DEVICES STEPS [host]> [count]");
             return 2;
         }
         string scenario = args[0];
+        if (scenario == "bench-train")
+            return BenchTrain.Run(args);
         var options = MpiOptions.FromEnvironment() with
         {
             MaxElementsPerCall = scenario == "chunked" ? 5 : int.MaxValue,
@@ -39,6 +41,10 @@ internal static unsafe class Program
             "chunked" => run.Chunked(),
             "rank-exits" => run.RankExits(),
             "rank-hangs" => run.RankHangs(),
+            "train-parity" => new TrainingScenarios(mpi, run.Say).Parity(args.Length > 1 && args[1] == "host" ? L2L.Training.StashPlacement.Host : L2L.Training.StashPlacement.Device,
+                args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 1),
+            "train-sharded" => new TrainingScenarios(mpi, run.Say).Sharded(),
+            "train-resume" => new TrainingScenarios(mpi, run.Say).Resume(),
             _ => throw new ArgumentException($"Unknown scenario {scenario}."),
         };
         run.Say(ok ? "PASS" : "FAIL");

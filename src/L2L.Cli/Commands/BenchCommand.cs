@@ -5,11 +5,11 @@ namespace L2L.Cli.Commands;
 
 internal static class BenchCommand
 {
-    public static Command Create()
+    public static Command Create(CliEnvironment? env = null)
     {
         var command = new Command("bench", "Benchmarks (results carry the machine they ran on).");
         command.Subcommands.Add(BenchHostOptimizerCommand.Create());
-        command.Subcommands.Add(BenchTrainCommand.Create());
+        command.Subcommands.Add(BenchTrainCommand.Create(env?.Variables));
         command.Subcommands.Add(BenchGemmCommand.Create());
         command.Subcommands.Add(BenchBusCommand.Create());
         command.Subcommands.Add(BenchAttentionCommand.Create());

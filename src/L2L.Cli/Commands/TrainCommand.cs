@@ -6,6 +6,7 @@ using L2L.Model;
 using L2L.Model.Data;
 using L2L.Model.Tokenizers;
 using L2L.Training;
+using L2L.Training.Distributed;
 using L2L.Training.Optim;
 using Spectre.Console;
 
@@ -62,6 +63,7 @@ internal static class TrainCommand
         var unitScaling = new Option<bool>("--unit-scaling") { Description = "Train a unit-scaled GPT-2 (\"unit_scaling\": true: N(0,1) weights, fixed per-op scales, per-tensor learning rates; see README 'Unit scaling'). A checkpoint keeps its own." };
 
         var dataFormat = DataSources.FormatOption();
+        var parallel = new DataParallelOptions { Environment = env.Variables };
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
 
         var command = new Command("train", "Train a GPT-2 or BERT model with L2L relay execution (or the conventional baseline).");
@@ -70,6 +72,8 @@ internal static class TrainCommand
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
         command.Options.Add(unitScaling);
+        foreach (var o in parallel.All)
+            command.Options.Add(o);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -164,12 +168,46 @@ internal static class TrainCommand
                 || GptConfig.PresetNames.Contains(p.GetValue(model)!, StringComparer.OrdinalIgnoreCase) ? null
                 : $"--unit-scaling builds a unit-scaled GPT-2, but --model {p.GetValue(model)} is not a GPT-2 preset. Drop --unit-scaling, or choose one of: {string.Join(", ", GptConfig.PresetNames)}"),
         };
+        // Data parallel: the device list, the launcher, sharding, and a U that splits over ranks and devices (on --resume, the recorded U).
+        int MicroBatchCount(ParseResult p) => !Rules.Given(p, micro) && inherited is not null && inherited.TryGetValue(RunSettings.MicroBatches, out var u)
+            && int.TryParse(u, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : p.GetValue(micro);
+        foreach (var rule in parallel.Rules(device, MicroBatchCount, Relay))
+            rules.Add(rule);
+        rules.Add(Rules.Custom("--embedding-update device needs one device in one process", p =>
+            !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase) || (p.GetValue(parallel.Devices) is null && parallel.Plan(p).WorldSizeHint is 1) ? null
+                : "--embedding-update device keeps the embedding and head on one device, but with several devices or MPI ranks every layer is updated on the host. Use --embedding-update host or auto"));
+        // Data parallel updates each layer as soon as every device's and rank's gradients of it are summed: nothing may wait for the whole step.
+        rules.Add(Rules.Custom("data parallel refuses what needs the whole step's gradients", p =>
+        {
+            if (!parallel.IsSpread(p)) return null;
+            var clipped = Rules.Given(p, clipNorm) || (inherited is not null && inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None);
+            var what = clipped ? "--clip-grad-norm" : string.Equals(Effective(p, lossScale, RunSettings.LossScale), "dynamic", StringComparison.OrdinalIgnoreCase) ? "--loss-scale dynamic"
+                : string.Equals(p.GetValue(updateMode), "deferred", StringComparison.OrdinalIgnoreCase) ? "--update-mode deferred" : null;
+            var fromCheckpoint = clipped && !Rules.Given(p, clipNorm) || what == "--loss-scale dynamic" && !Rules.Given(p, lossScale);
+            return what is null ? null
+                : $"{what}{(fromCheckpoint ? " (recorded in the resumed checkpoint)" : "")} needs every gradient of the step before any update, but data parallel training updates each layer " +
+                  $"as soon as its gradients from every device and rank are summed. {(fromCheckpoint ? "Resume that checkpoint on one device" : $"Drop {what}, or train on one device")}";
+        }));
+        rules.Add(Rules.Custom("--shard-optimizer keeps fp32 adamw or sgd state", p =>
+        {
+            if (!p.GetValue(parallel.ShardOptimizer)) return null;
+            if (string.Equals(p.GetValue(optimizerState), "bf16", StringComparison.OrdinalIgnoreCase))
+                return "--shard-optimizer keeps each rank's share of the optimizer state in FP32. Use --optimizer-state fp32 with it";
+            return string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase)
+                ? "--shard-optimizer splits every tensor across the ranks, but lamb's trust ratio needs each whole tensor. Use --optimizer adamw or sgd with it" : null;
+        }));
 
         command.SetAction(parse =>
         {
-            foreach (var dir in new[] { parse.GetValue(resume), parse.GetValue(init), parse.GetValue(save) })
-                Checkpoints.Tidy(dir, env);
+            // Under MPI only rank 0 touches files and stdout; the others only read (the checkpoint, the data).
+            var plan = parallel.Plan(parse);
+            if (plan.Writes)
+                foreach (var dir in new[] { parse.GetValue(resume), parse.GetValue(init), parse.GetValue(save) })
+                    Checkpoints.Tidy(dir, env);
             rules.Check(parse);
+            if (!plan.Writes)
+                env.Silence();
+            var devices = parallel.DeviceList(parse, device);
 
             var initDir = parse.GetValue(init);
             var resumeDir = parse.GetValue(resume);
@@ -216,6 +254,9 @@ internal static class TrainCommand
             var options = new TrainOptions
             {
                 Config = cfg,
+                Devices = devices.Count,
+                WorldSize = plan.WorldSizeHint ?? 1,
+                ShardOptimizer = parse.GetValue(parallel.ShardOptimizer),
                 Steps = settings.Value(steps, t => long.Parse(t, System.Globalization.CultureInfo.InvariantCulture)),
                 Batch = settings.Value(batch, Integer),
                 MicroBatches = settings.Value(micro, Integer),
@@ -232,9 +273,10 @@ internal static class TrainCommand
                 Shuffle = settings.Value(shuffle, bool.Parse),
                 OptimizerThreads = parse.GetValue(threads),
                 DeviceBudgetBytes = parse.GetValue(budget),
-                // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel.
-                EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
-                UpdateMode = UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
+                // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel, or the run is data parallel.
+                EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && (devices.Count > 1 || plan.WorldSizeHint != 1 || !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o)))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
+                // Data parallel updates eagerly: an untyped (inherited) deferred mode gives way, a typed one was refused by the rules.
+                UpdateMode = parallel.IsSpread(parse) && !Rules.Given(parse, updateMode) ? null : UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
                 ClipGradNorm = clipping.Norm,
                 Dropout = settings.Value(dropout, t => t == RunSettings.ConfigDropout ? null : Number(t)),
                 LayerDrop = settings.Value(layerDrop, Number),
@@ -263,6 +305,8 @@ internal static class TrainCommand
                         "Resume with the checkpoint's optimizer, or use --init to start from its weights with a fresh optimizer");
                 foreach (var note in notes)
                     env.Out.WriteLine($"note: {note}.");
+                if (SpreadNote(state.Metadata, options) is { } spread)
+                    env.Out.WriteLine($"note: {spread}.");
                 if (state.Step >= options.Steps)
                 {
                     env.Out.WriteLine($"checkpoint '{resumeDir}' is already at step {state.Step}, at or past --steps {options.Steps}: nothing to train, nothing saved. " +
@@ -275,81 +319,126 @@ internal static class TrainCommand
             var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
             using var labelLifetime = labelSource as IDisposable;
 
-            using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
-            var backend = lease.Backend;
-            env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
-            if (options.StashCodecSettings is { Enabled: true } codec)
-                env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
-            using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
-            if (trainer.HostBytesPerParameter is { } hostBytes)
-                env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
-                    (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
-            var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
-            using var valOwner = valSource as IDisposable;
-            if (valSource is not null)
-                trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
-            trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
-            var saveDir = parse.GetValue(save);
-            var every = parse.GetValue(saveEvery);
-            var metrics = new List<StepMetrics>();
-            var interactive = ReferenceEquals(env.Out, Console.Out) && env.Ansi.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
-            void Note(string line) => env.Out.WriteLine($"note: {line}.");
-            void OnStep(StepMetrics m)
-            {
-                metrics.Add(m);
-                if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
-                    trainer.Save(saveDir, Note);
-                if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
-                    env.Out.WriteLine(Line(m));
-            }
-            var start = trainer.StepsDone;
-            var stopped = false;
+            // From here every rank of an MPI job takes part in every step: a failure on one rank ends them all
+            // (MPI_Abort through the launcher) rather than leaving the others waiting in a collective.
+            using var collectives = plan.Start();
             try
             {
-                if (interactive)
+                return Train(collectives);
+            }
+            catch (Exception e) when (collectives.WorldSize > 1)
+            {
+                using var line = new StringWriter();
+                var code = Cli.Report(e, line, verbose: false);
+                if (parse.GetValue<bool>("--verbose")) env.Error.WriteLine(e.ToString());
+                collectives.Abort(code, $"error: rank {collectives.Rank} of {collectives.WorldSize}: {line.ToString().Trim()["error: ".Length..]} " +
+                    "Ending every rank; the last checkpoint saved before this is intact.");
+                return code;
+            }
+
+            int Train(IHostCollectives collectives)
+            {
+                if (collectives.WorldSize != options.WorldSize)
                 {
-                    env.Ansi.Progress()
-                        .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                        .Start(ctx =>
-                        {
-                            var task = ctx.AddTask("starting", maxValue: options.Steps - start);
-                            trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log), env.Stop);
-                        });
+                    // A launcher that did not announce its size (PMIx alone): the split is checked now that MPI knows it.
+                    if (DataParallelOptions.SplitProblem(options.MicroBatches, options.Devices, collectives.WorldSize) is { } problem)
+                        throw new CliException(problem);
+                    options = options with { WorldSize = collectives.WorldSize };
+                    options.Validate();
                 }
-                else
+                using var leases = env.OpenBackends(devices.ForLocalRank(plan.LocalRank));
+                var backend = leases.Backends[0];
+                env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, leases.Backends))}");
+                if (options.StashCodecSettings is { Enabled: true } codec)
+                    env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
+                var setup = options.IsParallel ? new L2L.Training.Parallel.ParallelSetup(leases.Backends, collectives, options.ShardOptimizer) : null;
+                using var trainer = new Trainer(backend, options, source, weights, state, labelSource, setup);
+                if (trainer.HostBytesPerParameter is { } hostBytes)
+                    env.Out.WriteLine($"param server{(options.ShardOptimizer ? $" (sharded: each rank's 1/{options.WorldSize})" : "")}: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
+                        (options.ResolvedUpdateMode == L2L.Training.Update.UpdateMode.Deferred ? "a gradient buffer per host-updated layer)" : "a ring of gradient buffers)"));
+                var valSource = parse.GetValue(valData) is { } valPath ? DataSources.Open(valPath, cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen) : null;
+                using var valOwner = valSource as IDisposable;
+                if (valSource is not null)
+                    trainer.EnableValidation(valSource, parse.GetValue(valEvery), parse.GetValue(valBatches));
+                trainer.TokenizerDirectory = TokenizerSource(parse.GetValue(data), checkpointDir);
+                var saveDir = parse.GetValue(save);
+                var every = parse.GetValue(saveEvery);
+                var metrics = new List<StepMetrics>();
+                // Under mpirun stdout is a terminal on every rank; only rank 0 writes to it (the others are silenced), and never a bar on a dumb one.
+                var interactive = ReferenceEquals(env.Out, Console.Out) && env.Ansi.Profile.Capabilities.Interactive && !Console.IsOutputRedirected
+                    && !string.Equals(env.Variables("TERM"), "dumb", StringComparison.Ordinal);
+                void Note(string line) => env.Out.WriteLine($"note: {line}.");
+                void OnStep(StepMetrics m)
                 {
-                    trainer.Run(OnStep, parse.GetValue(log), env.Stop);
+                    metrics.Add(m);
+                    if (saveDir is not null && every > 0 && m.Step % every == 0 && m.Step < options.Steps)
+                        trainer.Save(saveDir, Note);
+                    if (!interactive && (m.Step % 10 == 0 || m.Step == options.Steps || metrics.Count == 1 || m.ValLoss is not null))
+                        env.Out.WriteLine(Line(m));
                 }
+                var start = trainer.StepsDone;
+                var stopped = false;
+                try
+                {
+                    if (interactive)
+                    {
+                        env.Ansi.Progress()
+                            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                            .Start(ctx =>
+                            {
+                                var task = ctx.AddTask("starting", maxValue: options.Steps - start);
+                                trainer.Run(m => { OnStep(m); task.Description = Markup.Escape(Line(m)); task.Increment(1); }, parse.GetValue(log), env.Stop);
+                            });
+                    }
+                    else
+                    {
+                        trainer.Run(OnStep, parse.GetValue(log), env.Stop);
+                    }
+                }
+                // Between steps: the last step finished and is logged. Under MPI a rank stops also when another rank was interrupted.
+                catch (OperationCanceledException e) when (env.Stop.IsCancellationRequested || (options.WorldSize > 1 && e.CancellationToken == env.Stop))
+                {
+                    stopped = true;
+                }
+                if (metrics.Count > 0)
+                    env.Out.WriteLine($"final: {Line(metrics[^1])}");
+                // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
+                var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
+                if (floor is { } rate && !stopped)
+                    env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
+                var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
+                if (saved)
+                {
+                    trainer.Save(saveDir!, Note);
+                    env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
+                }
+                if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0 && trainer.Writes)
+                {
+                    LossPlot.Save(plotPath, metrics, floor);
+                    env.Out.WriteLine($"wrote {plotPath}");
+                }
+                // No rank leaves before rank 0 has saved: a rank ending with 130 makes the launcher end the job, rank 0 included.
+                collectives.Barrier();
+                if (!stopped) return 0;
+                env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
+                env.Out.WriteLine(saved
+                    ? $"resume with: {(options.WorldSize > 1 ? $"mpirun -np {options.WorldSize} " : "")}{ResumeCommand(env.Args, saveDir!)}"
+                    : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
+                return Cli.InterruptedExitCode;
             }
-            catch (OperationCanceledException) when (env.Stop.IsCancellationRequested)
-            {
-                stopped = true; // between steps: the last step finished and is logged
-            }
-            if (metrics.Count > 0)
-                env.Out.WriteLine($"final: {Line(metrics[^1])}");
-            // The corpus's entropy rate bounds next-token prediction; a masked-language model's floor differs.
-            var floor = cfg.Objective == TrainingObjective.CausalLanguageModel ? (source as SyntheticCorpus)?.EntropyRateNats : null;
-            if (floor is { } rate && !stopped)
-                env.Out.WriteLine($"corpus entropy rate (the lowest achievable loss): {rate:F4} nats/token");
-            var saved = saveDir is not null && (metrics.Count > 0 || !stopped);
-            if (saved)
-            {
-                trainer.Save(saveDir!, Note);
-                env.Out.WriteLine($"saved checkpoint to {saveDir} (step {trainer.StepsDone})");
-            }
-            if (parse.GetValue(plot) is { } plotPath && metrics.Count > 0)
-            {
-                LossPlot.Save(plotPath, metrics, floor);
-                env.Out.WriteLine($"wrote {plotPath}");
-            }
-            if (!stopped) return 0;
-            env.Out.WriteLine($"interrupted: stopped after step {trainer.StepsDone} of {options.Steps}.");
-            env.Out.WriteLine(saved
-                ? $"resume with: {ResumeCommand(env.Args, saveDir!)}"
-                : "no --save was given, so there is nothing to resume from; add --save DIR to keep a run's progress.");
-            return Cli.InterruptedExitCode;
         });
         return command;
+    }
+
+    // A checkpoint written by a run spread over other ranks or devices continues: only the order of the gradient sums changes.
+    private static string? SpreadNote(IReadOnlyDictionary<string, string> recorded, TrainOptions now)
+    {
+        static int Count(IReadOnlyDictionary<string, string> m, string key) =>
+            m.TryGetValue(key, out var text) && int.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 1;
+        int ranks = Count(recorded, TrainOptions.WorldSizeKey), devices = Count(recorded, TrainOptions.DevicesKey);
+        return ranks == now.WorldSize && devices == now.Devices ? null
+            : $"the checkpoint was written by {DataParallelOptions.Describe(devices, ranks)} and this run has {DataParallelOptions.Describe(now.Devices, now.WorldSize)}; " +
+              "that changes only the order in which gradients are summed";
     }
 
     // Where the run's tokenizer is recorded: beside the data (l2l prepare writes it there), else in the starting checkpoint.
@@ -400,7 +489,7 @@ internal static class TrainCommand
             : $"checkpoint '{checkpointDir}' holds a standard GPT-2, but --unit-scaling asks for a unit-scaled one, whose ops and initialisation differ. Drop --unit-scaling, or start a unit-scaled model afresh without --init/--resume");
     }
 
-    private static string Describe(TrainOptions o, ITokenSource source, Backend backend) =>
+    private static string Describe(TrainOptions o, ITokenSource source, IReadOnlyList<Backend> backends) =>
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
         (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
@@ -409,7 +498,9 @@ internal static class TrainCommand
         (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
         (o.Config is GptConfig { UnitScaling: true } ? " | unit-scaled" : "") +
         (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
-        $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | device: {backend.Description}";
+        $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | " +
+        (o.IsParallel ? $"{DataParallelOptions.Describe(o.Devices, o.WorldSize)}{(o.ShardOptimizer ? ", sharded optimizer" : "")} (world_size {o.WorldSize}, devices {o.Devices}) | " : "") +
+        (backends.Count == 1 ? $"device: {backends[0].Description}" : $"devices: {string.Join("; ", backends.Select(b => b.Description))}");
 
     private static string Line(StepMetrics m) =>
         $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +

@@ -172,3 +172,125 @@ public static class TrainBenchmark
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 }
+
+/// <summary>One configuration of <see cref="ScalingBenchmark"/>: the same work per device on one device and on all of them.</summary>
+/// <param name="MicroBatchSize">Sequences per micro-batch.</param>
+/// <param name="MicroBatchesPerDevice">Micro-batches each device runs per step (U on the single device).</param>
+/// <param name="Devices">Accelerators per rank.</param>
+/// <param name="Ranks">MPI ranks.</param>
+/// <param name="SingleTokensPerSecond">Median tokens/s of one device alone (one process), or 0 on ranks that did not measure it.</param>
+/// <param name="TokensPerSecond">Median tokens/s of the whole job (global batch over step time).</param>
+/// <param name="ScalingEfficiency">TokensPerSecond ÷ (Devices × Ranks × SingleTokensPerSecond); 0 where the single-device figure is missing.</param>
+/// <param name="CollectiveSeconds">Median seconds per step in gradient reductions and weight gathers.</param>
+/// <param name="CollectiveHiddenSeconds">Median part of those that overlapped device work.</param>
+/// <param name="Error">Why the configuration did not run (out of device memory), else null.</param>
+public sealed record ScalingBenchResult(int MicroBatchSize, int MicroBatchesPerDevice, int Devices, int Ranks, double SingleTokensPerSecond,
+    double TokensPerSecond, double ScalingEfficiency, double CollectiveSeconds, double CollectiveHiddenSeconds, string? Error);
+
+/// <summary>A run of <see cref="ScalingBenchmark"/>.</summary>
+/// <param name="Machine">The host (rank 0's).</param>
+/// <param name="Devices">The accelerators of rank 0, in order.</param>
+/// <param name="Ranks">MPI ranks (1 without MPI).</param>
+/// <param name="Model">Preset or config name.</param>
+/// <param name="Parameters">Parameter count.</param>
+/// <param name="Seq">Tokens per sequence.</param>
+/// <param name="Steps">Measured steps per configuration (after the warmup steps).</param>
+/// <param name="Stash">The relay's stash placement.</param>
+/// <param name="Results">One per micro-batch size and count.</param>
+/// <param name="Definition">How the efficiency is formed.</param>
+public sealed record ScalingBenchReport(MachineInfo Machine, IReadOnlyList<string> Devices, int Ranks, string Model, long Parameters, int Seq, int Steps,
+    string Stash, IReadOnlyList<ScalingBenchResult> Results, string Definition = ScalingBenchmark.Definition)
+{
+    /// <summary>Indented JSON.</summary>
+    public string ToJson() => BenchmarkJson.Serialize(this);
+}
+
+/// <summary>
+/// Data-parallel scaling of the relay: each configuration is trained on one device alone, then on every device of every
+/// rank with the same micro-batches per device (so the global batch grows with the device count: weak scaling).
+/// </summary>
+public static class ScalingBenchmark
+{
+    /// <summary>The efficiency's definition, recorded in the report.</summary>
+    public const string Definition = "scaling efficiency = tokens/s with N devices ÷ (N × tokens/s with 1), N = devices per rank × ranks, same micro-batches per device";
+
+    /// <summary>The options of one configuration: <paramref name="perDevice"/> micro-batches of <paramref name="microBatchSize"/> on each of devices × ranks.</summary>
+    public static TrainOptions Options(IModelConfig config, int microBatchSize, int perDevice, int seq, int steps, int devices, int ranks, StashPlacement stash) => new()
+    {
+        Config = config,
+        Steps = steps,
+        Batch = perDevice * devices * ranks * microBatchSize,
+        MicroBatches = perDevice * devices * ranks,
+        SeqLen = seq,
+        Optimizer = new OptimizerSettings(OptimizerKind.AdamW, 1e-4f),
+        Executor = ExecutorKind.Relay,
+        Stash = stash,
+        Devices = devices,
+        WorldSize = ranks,
+    };
+
+    /// <summary>Median metrics of the measured steps of one run: tokens/s, collective seconds, hidden collective seconds.</summary>
+    public static (double TokensPerSecond, double CollectiveSeconds, double HiddenSeconds) Measure(Backend first, TrainOptions options, int warmup, Parallel.ParallelSetup? parallel)
+    {
+        using var trainer = new Trainer(first, options, new SyntheticCorpus(Math.Min(256, options.Config.VocabSize)), parallel: parallel);
+        var measured = trainer.Run().Skip(warmup).ToList();
+        return (Median(measured.Select(m => m.TokensPerSecond)), Median(measured.Select(m => m.CollectiveSeconds)), Median(measured.Select(m => m.CollectiveHiddenSeconds)));
+    }
+
+    /// <summary>Runs every size × count on one device (<paramref name="single"/>, null to leave the single-device figure out), returning tokens/s per configuration.</summary>
+    public static Dictionary<(int, int), double> Single(Backend? single, IModelConfig config, IReadOnlyList<int> microBatchSizes, int seq,
+        IReadOnlyList<int> perDevice, int steps, int warmup, StashPlacement stash, Action<string>? log = null)
+    {
+        var result = new Dictionary<(int, int), double>();
+        if (single is null) return result;
+        foreach (var m in microBatchSizes)
+        foreach (var u in perDevice)
+        {
+            try
+            {
+                result[(m, u)] = Measure(single, Options(config, m, u, seq, warmup + steps, 1, 1, stash), warmup, null).TokensPerSecond;
+                log?.Invoke($"M={m,-3} U={u,-3} 1 device: {result[(m, u)],10:F0} tok/s");
+            }
+            catch (DeviceOutOfMemoryException e)
+            {
+                log?.Invoke($"M={m,-3} U={u,-3} 1 device does not fit: {e.Message}");
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Runs every size × count on all of <paramref name="parallel"/>'s devices and ranks, against the single-device figures.</summary>
+    public static ScalingBenchReport Run(Parallel.ParallelSetup parallel, string modelName, IModelConfig config, IReadOnlyList<int> microBatchSizes, int seq,
+        IReadOnlyList<int> perDevice, int steps, int warmup, StashPlacement stash, IReadOnlyDictionary<(int, int), double> single, Action<string>? log = null)
+    {
+        var results = new List<ScalingBenchResult>();
+        int d = parallel.DeviceCount, r = parallel.WorldSize, n = d * r;
+        foreach (var m in microBatchSizes)
+        foreach (var u in perDevice)
+        {
+            var options = Options(config, m, u, seq, warmup + steps, d, r, stash);
+            var one = single.TryGetValue((m, u), out var t) ? t : 0;
+            try
+            {
+                var (tps, collective, hidden) = Measure(parallel.Devices[0], options, warmup, parallel);
+                var efficiency = one > 0 ? tps / (n * one) : 0;
+                results.Add(new ScalingBenchResult(m, u, d, r, one, tps, efficiency, collective, hidden, null));
+                log?.Invoke($"M={m,-3} U={u,-3} {r} rank(s) x {d} device(s): {tps,10:F0} tok/s  efficiency {efficiency:P1}  collectives {collective:F4} s/step ({hidden:F4} s hidden)");
+            }
+            catch (DeviceOutOfMemoryException e)
+            {
+                results.Add(new ScalingBenchResult(m, u, d, r, one, 0, 0, 0, 0, e.Message));
+                log?.Invoke($"M={m,-3} U={u,-3} {r} rank(s) x {d} device(s) does not fit: {e.Message}");
+            }
+        }
+        return new ScalingBenchReport(MachineInfo.Current(), parallel.Devices.Select(b => b.Description).ToList(), r, modelName, config.ParameterCount, seq, steps,
+            stash.ToString().ToLowerInvariant(), results);
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.OrderBy(v => v).ToArray();
+        if (sorted.Length == 0) return 0;
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+}

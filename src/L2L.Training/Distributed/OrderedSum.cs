@@ -41,7 +41,7 @@ public static unsafe class OrderedSum
             return;
         }
         nint dst = (nint)destination;
-        Parallel.For(0L, chunks, new ParallelOptions { MaxDegreeOfParallelism = threads },
+        System.Threading.Tasks.Parallel.For(0L, chunks, new ParallelOptions { MaxDegreeOfParallelism = threads },
             c => SumChunk((float*)dst, src, count, c, accumulate));
     }
 

@@ -1,0 +1,153 @@
+// Two accelerators in one process train like one accelerator on the same global batch; bad splits are refused.
+using L2L.Backends;
+using L2L.Model;
+using L2L.Model.Device;
+using L2L.TestSupport;
+using L2L.Training.Distributed;
+using L2L.Training.Optim;
+using L2L.Training.Parallel;
+using Xunit;
+
+namespace L2L.Training.Tests;
+
+/// <summary>A second CPU accelerator, next to the assembly's, for the tests of two devices in one process.</summary>
+public sealed class SecondCpuDevice : IDisposable
+{
+    /// <summary>An ILGPU CPU accelerator of its own (its own context, streams and memory tracker).</summary>
+    public Backend Backend { get; } = Backend.Create(new DeviceSpec(DeviceKind.Cpu), BackendFixture.CpuDevice);
+
+    /// <inheritdoc/>
+    public void Dispose() => Backend.Dispose();
+}
+
+public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice second) : IClassFixture<SecondCpuDevice>
+{
+    // Tolerance: each device sums its own micro-batches' gradients on the device, and the host adds the two devices' sums,
+    // where one device adds all four micro-batches in one running sum: the same terms, grouped ((g0+g1)+(g2+g3)) instead
+    // of (((g0+g1)+g2)+g3), so gradients differ in the last bits. AdamW normalizes by sqrt(v), which turns a relative
+    // gradient difference of ~1e-7 into a similar relative step difference; after five steps of lr 3e-3 the weights
+    // (order 0.02-1) agree to a few 1e-7. 1e-5 absolute / 1e-4 relative keeps two orders of margin, while a gradient
+    // counted twice or dropped, a wrong loss scale or a misrouted micro-batch moves losses and weights by far more.
+    private const double Atol = 1e-5, Rtol = 1e-4;
+    private const int Steps = 5;
+
+    private ParallelSetup One => new([fixture.Get(DeviceKind.Cpu)], new SingleProcessCollectives());
+    private ParallelSetup Two => new([fixture.Get(DeviceKind.Cpu), second.Backend], new SingleProcessCollectives());
+
+    public static TheoryData<StashPlacement> Placements => new(StashPlacement.Device, StashPlacement.Host);
+
+    [Theory]
+    [MemberData(nameof(Placements))]
+    public void TwoDevicesMatchOneDeviceOnTheSameGlobalBatch(StashPlacement placement)
+    {
+        var one = ParallelHarness.Train(One, Steps, placement);
+        var two = ParallelHarness.Train(Two, Steps, placement);
+        var again = ParallelHarness.Train(Two, Steps, placement);
+
+        Assert.All(one.Losses, l => Assert.InRange(l, 0.5, 10));
+        Assert.True(one.Losses[^1] < one.Losses[0], $"the loss should fall: {string.Join(", ", one.Losses)}");
+        TensorAssert.Close(one.Losses, two.Losses, Atol, Rtol, "losses, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(two.Weights), Atol, Rtol, "weights, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.State.LayerStates.ToArray())), TrainingHarness.Flatten(two.State.LayerStates.ToArray()),
+            Atol, Rtol, "AdamW state, 2 devices vs 1");
+        // The sums have a fixed order (device order on the host, micro-batch order on each device), so reruns are identical.
+        Assert.Equal(two.Losses, again.Losses);
+        TensorAssert.Equal(TrainingHarness.Flatten(two.Weights), TrainingHarness.Flatten(again.Weights), "2-device reruns");
+        // Every layer's gradient norm comes from the reduced gradients: it matches one device's global norm.
+        for (var k = 0; k < Steps; k++)
+            Assert.Equal(one.Results[k].GradNorm, two.Results[k].GradNorm, 1e-4 * one.Results[k].GradNorm);
+        Assert.All(two.Results, r => Assert.Equal(0, r.CollectiveSeconds));
+    }
+
+    [Fact]
+    public void OneDeviceOfOneRankIsThePlainRelayBitForBit()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = ParallelHarness.Tiny();
+        var layout = new ModelLayout(config);
+        var mb = new MicroBatch(config, 2, 8);
+        var settings = new OptimizerSettings(OptimizerKind.AdamW, 3e-3f, WeightDecay: 0.1f);
+        var schedule = new LearningRateSchedule(ScheduleKind.Constant, settings.LearningRate);
+        using var eps = new EagerParamServer(backend, layout, Models.LayerInitializer(layout, 11), settings, schedule, threads: 2);
+        using var relay = new RelayExecutor(backend, eps, mb, 4, StashPlacement.Host);
+        var loader = new L2L.Model.Data.BatchLoader(new L2L.Model.Data.SyntheticCorpus(32, 1 << 14, seed: 7), 8, 8);
+        var inputs = new int[64];
+        var targets = new int[64];
+        var losses = new double[Steps];
+        for (var k = 0; k < Steps; k++)
+        {
+            loader.Fill(k, inputs, targets);
+            losses[k] = relay.Step(k, inputs, targets).Loss;
+        }
+        var parallel = ParallelHarness.Train(One, Steps, StashPlacement.Host);
+        Assert.Equal(losses, parallel.Losses);
+        TensorAssert.Equal(TrainingHarness.Flatten(relay.Weights()), TrainingHarness.Flatten(parallel.Weights), "one device through ParallelRelay");
+    }
+
+    [Fact]
+    public void AReplicaThatFailsEndsTheStepOnEveryDeviceWithItsError()
+    {
+        // Four blocks, so the healthy replica fills its 3-slot gradient ring and would wait for the failed one's gradients.
+        var config = ParallelHarness.Tiny(layers: 4);
+        var layout = new ModelLayout(config);
+        var settings = new OptimizerSettings(OptimizerKind.AdamW, 3e-3f);
+        using var eps = new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), threads: 2, parallel: Two);
+        using var executor = ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 2, StashPlacement.Device);
+        var inputs = new int[32];
+        var targets = new int[32];
+        targets[^1] = 99; // outside the vocabulary of 32, in the second device's share only
+        var bad = Assert.Throws<ArgumentException>(() => executor.Step(0, inputs, targets));
+        Assert.Contains("outside the vocabulary", bad.Message);
+        var after = Assert.Throws<InvalidOperationException>(() => executor.Step(1, inputs, new int[32]));
+        Assert.Contains("failed in an earlier step", after.Message);
+    }
+
+    [Fact]
+    public void BadSplitsAndRefusedOptionsAreClearErrors()
+    {
+        // 3 micro-batches per rank do not split across 2 devices.
+        var odd = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(Two, 1, StashPlacement.Device, globalBatch: 6, globalMicroBatches: 3));
+        Assert.Contains("do not split across 2 devices", odd.Message);
+        // A global batch of 6 micro-batches does not split across 2 ranks x 2 devices; 8 do, 4 per rank.
+        var fourParts = new ParallelSetup(Two.Devices, new TwoRankStandIn());
+        var global = Assert.Throws<ArgumentException>(() => fourParts.MicroBatchesPerRank(6));
+        Assert.Contains("6 micro-batches do not split across 2 rank(s) x 2 device(s)", global.Message);
+        Assert.Equal(4, fourParts.MicroBatchesPerRank(8));
+        // Sharding needs more than one rank.
+        var shard = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(One with { ShardOptimizer = true }, 1, StashPlacement.Device));
+        Assert.Contains("at least 2 ranks", shard.Message);
+        // The device-resident embedding/head optimizer cannot see the other device's gradients.
+        var config = ParallelHarness.Tiny();
+        var layout = new ModelLayout(config);
+        var settings = new OptimizerSettings(OptimizerKind.AdamW, 3e-3f);
+        var resident = Assert.Throws<ArgumentException>(() => new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), deviceUpdated: [layout.Embedding.Index, layout.Head.Index], parallel: Two));
+        Assert.Contains("--embedding-update host", resident.Message);
+        var deferred = Assert.Throws<ArgumentException>(() => new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), mode: Update.UpdateMode.Deferred, parallel: Two));
+        Assert.Contains("deferred", deferred.Message);
+        using var eps = new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), parallel: Two);
+        var clip = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device,
+            control: new Update.GradientControl(1f, Update.ClipMode.Global, Update.LossScaleMode.None, layout.Layers.Count)));
+        Assert.Contains("clip", clip.Message);
+        var mismatch = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(One, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device));
+        Assert.Contains("same setup", mismatch.Message);
+    }
+}
+
+/// <summary>The rank and size of rank 0 of a 2-rank job, for checks that never reach a collective.</summary>
+internal sealed unsafe class TwoRankStandIn : IHostCollectives
+{
+    public int Rank => 0;
+    public int WorldSize => 2;
+    public string Description => "stand-in for rank 0 of 2 (no collectives)";
+    public void Barrier() => throw new NotSupportedException();
+    public void AllReduceSum(float* buffer, long count) => throw new NotSupportedException();
+    public void ReduceScatterBlockSum(float* send, float* block, long blockCount) => throw new NotSupportedException();
+    public void AllGather(float* block, float* all, long blockCount) => throw new NotSupportedException();
+    public void Broadcast(byte* buffer, long count, int root) => throw new NotSupportedException();
+    public void Abort(int exitCode, string message) => throw new NotSupportedException();
+    public void Dispose() { }
+}
