@@ -283,7 +283,7 @@ public sealed class EagerParamServer : IDisposable
             var b = Math.Min(hi, slot.Offset + slot.Length);
             if (a >= b) continue;
             var n = (int)(b - a);
-            _optimizer.Step(weights.Slice((int)a, n), grads.Slice((int)(a - lo), n), state.Slice((int)(spp * pos), spp * n), Span<System.Half>.Empty, t, lr, slot.Decay);
+            _optimizer.Step(weights.Slice((int)a, n), grads.Slice((int)(a - lo), n), state.Slice((int)(spp * pos), spp * n), Span<System.Half>.Empty, t, lr * slot.LearningRateScale, slot.Decay);
             pos += n;
         }
     }
