@@ -26,10 +26,12 @@ namespace L2L.Training;
 /// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
 /// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
+/// <param name="BusBytesByKind">The step's bus bytes by kind (weights, grads, stash, boundary_grads, io); their total is <paramref name="BusBytes"/>.</param>
+/// <param name="HostBytes">The run's host bytes: pinned host buffers (param server and executor) and the param server's optimizer state.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
-    int BlocksRun = 0, int BackwardLayers = 0)
+    int BlocksRun = 0, int BackwardLayers = 0, Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -77,6 +79,7 @@ public sealed class Trainer : IDisposable
         if (options.DeviceBudgetBytes is { } budget)
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
+        var pinnedBefore = backend.Memory.PinnedHostBytes;
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         _control = Update.GradientControl.From(options, resume);
         if (options.Executor == ExecutorKind.Relay)
@@ -103,6 +106,7 @@ public sealed class Trainer : IDisposable
             _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
                 _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout));
         }
+        HostBytes = backend.Memory.PinnedHostPeakBytes - pinnedBefore + (_eps?.OptimizerStateBytes ?? 0);
     }
 
     private static IBatchSource CheckedBatches(TrainOptions options, ITokenSource data, ITokenSource? labels)
@@ -119,6 +123,12 @@ public sealed class Trainer : IDisposable
     /// <summary>Optimizer steps completed.</summary>
     public long StepsDone => _executor.StepsDone;
 
+    /// <summary>
+    /// Host bytes the run holds, measured when the executor was built: every pinned host buffer (the param server's
+    /// weights and gradient buffers, the executor's stash, inputs and loss) plus the param server's optimizer state.
+    /// </summary>
+    public long HostBytes { get; }
+
     /// <summary>Host bytes per parameter held by the relay's param server (null for the conventional executor).</summary>
     public double? HostBytesPerParameter => _eps?.HostBytesPerParameter;
 
@@ -133,7 +143,7 @@ public sealed class Trainer : IDisposable
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
             _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
-            BackwardLayers: result.BackwardLayers);
+            BackwardLayers: result.BackwardLayers, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -198,6 +208,8 @@ public sealed class Trainer : IDisposable
         ["device_peak_bytes"] = m.DevicePeakBytes,
         ["device_peak_bytes_by_category"] = m.DevicePeakBytesByCategory,
         ["bus_bytes"] = m.BusBytes,
+        ["bus_bytes_by_kind"] = m.BusBytesByKind.ByKind(),
+        ["host_bytes"] = m.HostBytes,
         ["device_allocations"] = m.DeviceAllocations,
         ["copy_wait_s"] = m.CopyWaitSeconds,
         ["copy_wait_fraction"] = m.CopyWaitFraction,

@@ -71,10 +71,10 @@ public sealed class GptLayers : IModelLayers
     private GptConfig Config => (GptConfig)Layout.Config;
 
     /// <inheritdoc/>
-    public ModelInputs Inputs => new(TokenTypes: false, PadTokenId: null);
+    public ModelInputs Inputs => Models.InputsOf(Config);
 
     /// <inheritdoc/>
-    public bool BlocksReadInputs => false;
+    public bool BlocksReadInputs => Models.BlocksReadInputs(Config);
 
     /// <inheritdoc/>
     public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
