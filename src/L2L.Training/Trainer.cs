@@ -52,6 +52,7 @@ public sealed class Trainer : IDisposable
     private readonly int[] _inputs, _targets;
     private Validation? _validation;
     private readonly Update.GradientControl _control;
+    private readonly long? _budgetBefore;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
@@ -76,6 +77,8 @@ public sealed class Trainer : IDisposable
         _loader = batches;
         _inputs = new int[options.Batch * options.SeqLen];
         _targets = new int[options.Batch * options.SeqLen];
+        // The budget is this run's: restored when the trainer is disposed, so a later run on the same backend is not capped by it.
+        _budgetBefore = backend.Memory.BudgetBytes;
         if (options.DeviceBudgetBytes is { } budget)
             backend.Memory.BudgetBytes = budget;
         backend.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
@@ -288,5 +291,6 @@ public sealed class Trainer : IDisposable
         _validation?.Evaluator.Dispose();
         _executor.Dispose();
         _eps?.Dispose();
+        _backend.Memory.BudgetBytes = _budgetBefore;
     }
 }

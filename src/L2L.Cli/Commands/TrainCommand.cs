@@ -57,6 +57,7 @@ internal static class TrainCommand
         var freeze = new Option<string?>("--freeze") { Description = "Layers never updated, e.g. embedding,0-5 (also head and block numbers); backward stops below the lowest trainable layer." };
         var optimizerState = new Option<string>("--optimizer-state") { Description = "Relay: the param server's AdamW m and v in fp32, or bf16 (stochastic rounding, 4 fewer host bytes per parameter, not exact).", DefaultValueFactory = _ => "fp32" };
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
+        var plan = new Option<string?>("--plan") { Description = "auto: pick the micro-batch count, executor, stash placement and codec that `l2l plan` predicts fastest within --device-budget (default: the device's free memory)." };
 
         var dataFormat = DataSources.FormatOption();
         var overrides = new Option<string[]>("--override") { Description = "On --resume, allow this recorded setting to change (e.g. --override lr); repeat for each.", DefaultValueFactory = _ => [] };
@@ -66,6 +67,7 @@ internal static class TrainCommand
             command.Options.Add(o);
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
+        command.Options.Add(plan);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -98,7 +100,7 @@ internal static class TrainCommand
             Rules.AtLeast(steps, 1L),
             Rules.AtLeast(batch, 1),
             Rules.AtLeast(micro, 1),
-            Rules.Custom("--micro-batches divides --batch", p => p.GetValue(batch) % p.GetValue(micro) == 0 ? null
+            Rules.Custom("--micro-batches divides --batch", p => Rules.Given(p, plan) || p.GetValue(batch) % p.GetValue(micro) == 0 ? null
                 : $"--batch {p.GetValue(batch)} is not divisible by --micro-batches {p.GetValue(micro)}, but every micro-batch must hold the same number of sequences. Choose a --micro-batches that divides --batch"),
             Rules.AtLeast(seq, 1),
             Rules.OneOf(optimizer, Enum.GetNames<OptimizerKind>().Select(n => n.ToLowerInvariant()), "optimizer"),
@@ -155,6 +157,13 @@ internal static class TrainCommand
             Rules.AtLeast(valBatches, 1),
             Rules.Requires(valEvery, valData, "it says how often to validate on that file"),
             Rules.Requires(valBatches, valData, "it says how many batches of that file to validate on"),
+            Rules.Custom("--plan is auto", p => p.GetValue(plan) is null or "auto" ? null
+                : $"--plan {p.GetValue(plan)} is not a known plan. Use --plan auto (`l2l plan` prints the table it chooses from)"),
+            Rules.Exclusive(plan, micro, "--plan auto chooses the micro-batch count; drop --micro-batches"),
+            Rules.Exclusive(plan, executor, "--plan auto chooses the executor; drop --executor"),
+            Rules.Exclusive(plan, stash, "--plan auto chooses the stash placement; drop --stash"),
+            Rules.Exclusive(plan, stashCodec, "--plan auto chooses the stash codec; drop --stash-codec"),
+            Rules.Exclusive(plan, resume, "a resumed run keeps its recorded settings; drop --plan"),
         };
 
         command.SetAction(parse =>
@@ -261,6 +270,13 @@ internal static class TrainCommand
                     return 0;
                 }
             }
+            string? planHeader = null;
+            if (parse.GetValue(plan) is not null)
+            {
+                // The search needs only the device's limits: nothing is allocated before a configuration is known to fit.
+                (options, planHeader) = PlanCommand.Auto(options, DeviceSpec.Resolve(parse.GetValue(device)), options.DeviceBudgetBytes);
+                options.Validate();
+            }
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen);
             using var sourceLifetime = source as IDisposable;
             var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
@@ -269,6 +285,8 @@ internal static class TrainCommand
             using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
             var backend = lease.Backend;
             env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
+            if (planHeader is not null)
+                env.Out.WriteLine(planHeader);
             if (options.StashCodecSettings is { Enabled: true } codec)
                 env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
             using var trainer = new Trainer(backend, options, source, weights, state, labelSource);

@@ -1,0 +1,150 @@
+// Measured speeds of this device (GEMM, attention, element-wise kernels, launches, bus, host optimizer), cached per device.
+using System.Diagnostics;
+using System.Text.Json;
+using ILGPU;
+using ILGPU.Runtime;
+using L2L.Backends;
+using L2L.Backends.Ops;
+using L2L.Training.Benchmarks;
+using L2L.Training.Optim;
+
+namespace L2L.Training.Planning;
+
+/// <summary>One measured GEMM speed: products of about <paramref name="Size"/>³ multiply-adds ran at <paramref name="FlopsPerS"/>.</summary>
+public sealed record GemmPoint(double Size, double FlopsPerS);
+
+/// <summary>
+/// The speeds the step-time model uses. <see cref="Calibrate"/> measures them on a device; <see cref="Defaults"/> are
+/// documented guesses per device kind for a device never calibrated. Cached as JSON under
+/// <c>$XDG_CACHE_HOME/l2l/calibration/</c> (else <c>~/.cache/l2l/calibration/</c>), one file per device name.
+/// </summary>
+/// <param name="Device">The device's description.</param>
+/// <param name="Measured">Whether these were measured (false: the defaults).</param>
+/// <param name="Gemm">GEMM speed by size (cube root of M·N·K), ascending; interpolated in log size, clamped at the ends.</param>
+/// <param name="AttentionFlopsPerS">Attention forward + backward FLOPs per second (forward 2·B·T²·C, backward 2.5× that).</param>
+/// <param name="ElementwiseBytesPerS">Bytes per second an element-wise kernel reads and writes.</param>
+/// <param name="LaunchSeconds">Fixed cost of one kernel launch or one transfer.</param>
+/// <param name="HostToDeviceBytesPerS">Pinned copy speed to the device.</param>
+/// <param name="DeviceToHostBytesPerS">Pinned copy speed to the host.</param>
+/// <param name="HostOptimizerBytesPerS">The host optimizer's speed in parameter bytes (4 per parameter) per second.</param>
+/// <param name="CopiesOverlap">Whether transfers and host updates run beside the device's compute (GPUs) or take the same cores and time (the CPU accelerator).</param>
+public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyList<GemmPoint> Gemm, double AttentionFlopsPerS,
+    double ElementwiseBytesPerS, double LaunchSeconds, double HostToDeviceBytesPerS, double DeviceToHostBytesPerS,
+    double HostOptimizerBytesPerS, bool CopiesOverlap)
+{
+    /// <summary>
+    /// The uncalibrated defaults: on the CPU accelerator GEMM 2 GFLOP/s, attention 1 GFLOP/s, element-wise 1 GB/s,
+    /// 0.15 ms per launch, bus 5 GB/s each way, host optimizer 4 GB/s of weights, no overlap; on a GPU GEMM 10 TFLOP/s
+    /// (5 below 512³), attention 5 TFLOP/s, element-wise 500 GB/s, 10 µs per launch, bus 12 GB/s, host optimizer 8 GB/s, overlap.
+    /// </summary>
+    public static DeviceCalibration Defaults(string device, bool isCpu) => isCpu
+        ? new(device, false, [new(64, 2e9)], 1e9, 1e9, 1.5e-4, 5e9, 5e9, 4e9, false)
+        : new(device, false, [new(256, 5e12), new(2048, 1e13)], 5e12, 5e11, 1e-5, 1.2e10, 1.2e10, 8e9, true);
+
+    /// <summary>GEMM FLOPs per second for an M×N×K product.</summary>
+    public double GemmFlopsPerS(long m, long n, long k)
+    {
+        var size = Math.Cbrt((double)m * n * k);
+        var points = Gemm;
+        if (size <= points[0].Size) return points[0].FlopsPerS;
+        if (size >= points[^1].Size) return points[^1].FlopsPerS;
+        for (var i = 1; i < points.Count; i++)
+        {
+            if (size > points[i].Size) continue;
+            var f = (Math.Log(size) - Math.Log(points[i - 1].Size)) / (Math.Log(points[i].Size) - Math.Log(points[i - 1].Size));
+            return points[i - 1].FlopsPerS + f * (points[i].FlopsPerS - points[i - 1].FlopsPerS);
+        }
+        return points[^1].FlopsPerS;
+    }
+
+    /// <summary>The cache directory: <c>$XDG_CACHE_HOME/l2l/calibration</c>, else <c>~/.cache/l2l/calibration</c>.</summary>
+    public static string CacheDirectory =>
+        Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } xdg ? xdg
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "l2l", "calibration");
+
+    /// <summary>The cache file of a device: its description with every character but letters, digits, '-' and '.' as '_'.</summary>
+    public static string CachePath(string device) =>
+        Path.Combine(CacheDirectory, new string(device.Select(ch => char.IsAsciiLetterOrDigit(ch) || ch is '-' or '.' ? ch : '_').ToArray()) + ".json");
+
+    /// <summary>The cached calibration of <paramref name="device"/>, or null when there is none (or it cannot be read).</summary>
+    public static DeviceCalibration? Load(string device)
+    {
+        var path = CachePath(device);
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonSerializer.Deserialize<DeviceCalibration>(File.ReadAllText(path), Json);
+        }
+        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Writes this calibration to its device's cache file; returns the path.</summary>
+    public string Save()
+    {
+        var path = CachePath(Device);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        File.WriteAllText(path, JsonSerializer.Serialize(this, Json) + Environment.NewLine);
+        return path;
+    }
+
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    /// <summary>
+    /// Measures <paramref name="backend"/>: square GEMMs of growing size (up to 256 on the CPU accelerator, 4096 on a GPU),
+    /// causal attention at one head shape, an element-wise kernel over a large buffer and over one element (its launch
+    /// cost), pinned copies both ways and the host AdamW over a million parameters. Takes seconds on a GPU and about half
+    /// a minute on the CPU accelerator.
+    /// </summary>
+    public static DeviceCalibration Calibrate(Backend backend, Action<string>? log = null)
+    {
+        var cpu = DeviceShape.Of(backend.Accelerator).IsCpu;
+        int[] sizes = cpu ? [32, 64, 128, 256] : [256, 512, 1024, 2048, 4096];
+        var gemm = GemmBenchmark.Run(backend, sizes.Select(s => ($"{s}", GemmLayout.NN, s, s, s)), repeats: 3);
+        var points = gemm.Results.Select(r => new GemmPoint(Math.Cbrt((double)r.M * r.N * r.K), 2.0 * r.M * r.N * r.K / r.Seconds)).ToList();
+        foreach (var p in points) log?.Invoke($"GEMM {p.Size:F0}^3: {p.FlopsPerS / 1e9:F2} GFLOP/s");
+        var (b, t, c, nh) = cpu ? (1, 128, 64, 2) : (8, 1024, 768, 12);
+        var attention = AttentionBenchmark.Run(backend, [(b, t, c, nh)], repeats: 2).Results[0];
+        var attentionRate = 3.5 * 2.0 * b * t * (double)t * c / ((attention.ForwardMs + attention.BackwardMs) / 1e3);
+        log?.Invoke($"attention B={b} T={t} C={c}: {attentionRate / 1e9:F2} GFLOP/s");
+        var reduce = backend.Get<ReduceOps>();
+        var s = backend.ComputeStream;
+        long floats = cpu ? 1 << 20 : 1 << 26;
+        double elementwise, launch;
+        using (var big = backend.Allocate<float>(floats, MemoryCategory.Other, "calibrate.elementwise"))
+        {
+            big.View.MemSetToZero(s);
+            elementwise = 2.0 * floats * sizeof(float) / Best(s, 3, () => reduce.Scale(s, big.View, 1f));
+            launch = Best(s, 10, () => reduce.Scale(s, big.View.SubView(0, 1), 1f));
+        }
+        log?.Invoke($"element-wise: {elementwise / 1e9:F2} GB/s, launch {launch * 1e6:F1} us");
+        var bus = BusBenchmark.Run(backend, cpu ? 16L << 20 : 256L << 20, 3);
+        log?.Invoke($"bus: host->device {bus.HostToDeviceBytesPerS / 1e9:F2} GB/s, device->host {bus.DeviceToHostBytesPerS / 1e9:F2} GB/s");
+        var optimizer = HostOptimizers.Create(new OptimizerSettings(OptimizerKind.AdamW, 1e-3f));
+        var n = 1 << 20;
+        var (w, g, st) = (new float[n], new float[n], new float[2 * n]);
+        var clock = Stopwatch.StartNew();
+        for (var k = 1; k <= 3; k++) optimizer.Step(w, g, st, Span<System.Half>.Empty, k, 1e-3f, true);
+        var host = 3.0 * n * sizeof(float) / clock.Elapsed.TotalSeconds;
+        log?.Invoke($"host AdamW: {host / 1e9:F2} GB/s of weights");
+        return new DeviceCalibration(backend.Description, true, points, attentionRate, elementwise, launch,
+            bus.HostToDeviceBytesPerS, bus.DeviceToHostBytesPerS, host, !cpu);
+    }
+
+    private static double Best(ILGPU.Runtime.AcceleratorStream stream, int repeats, Action pass)
+    {
+        pass();
+        stream.Synchronize();
+        var best = double.MaxValue;
+        for (var r = 0; r < repeats; r++)
+        {
+            var clock = Stopwatch.StartNew();
+            pass();
+            stream.Synchronize();
+            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+        }
+        return best;
+    }
+}
