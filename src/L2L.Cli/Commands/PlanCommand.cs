@@ -85,10 +85,15 @@ internal static class PlanCommand
             var spec = DeviceSpec.Resolve(parse.GetValue(device));
             if (parse.GetValue(calibrate))
             {
+                // With --json the calibration's lines go to stderr, so stdout stays one JSON object.
+                var log = parse.GetValue(json) ? env.Error : env.Out;
                 using var lease = env.OpenBackend(spec);
-                env.Out.WriteLine($"calibrating {lease.Backend.Description} ...");
-                var measured = DeviceCalibration.Calibrate(lease.Backend, line => env.Out.WriteLine($"  {line}"));
-                env.Out.WriteLine($"wrote {measured.Save()}");
+                log.WriteLine($"calibrating {lease.Backend.Description} ...");
+                // The model's own products at every micro-batch size the batch allows are timed too.
+                var tokens = Enumerable.Range(1, parse.GetValue(batch)).Where(m => parse.GetValue(batch) % m == 0).Select(m => (long)m * parse.GetValue(seq));
+                var measured = DeviceCalibration.Calibrate(lease.Backend, line => log.WriteLine($"  {line}"),
+                    tokens.SelectMany(t => StepTimeModel.Products(cfg, t)), DeviceCalibration.Load(lease.Backend.Description));
+                log.WriteLine($"wrote {measured.Save()}");
             }
             var target = Probe(spec);
             var optimizerKind = TrainCommand.ParseOptimizer(parse.GetValue(optimizer)!);
@@ -186,7 +191,7 @@ internal static class PlanCommand
             string.Join(", ", p.DevicePeakBytesByCategory.Where(kv => kv.Value > 0).Select(kv => $"{kv.Key} {kv.Value:N0}")));
         o.WriteLine($"host {p.HostBytes:N0} bytes ({MemoryTracker.Format(p.HostBytes)}, pinned buffers and the param server's optimizer state)");
         o.WriteLine($"bus per step {p.Bus.Total:N0} bytes: " + string.Join(", ", p.Bus.ByKind().Where(kv => kv.Value > 0).Select(kv => $"{kv.Key} {kv.Value:N0}")));
-        o.WriteLine($"predicted step {c.Time.Step:F3} s ({c.TokensPerSecond:F0} tokens/s); {SpeedsLine(speeds)}");
+        o.WriteLine($"predicted step {c.Time.Step:G4} s ({c.TokensPerSecond:G3} tokens/s); {SpeedsLine(speeds)}");
         o.WriteLine(c.FitsDevice ? $"fits {Budget(budget)} of device memory" : $"does not fit {Budget(budget)} of device memory");
     }
 
@@ -201,7 +206,7 @@ internal static class PlanCommand
         var rows = top > 0 ? r.Candidates.Take(top) : r.Candidates;
         foreach (var c in rows)
             o.WriteLine($"{(c.Fits ? "yes" : "no"),-5} {c.Name,-36} {MemoryTracker.Format(c.Plan.DevicePeakBytes),12} {MemoryTracker.Format(c.Plan.HostBytes),12} " +
-                $"{MemoryTracker.Format(c.Plan.Bus.Total),12} {c.Time.Step,10:F3} {c.TokensPerSecond,10:F0}");
+                $"{MemoryTracker.Format(c.Plan.Bus.Total),12} {c.Time.Step,10:G4} {c.TokensPerSecond,10:G3}");
         if (top > 0 && r.Candidates.Count > top)
             o.WriteLine($"({r.Candidates.Count - top} more; --top 0 prints all)");
         if (r.Pick is { } pick)
@@ -209,7 +214,7 @@ internal static class PlanCommand
     }
 
     private static string Why(PlanSearchResult r) =>
-        $"the fastest predicted ({r.Pick!.Time.Step:F3} s/step) of {r.Candidates.Count(c => c.Fits)} configurations that fit {Budget(r.DeviceBudget)}" +
+        $"the fastest predicted ({r.Pick!.Time.Step:G4} s/step) of {r.Candidates.Count(c => c.Fits)} configurations that fit {Budget(r.DeviceBudget)}" +
         $" ({MemoryTracker.Format(r.Pick.Plan.DevicePeakBytes)} device, {MemoryTracker.Format(r.Pick.Plan.HostBytes)} host)";
 
     private static string NothingFits(PlanSearchResult r, string option)

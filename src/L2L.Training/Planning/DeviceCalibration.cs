@@ -13,6 +13,9 @@ namespace L2L.Training.Planning;
 /// <summary>One measured GEMM speed: products of about <paramref name="Size"/>³ multiply-adds ran at <paramref name="FlopsPerS"/>.</summary>
 public sealed record GemmPoint(double Size, double FlopsPerS);
 
+/// <summary>One measured product of a model's layers: an M×N×K GEMM in <paramref name="Layout"/> ran at <paramref name="FlopsPerS"/>.</summary>
+public sealed record GemmShape(int M, int N, int K, string Layout, double FlopsPerS);
+
 /// <summary>
 /// The speeds the step-time model uses. <see cref="Calibrate"/> measures them on a device; <see cref="Defaults"/> are
 /// documented guesses per device kind for a device never calibrated. Cached as JSON under
@@ -28,10 +31,15 @@ public sealed record GemmPoint(double Size, double FlopsPerS);
 /// <param name="DeviceToHostBytesPerS">Pinned copy speed to the host.</param>
 /// <param name="HostOptimizerBytesPerS">The host optimizer's speed in parameter bytes (4 per parameter) per second.</param>
 /// <param name="CopiesOverlap">Whether transfers and host updates run beside the device's compute (GPUs) or take the same cores and time (the CPU accelerator).</param>
+/// <param name="Shapes">Products of models' layers measured at their exact shapes (added by each <c>--calibrate</c> with a model); used before the size curve.</param>
 public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyList<GemmPoint> Gemm, double AttentionFlopsPerS,
     double ElementwiseBytesPerS, double LaunchSeconds, double HostToDeviceBytesPerS, double DeviceToHostBytesPerS,
-    double HostOptimizerBytesPerS, bool CopiesOverlap)
+    double HostOptimizerBytesPerS, bool CopiesOverlap, IReadOnlyList<GemmShape>? Shapes = null)
 {
+    /// <summary>GEMM FLOPs per second for an M×N×K product in <paramref name="layout"/>: the measured shape when there is one, else the size curve.</summary>
+    public double GemmFlopsPerS(long m, long n, long k, GemmLayout layout) =>
+        Shapes?.FirstOrDefault(x => x.M == m && x.N == n && x.K == k && x.Layout == layout.ToString()) is { } shape ? shape.FlopsPerS : GemmFlopsPerS(m, n, k);
+
     /// <summary>
     /// The uncalibrated defaults: on the CPU accelerator GEMM 2 GFLOP/s, attention 1 GFLOP/s, element-wise 1 GB/s,
     /// 0.15 ms per launch, bus 5 GB/s each way, host optimizer 4 GB/s of weights, no overlap; on a GPU GEMM 10 TFLOP/s
@@ -98,11 +106,16 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
     /// cost), pinned copies both ways and the host AdamW over a million parameters. Takes seconds on a GPU and about half
     /// a minute on the CPU accelerator.
     /// </summary>
-    public static DeviceCalibration Calibrate(Backend backend, Action<string>? log = null)
+    /// <param name="backend">The device.</param>
+    /// <param name="log">Receives one line per measurement.</param>
+    /// <param name="shapes">A model's layer products (see <see cref="StepTimeModel.Products"/>) to time at their exact shapes, added to <paramref name="previous"/>'s.</param>
+    /// <param name="previous">The device's earlier calibration, whose measured shapes are kept (re-measured ones replaced).</param>
+    public static DeviceCalibration Calibrate(Backend backend, Action<string>? log = null, IEnumerable<(int M, int N, int K, GemmLayout Layout)>? shapes = null,
+        DeviceCalibration? previous = null)
     {
         var cpu = DeviceShape.Of(backend.Accelerator).IsCpu;
         int[] sizes = cpu ? [32, 64, 128, 256] : [256, 512, 1024, 2048, 4096];
-        var gemm = GemmBenchmark.Run(backend, sizes.Select(s => ($"{s}", GemmLayout.NN, s, s, s)), repeats: 3);
+        var gemm = GemmBenchmark.Run(backend, sizes.Select(s => ($"{s}", GemmLayout.NN, s, s, s)), repeats: 5);
         var points = gemm.Results.Select(r => new GemmPoint(Math.Cbrt((double)r.M * r.N * r.K), 2.0 * r.M * r.N * r.K / r.Seconds)).ToList();
         foreach (var p in points) log?.Invoke($"GEMM {p.Size:F0}^3: {p.FlopsPerS / 1e9:F2} GFLOP/s");
         var (b, t, c, nh) = cpu ? (1, 128, 64, 2) : (8, 1024, 768, 12);
@@ -125,12 +138,23 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
         var optimizer = HostOptimizers.Create(new OptimizerSettings(OptimizerKind.AdamW, 1e-3f));
         var n = 1 << 20;
         var (w, g, st) = (new float[n], new float[n], new float[2 * n]);
+        optimizer.Step(w, g, st, Span<System.Half>.Empty, 1, 1e-3f, true); // warm-up: first-call costs are not the optimizer's speed
         var clock = Stopwatch.StartNew();
-        for (var k = 1; k <= 3; k++) optimizer.Step(w, g, st, Span<System.Half>.Empty, k, 1e-3f, true);
+        for (var k = 2; k <= 4; k++) optimizer.Step(w, g, st, Span<System.Half>.Empty, k, 1e-3f, true);
         var host = 3.0 * n * sizeof(float) / clock.Elapsed.TotalSeconds;
         log?.Invoke($"host AdamW: {host / 1e9:F2} GB/s of weights");
+        var measuredShapes = new List<GemmShape>();
+        // Products too long to time here (over 2·10⁸ FLOPs on the CPU accelerator, 10¹³ on a GPU) are left to the size curve.
+        var wanted = (shapes ?? []).Distinct().Where(x => 2.0 * x.M * x.N * x.K <= (cpu ? 2e8 : 1e13)).ToList();
+        if (wanted.Count > 0)
+        {
+            var timed = GemmBenchmark.Run(backend, wanted.Select(x => ($"{x.M}x{x.N}x{x.K}", x.Layout, x.M, x.N, x.K)), repeats: 3);
+            measuredShapes.AddRange(timed.Results.Select(r => new GemmShape(r.M, r.N, r.K, r.Layout, 2.0 * r.M * r.N * r.K / r.Seconds)));
+            log?.Invoke($"GEMM at {measuredShapes.Count} layer shapes: {measuredShapes.Min(x => x.FlopsPerS) / 1e9:F2}-{measuredShapes.Max(x => x.FlopsPerS) / 1e9:F2} GFLOP/s");
+        }
+        var kept = (previous?.Shapes ?? []).Where(old => !measuredShapes.Any(x => x.M == old.M && x.N == old.N && x.K == old.K && x.Layout == old.Layout));
         return new DeviceCalibration(backend.Description, true, points, attentionRate, elementwise, launch,
-            bus.HostToDeviceBytesPerS, bus.DeviceToHostBytesPerS, host, !cpu);
+            bus.HostToDeviceBytesPerS, bus.DeviceToHostBytesPerS, host, !cpu, [.. kept, .. measuredShapes]);
     }
 
     private static double Best(ILGPU.Runtime.AcceleratorStream stream, int repeats, Action pass)

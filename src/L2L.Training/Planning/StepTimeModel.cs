@@ -1,5 +1,6 @@
 // Predicted step time of a plan from the device's calibrated speeds; the repeated block is costed once and scaled by depth.
 using L2L.Backends;
+using L2L.Backends.Ops;
 using L2L.Model;
 using L2L.Model.Bert;
 using L2L.Training.Optim;
@@ -29,7 +30,31 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
     /// <summary>Blocks costed so far (one per distinct micro-batch shape, however many layers and candidates).</summary>
     public int BlocksCosted => _blocks.Count;
 
-    private double Gemm(long m, long n, long k) => 2.0 * m * n * k / speeds.GemmFlopsPerS(m, n, k) + speeds.LaunchSeconds;
+    private double Gemm(long m, long n, long k, GemmLayout layout = GemmLayout.NN) => 2.0 * m * n * k / speeds.GemmFlopsPerS(m, n, k, layout) + speeds.LaunchSeconds;
+
+    /// <summary>
+    /// The products of one block over <paramref name="tokens"/> rows, as (M, N, K) of the forward: the backward's are
+    /// (M, K, N) for the input gradient (NT) and (K, N, M) for the weight gradient (TN).
+    /// </summary>
+    public static IReadOnlyList<(long M, long N, long K)> BlockProducts(IModelConfig config, long tokens)
+    {
+        long n = tokens, c = config.Channels;
+        return config is BertConfig bert
+            ? [(n, c, c), (n, c, c), (n, c, c), (n, c, c), (n, bert.IntermediateSize, c), (n, c, bert.IntermediateSize)]
+            : [(n, 3 * c, c), (n, c, c), (n, 4 * c, c), (n, c, 4 * c)];
+    }
+
+    /// <summary>Every product a step of <paramref name="config"/> runs at micro-batches of <paramref name="tokens"/> tokens, with its layout: what <c>--calibrate</c> times.</summary>
+    public static IEnumerable<(int M, int N, int K, GemmLayout Layout)> Products(IModelConfig config, long tokens)
+    {
+        var head = (M: tokens, N: (long)config.VocabSize, K: (long)config.Channels);
+        foreach (var p in BlockProducts(config, tokens).Append(head))
+        {
+            yield return ((int)p.M, (int)p.N, (int)p.K, GemmLayout.NN);
+            yield return ((int)p.M, (int)p.K, (int)p.N, GemmLayout.NT);
+            yield return ((int)p.K, (int)p.N, (int)p.M, GemmLayout.TN);
+        }
+    }
 
     private double Elementwise(long bytes, int launches) => bytes / speeds.ElementwiseBytesPerS + launches * speeds.LaunchSeconds;
 
@@ -39,13 +64,11 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
         var key = (s.MicroBatchSize, s.SeqLen);
         if (_blocks.TryGetValue(key, out var cached)) return cached;
         var mb = s.MicroBatch;
-        long n = mb.Tokens, c = s.Config.Channels;
-        // The products of one block: (rows, outputs, inputs); each backward is two products of the same size (dInput, dWeight).
-        (long M, long N, long K)[] products = s.Config is BertConfig bert
-            ? [(n, c, c), (n, c, c), (n, c, c), (n, c, c), (n, bert.IntermediateSize, c), (n, c, bert.IntermediateSize)]
-            : [(n, 3 * c, c), (n, c, c), (n, 4 * c, c), (n, c, 4 * c)];
+        long c = s.Config.Channels;
+        // Each backward product is two of the forward's size: the input gradient and the weight gradient.
+        var products = BlockProducts(s.Config, mb.Tokens);
         var forward = products.Sum(p => Gemm(p.M, p.N, p.K));
-        var backward = products.Sum(p => Gemm(p.M, p.K, p.N) + Gemm(p.K, p.N, p.M));
+        var backward = products.Sum(p => Gemm(p.M, p.K, p.N, GemmLayout.NT) + Gemm(p.K, p.N, p.M, GemmLayout.TN));
         var attention = 2.0 * mb.Batch * (double)mb.SeqLen * mb.SeqLen * c;
         forward += attention / speeds.AttentionFlopsPerS;
         backward += 2.5 * attention / speeds.AttentionFlopsPerS;
@@ -67,7 +90,7 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
         var relay = s.Executor == ExecutorKind.Relay;
         var blocks = l * u * (forward + backward + (relay ? forward : 0));
         // Head: the decoder product forward and its two backward products, the softmax and loss over (N, V); the embedding's gather and scatter.
-        var head = Gemm(n, v, c) + Gemm(n, c, v) + Gemm(v, c, n) + Elementwise(3L * n * v * sizeof(float), 4) + Elementwise(6L * a * sizeof(float), 8);
+        var head = Gemm(n, v, c) + Gemm(n, c, v, GemmLayout.NT) + Gemm(c, v, n, GemmLayout.TN) + Elementwise(3L * n * v * sizeof(float), 4) + Elementwise(6L * a * sizeof(float), 8);
         var compute = blocks + u * head;
         if (relay && s.Codec.Enabled)
             compute += l * u * 2 * Elementwise(2 * a * sizeof(float), 2); // encode after the forward, decode before the recomputation
