@@ -96,3 +96,31 @@ public sealed class PlannerSearchTests(BackendFixture fixture)
         }
     }
 }
+
+public sealed class PlannerProfileTests(BackendFixture fixture)
+{
+    [Fact]
+    public void AProfiledBlockReplacesTheAnalyticCostAtItsShapeOnly()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = TrainingHarness.Tiny(3);
+        var timing = BlockProfile.Measure(backend, config, 2, 8, repeats: 1);
+        Assert.Equal(BlockProfile.ModelKey(config), timing.Model);
+        Assert.Equal(BlockProfile.ModelKey(config.WithLayers(7)), timing.Model); // depth does not change a block
+        Assert.NotEqual(BlockProfile.ModelKey(TrainingHarness.Tiny(3) with { Channels = 32 }), timing.Model);
+        Assert.True(timing.BlockForward > 0 && timing.BlockBackward > 0 && timing.Head > 0 && timing.Embedding > 0);
+        Assert.Equal(0, backend.Memory.CurrentBytes); // the profile's buffers are released
+
+        var speeds = DeviceCalibration.Defaults("test", true) with { Measured = true, Blocks = [timing with { BlockForward = 0.5, BlockBackward = 1.5 }] };
+        var model = new StepTimeModel(speeds);
+        var shape = DeviceShape.Of(backend.Accelerator);
+        var settings = new PlanSettings(config, 2, 3, 8, ExecutorKind.Relay, StashPlacement.Device, new Stash.StashCodecSettings(),
+            OptimizerKind.AdamW, Update.UpdateLocation.Device, Update.UpdateMode.Eager, StatePrecision.Fp32, shape);
+        Assert.Equal((0.5, 1.5), model.Block(settings));
+        var unprofiled = model.Block(settings with { MicroBatchSize = 1, MicroBatches = 6 });
+        Assert.NotEqual((0.5, 1.5), unprofiled);
+        // The relay runs each block forward twice (forward, recomputation) and backward once, per micro-batch.
+        var time = model.Predict(Planner.Plan(settings));
+        Assert.True(time.Compute >= 3 * 3 * (0.5 + 0.5 + 1.5));
+    }
+}

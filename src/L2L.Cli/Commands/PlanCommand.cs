@@ -91,8 +91,9 @@ internal static class PlanCommand
                 log.WriteLine($"calibrating {lease.Backend.Description} ...");
                 // The model's own products at every micro-batch size the batch allows are timed too.
                 var tokens = Enumerable.Range(1, parse.GetValue(batch)).Where(m => parse.GetValue(batch) % m == 0).Select(m => (long)m * parse.GetValue(seq));
+                var sizes = Enumerable.Range(1, parse.GetValue(batch)).Where(m => parse.GetValue(batch) % m == 0).Select(m => (m, parse.GetValue(seq))).ToArray();
                 var measured = DeviceCalibration.Calibrate(lease.Backend, line => log.WriteLine($"  {line}"),
-                    tokens.SelectMany(t => StepTimeModel.Products(cfg, t)), DeviceCalibration.Load(lease.Backend.Description));
+                    tokens.SelectMany(t => StepTimeModel.Products(cfg, t)), DeviceCalibration.Load(lease.Backend.Description), (cfg, sizes));
                 log.WriteLine($"wrote {measured.Save()}");
             }
             var target = Probe(spec);

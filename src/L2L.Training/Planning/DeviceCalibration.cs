@@ -5,6 +5,7 @@ using ILGPU;
 using ILGPU.Runtime;
 using L2L.Backends;
 using L2L.Backends.Ops;
+using L2L.Model;
 using L2L.Training.Benchmarks;
 using L2L.Training.Optim;
 
@@ -32,10 +33,19 @@ public sealed record GemmShape(int M, int N, int K, string Layout, double FlopsP
 /// <param name="HostOptimizerBytesPerS">The host optimizer's speed in parameter bytes (4 per parameter) per second.</param>
 /// <param name="CopiesOverlap">Whether transfers and host updates run beside the device's compute (GPUs) or take the same cores and time (the CPU accelerator).</param>
 /// <param name="Shapes">Products of models' layers measured at their exact shapes (added by each <c>--calibrate</c> with a model); used before the size curve.</param>
+/// <param name="Blocks">Models' blocks, heads and embeddings timed per micro-batch shape (added by each <c>--calibrate</c> with a model); used before the analytic block cost.</param>
 public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyList<GemmPoint> Gemm, double AttentionFlopsPerS,
     double ElementwiseBytesPerS, double LaunchSeconds, double HostToDeviceBytesPerS, double DeviceToHostBytesPerS,
-    double HostOptimizerBytesPerS, bool CopiesOverlap, IReadOnlyList<GemmShape>? Shapes = null)
+    double HostOptimizerBytesPerS, bool CopiesOverlap, IReadOnlyList<GemmShape>? Shapes = null, IReadOnlyList<BlockTiming>? Blocks = null)
 {
+    /// <summary>The measured timing of <paramref name="config"/>'s block at micro-batches of <paramref name="microBatchSize"/> × <paramref name="seqLen"/>, if any.</summary>
+    public BlockTiming? Block(IModelConfig config, int microBatchSize, int seqLen)
+    {
+        if (Blocks is not { Count: > 0 } blocks) return null;
+        var key = BlockProfile.ModelKey(config);
+        return blocks.FirstOrDefault(b => b.Model == key && b.MicroBatchSize == microBatchSize && b.SeqLen == seqLen);
+    }
+
     /// <summary>GEMM FLOPs per second for an M×N×K product in <paramref name="layout"/>: the measured shape when there is one, else the size curve.</summary>
     public double GemmFlopsPerS(long m, long n, long k, GemmLayout layout) =>
         Shapes?.FirstOrDefault(x => x.M == m && x.N == n && x.K == k && x.Layout == layout.ToString()) is { } shape ? shape.FlopsPerS : GemmFlopsPerS(m, n, k);
@@ -101,7 +111,7 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     /// <summary>
-    /// Measures <paramref name="backend"/>: square GEMMs of growing size (up to 256 on the CPU accelerator, 4096 on a GPU),
+    /// Measures <paramref name="backend"/> (medians of repeated timings, so contention on a shared machine counts): square GEMMs of growing size (up to 256 on the CPU accelerator, 4096 on a GPU),
     /// causal attention at one head shape, an element-wise kernel over a large buffer and over one element (its launch
     /// cost), pinned copies both ways and the host AdamW over a million parameters. Takes seconds on a GPU and about half
     /// a minute on the CPU accelerator.
@@ -110,17 +120,16 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
     /// <param name="log">Receives one line per measurement.</param>
     /// <param name="shapes">A model's layer products (see <see cref="StepTimeModel.Products"/>) to time at their exact shapes, added to <paramref name="previous"/>'s.</param>
     /// <param name="previous">The device's earlier calibration, whose measured shapes are kept (re-measured ones replaced).</param>
+    /// <param name="blocks">A model and the micro-batch shapes (sequences, tokens each) at which to time its block, head and embedding.</param>
     public static DeviceCalibration Calibrate(Backend backend, Action<string>? log = null, IEnumerable<(int M, int N, int K, GemmLayout Layout)>? shapes = null,
-        DeviceCalibration? previous = null)
+        DeviceCalibration? previous = null, (IModelConfig Config, IReadOnlyList<(int MicroBatchSize, int SeqLen)> Shapes)? blocks = null)
     {
         var cpu = DeviceShape.Of(backend.Accelerator).IsCpu;
         int[] sizes = cpu ? [32, 64, 128, 256] : [256, 512, 1024, 2048, 4096];
-        var gemm = GemmBenchmark.Run(backend, sizes.Select(s => ($"{s}", GemmLayout.NN, s, s, s)), repeats: 5);
-        var points = gemm.Results.Select(r => new GemmPoint(Math.Cbrt((double)r.M * r.N * r.K), 2.0 * r.M * r.N * r.K / r.Seconds)).ToList();
+        var points = sizes.Select(n => new GemmPoint(n, 2.0 * n * n * n / TimeGemm(backend, n, n, n, GemmLayout.NN, 5))).ToList();
         foreach (var p in points) log?.Invoke($"GEMM {p.Size:F0}^3: {p.FlopsPerS / 1e9:F2} GFLOP/s");
         var (b, t, c, nh) = cpu ? (1, 128, 64, 2) : (8, 1024, 768, 12);
-        var attention = AttentionBenchmark.Run(backend, [(b, t, c, nh)], repeats: 2).Results[0];
-        var attentionRate = 3.5 * 2.0 * b * t * (double)t * c / ((attention.ForwardMs + attention.BackwardMs) / 1e3);
+        var attentionRate = 3.5 * 2.0 * b * t * (double)t * c / TimeAttention(backend, b, t, c, nh, 3);
         log?.Invoke($"attention B={b} T={t} C={c}: {attentionRate / 1e9:F2} GFLOP/s");
         var reduce = backend.Get<ReduceOps>();
         var s = backend.ComputeStream;
@@ -129,8 +138,8 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
         using (var big = backend.Allocate<float>(floats, MemoryCategory.Other, "calibrate.elementwise"))
         {
             big.View.MemSetToZero(s);
-            elementwise = 2.0 * floats * sizeof(float) / Best(s, 3, () => reduce.Scale(s, big.View, 1f));
-            launch = Best(s, 10, () => reduce.Scale(s, big.View.SubView(0, 1), 1f));
+            elementwise = 2.0 * floats * sizeof(float) / Median(s, 5, () => reduce.Scale(s, big.View, 1f));
+            launch = Median(s, 11, () => reduce.Scale(s, big.View.SubView(0, 1), 1f));
         }
         log?.Invoke($"element-wise: {elementwise / 1e9:F2} GB/s, launch {launch * 1e6:F1} us");
         var bus = BusBenchmark.Run(backend, cpu ? 16L << 20 : 256L << 20, 3);
@@ -148,27 +157,75 @@ public sealed record DeviceCalibration(string Device, bool Measured, IReadOnlyLi
         var wanted = (shapes ?? []).Distinct().Where(x => 2.0 * x.M * x.N * x.K <= (cpu ? 2e8 : 1e13)).ToList();
         if (wanted.Count > 0)
         {
-            var timed = GemmBenchmark.Run(backend, wanted.Select(x => ($"{x.M}x{x.N}x{x.K}", x.Layout, x.M, x.N, x.K)), repeats: 3);
-            measuredShapes.AddRange(timed.Results.Select(r => new GemmShape(r.M, r.N, r.K, r.Layout, 2.0 * r.M * r.N * r.K / r.Seconds)));
+            measuredShapes.AddRange(wanted.Select(x => new GemmShape(x.M, x.N, x.K, x.Layout.ToString(), 2.0 * x.M * x.N * x.K / TimeGemm(backend, x.M, x.N, x.K, x.Layout, 3))));
             log?.Invoke($"GEMM at {measuredShapes.Count} layer shapes: {measuredShapes.Min(x => x.FlopsPerS) / 1e9:F2}-{measuredShapes.Max(x => x.FlopsPerS) / 1e9:F2} GFLOP/s");
         }
         var kept = (previous?.Shapes ?? []).Where(old => !measuredShapes.Any(x => x.M == old.M && x.N == old.N && x.K == old.K && x.Layout == old.Layout));
+        var timings = new List<BlockTiming>();
+        if (blocks is { } model)
+        {
+            foreach (var (m, length) in model.Shapes)
+            {
+                var timing = BlockProfile.Measure(backend, model.Config, m, length);
+                timings.Add(timing);
+                log?.Invoke($"block {m}x{length}: forward {timing.BlockForward * 1e3:F1} ms, backward {timing.BlockBackward * 1e3:F1} ms, " +
+                    $"head {timing.Head * 1e3:F1} ms, embedding {timing.Embedding * 1e3:F1} ms");
+            }
+        }
+        var keptBlocks = (previous?.Blocks ?? []).Where(old => !timings.Any(x => x.Model == old.Model && x.MicroBatchSize == old.MicroBatchSize && x.SeqLen == old.SeqLen));
         return new DeviceCalibration(backend.Description, true, points, attentionRate, elementwise, launch,
-            bus.HostToDeviceBytesPerS, bus.DeviceToHostBytesPerS, host, !cpu, [.. kept, .. measuredShapes]);
+            bus.HostToDeviceBytesPerS, bus.DeviceToHostBytesPerS, host, !cpu, [.. kept, .. measuredShapes], [.. keptBlocks, .. timings]);
     }
 
-    private static double Best(ILGPU.Runtime.AcceleratorStream stream, int repeats, Action pass)
+    /// <summary>Seconds of one M×N×K product in <paramref name="layout"/>: the median of <paramref name="repeats"/> after a warm-up.</summary>
+    private static double TimeGemm(Backend backend, int m, int n, int k, GemmLayout layout, int repeats)
+    {
+        var gemm = backend.Get<GemmOps>();
+        var s = backend.ComputeStream;
+        using var a = backend.Allocate<float>((long)m * k, MemoryCategory.Other, "calibrate.a");
+        using var b = backend.Allocate<float>((long)k * n, MemoryCategory.Other, "calibrate.b");
+        using var c = backend.Allocate<float>((long)m * n, MemoryCategory.Other, "calibrate.c");
+        a.View.MemSetToZero(s);
+        b.View.MemSetToZero(s);
+        return Median(s, repeats, () => gemm.Gemm(s, c.View, a.View, b.View, m, n, k, layout));
+    }
+
+    /// <summary>Seconds of one causal attention forward and backward: the median of <paramref name="repeats"/> after a warm-up.</summary>
+    private static double TimeAttention(Backend backend, int b, int t, int c, int nh, int repeats)
+    {
+        var ops = backend.Get<AttentionOps>();
+        var s = backend.ComputeStream;
+        long n = (long)b * t;
+        using var qkv = backend.Allocate<float>(n * 3 * c, MemoryCategory.Other, "calibrate.qkv");
+        using var output = backend.Allocate<float>(n * c, MemoryCategory.Other, "calibrate.output");
+        using var lse = backend.Allocate<float>(AttentionOps.LseLength(b, t, nh), MemoryCategory.Other, "calibrate.lse");
+        using var dOutput = backend.Allocate<float>(n * c, MemoryCategory.Other, "calibrate.doutput");
+        using var dQkv = backend.Allocate<float>(n * 3 * c, MemoryCategory.Other, "calibrate.dqkv");
+        using var scratch = backend.Allocate<float>(AttentionOps.BackwardScratchLength(b, t, c, nh), MemoryCategory.Other, "calibrate.scratch");
+        qkv.View.MemSetToZero(s);
+        dOutput.View.MemSetToZero(s);
+        var none = ArrayView<int>.Empty;
+        return Median(s, repeats, () =>
+        {
+            ops.Forward(s, output.View, lse.View, qkv.View, none, none, b, t, c, nh, causal: true);
+            ops.Backward(s, dQkv.View, dOutput.View, qkv.View, output.View, lse.View, scratch.View, none, none, b, t, c, nh, causal: true);
+        });
+    }
+
+    // Medians, not best times: a plan should predict the speed a run typically gets on this machine, contention included.
+    private static double Median(AcceleratorStream stream, int repeats, Action pass)
     {
         pass();
         stream.Synchronize();
-        var best = double.MaxValue;
+        var times = new double[repeats];
         for (var r = 0; r < repeats; r++)
         {
             var clock = Stopwatch.StartNew();
             pass();
             stream.Synchronize();
-            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+            times[r] = clock.Elapsed.TotalSeconds;
         }
-        return best;
+        Array.Sort(times);
+        return times[repeats / 2];
     }
 }

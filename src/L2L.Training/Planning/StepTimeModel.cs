@@ -16,9 +16,10 @@ public readonly record struct StepTime(double Compute, double Transfers, double 
 
 /// <summary>
 /// Predicts a step's time from FLOPs and bytes. A transformer's blocks are identical, so (as TAP folds the repeated
-/// block) one block's forward and backward are costed once per micro-batch shape — its GEMMs at their shapes,
-/// attention, and its element-wise bytes and launches — and multiplied by depth and micro-batch count; the relay
-/// recomputes each block's forward before its backward, the conventional executor does not.
+/// block) one block's forward and backward are costed once per micro-batch shape — measured, when the calibration
+/// profiled the model's block at that shape, else from its GEMMs at their shapes, attention, and its element-wise
+/// bytes and launches — and multiplied by depth and micro-batch count; the relay recomputes each block's forward
+/// before its backward, the conventional executor does not.
 /// </summary>
 public sealed class StepTimeModel(DeviceCalibration speeds)
 {
@@ -63,6 +64,8 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
     {
         var key = (s.MicroBatchSize, s.SeqLen);
         if (_blocks.TryGetValue(key, out var cached)) return cached;
+        if (speeds.Block(s.Config, s.MicroBatchSize, s.SeqLen) is { } measured)
+            return _blocks[key] = (measured.BlockForward, measured.BlockBackward);
         var mb = s.MicroBatch;
         long c = s.Config.Channels;
         // Each backward product is two of the forward's size: the input gradient and the weight gradient.
@@ -90,7 +93,9 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
         var relay = s.Executor == ExecutorKind.Relay;
         var blocks = l * u * (forward + backward + (relay ? forward : 0));
         // Head: the decoder product forward and its two backward products, the softmax and loss over (N, V); the embedding's gather and scatter.
-        var head = Gemm(n, v, c) + Gemm(n, c, v, GemmLayout.NT) + Gemm(c, v, n, GemmLayout.TN) + Elementwise(3L * n * v * sizeof(float), 4) + Elementwise(6L * a * sizeof(float), 8);
+        var profiled = speeds.Block(s.Config, s.MicroBatchSize, s.SeqLen);
+        var head = profiled is { } p ? p.Head + p.Embedding
+            : Gemm(n, v, c) + Gemm(n, c, v, GemmLayout.NT) + Gemm(c, v, n, GemmLayout.TN) + Elementwise(3L * n * v * sizeof(float), 4) + Elementwise(6L * a * sizeof(float), 8);
         var compute = blocks + u * head;
         if (relay && s.Codec.Enabled)
             compute += l * u * 2 * Elementwise(2 * a * sizeof(float), 2); // encode after the forward, decode before the recomputation
