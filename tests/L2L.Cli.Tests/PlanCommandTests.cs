@@ -92,4 +92,33 @@ public sealed class PlanCommandTests(BackendFixture fixture)
         var before = ws.Snapshot();
         Rejected.Check(ws.Run(fixture, commandLine), 1, expected, before, ws);
     }
+
+    [Fact]
+    public void CalibrationIsCachedPerDeviceAndUsedByLaterPlans()
+    {
+        using var ws = Workspace.Create(fixture);
+        var old = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        try
+        {
+            Environment.SetEnvironmentVariable("XDG_CACHE_HOME", ws["cache"]);
+            var before = ws.Run(fixture, "plan --config @/tiny.json --batch 2 --seq 4 --micro-batches 1 --device cpu --json");
+            using (var json = JsonDocument.Parse(before.Out))
+                Assert.False(json.RootElement.GetProperty("calibrated").GetBoolean());
+            var calibrated = ws.Run(fixture, "plan --config @/tiny.json --batch 2 --seq 4 --micro-batches 1 --device cpu --json --calibrate");
+            Assert.True(calibrated.ExitCode == 0, calibrated.Error);
+            Assert.Contains("wrote ", calibrated.Error); // with --json the calibration's lines go to stderr
+            var file = Assert.Single(Directory.GetFiles(System.IO.Path.Combine(ws["cache"], "l2l", "calibration"), "cpu_*.json"));
+            Assert.Contains("\"blocks\"", File.ReadAllText(file));
+            using (var json = JsonDocument.Parse(calibrated.Out))
+                Assert.True(json.RootElement.GetProperty("calibrated").GetBoolean());
+            var later = ws.Run(fixture, "plan --config @/tiny.json --batch 2 --seq 4 --device cpu");
+            Assert.True(later.ExitCode == 0, later.Error);
+            Assert.Contains("this device's calibration", later.Out);
+            Assert.Contains("pick: ", later.Out);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("XDG_CACHE_HOME", old);
+        }
+    }
 }
