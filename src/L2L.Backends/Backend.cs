@@ -106,7 +106,7 @@ public sealed class Backend : IDisposable
         Memory.Allocate<T>(length, category, name);
 
     /// <summary>Allocates a pinned, page-locked host buffer for asynchronous transfers.</summary>
-    public PinnedHostBuffer<T> AllocatePinned<T>(long length) where T : unmanaged => new(Accelerator, length);
+    public PinnedHostBuffer<T> AllocatePinned<T>(long length) where T : unmanaged => new(Accelerator, length, Memory);
 
     /// <summary>Blocks until both streams are idle.</summary>
     public void Synchronize()

@@ -46,6 +46,8 @@ public sealed class MemoryTracker
     private long _currentTotal;
     private long _peakTotal;
     private long _allocationCount;
+    private long _pinnedCurrent;
+    private long _pinnedPeak;
 
     /// <summary>Creates a tracker for <paramref name="accelerator"/>.</summary>
     public MemoryTracker(Accelerator accelerator, long? budgetBytes = null)
@@ -96,11 +98,27 @@ public sealed class MemoryTracker
         }
     }
 
-    /// <summary>Sets every peak to the current value.</summary>
+    /// <summary>Bytes of pinned host memory allocated through <see cref="Backend.AllocatePinned{T}"/> and not yet released.</summary>
+    public long PinnedHostBytes { get { lock (_gate) return _pinnedCurrent; } }
+
+    /// <summary>The largest <see cref="PinnedHostBytes"/> seen since creation or <see cref="ResetPeak"/>.</summary>
+    public long PinnedHostPeakBytes { get { lock (_gate) return _pinnedPeak; } }
+
+    internal void TrackPinned(long bytes)
+    {
+        lock (_gate)
+        {
+            _pinnedCurrent += bytes;
+            _pinnedPeak = Math.Max(_pinnedPeak, _pinnedCurrent);
+        }
+    }
+
+    /// <summary>Sets every peak (device and pinned host) to the current value.</summary>
     public void ResetPeak()
     {
         lock (_gate)
         {
+            _pinnedPeak = _pinnedCurrent;
             Array.Copy(_current, _peak, CategoryCount);
             _peakTotal = _currentTotal;
         }

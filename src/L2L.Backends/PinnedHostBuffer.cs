@@ -20,9 +20,15 @@ public sealed unsafe class PinnedHostBuffer<T> : IDisposable where T : unmanaged
     private const int Alignment = 4096;
     private T* _pointer;
     private PageLockScope<T>? _scope;
+    private readonly MemoryTracker? _tracker;
 
     /// <summary>Allocates <paramref name="length"/> pinned, page-locked elements, zeroed.</summary>
-    public PinnedHostBuffer(Accelerator accelerator, long length)
+    public PinnedHostBuffer(Accelerator accelerator, long length) : this(accelerator, length, null)
+    {
+    }
+
+    /// <summary>Allocates like the public constructor, counting the bytes in <paramref name="tracker"/>'s pinned host total.</summary>
+    internal PinnedHostBuffer(Accelerator accelerator, long length, MemoryTracker? tracker)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         Length = length;
@@ -51,6 +57,8 @@ public sealed unsafe class PinnedHostBuffer<T> : IDisposable where T : unmanaged
             _pointer = null;
             throw;
         }
+        _tracker = tracker;
+        _tracker?.TrackPinned((long)length * sizeof(T));
     }
 
     /// <summary>Number of elements.</summary>
@@ -138,6 +146,9 @@ public sealed unsafe class PinnedHostBuffer<T> : IDisposable where T : unmanaged
         var pointer = _pointer;
         _pointer = null;
         if (pointer != null)
+        {
             NativeMemory.AlignedFree(pointer);
+            _tracker?.TrackPinned(-(long)Length * sizeof(T));
+        }
     }
 }

@@ -141,6 +141,7 @@ public static partial class Cli
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(GrowCommand.Create());
         root.Subcommands.Add(DevicesCommand.Create(env));
+        root.Subcommands.Add(PlanCommand.Create(env));
         root.Subcommands.Add(BenchCommand.Create(env));
 
         var parse = root.Parse(args);

@@ -47,4 +47,32 @@ public static class Models
             _ => throw new NotSupportedException($"No device layers for model type '{layout.Config.ModelType}'."),
         };
     }
+
+    /// <summary>What a block's forward keeps for its backward (<see cref="IModelLayers.CreateActivations"/>), as buffer specs, without a device.</summary>
+    public static IReadOnlyList<BufferSpec> DescribeActivations(MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
+        shape.Config switch
+        {
+            GptConfig => BlockActivations.Describe(shape, category, name),
+            BertConfig => BertBlockActivations.Describe(shape, category, name),
+            _ => throw new NotSupportedException($"No device layers for model type '{shape.Config.ModelType}'."),
+        };
+
+    /// <summary>The scratch shared by all layers (<see cref="IModelLayers.CreateScratch"/>), as buffer specs, for a device with <paramref name="partialsLength"/> reduction partials.</summary>
+    public static IReadOnlyList<BufferSpec> DescribeScratch(MicroBatch shape, int partialsLength) =>
+        shape.Config switch
+        {
+            GptConfig => LayerScratch.Describe(shape, partialsLength),
+            BertConfig => BertScratch.Describe(shape, partialsLength),
+            _ => throw new NotSupportedException($"No device layers for model type '{shape.Config.ModelType}'."),
+        };
+
+    /// <summary>What the model's <see cref="MicroBatchInputs"/> hold beyond ids and targets (<see cref="IModelLayers.Inputs"/>).</summary>
+    public static ModelInputs InputsOf(IModelConfig config) => config switch
+    {
+        BertConfig bert => new ModelInputs(TokenTypes: true, PadTokenId: bert.PadTokenId),
+        _ => new ModelInputs(TokenTypes: false, PadTokenId: null),
+    };
+
+    /// <summary>Whether the model's blocks read the inputs (<see cref="IModelLayers.BlocksReadInputs"/>).</summary>
+    public static bool BlocksReadInputs(IModelConfig config) => config is BertConfig;
 }

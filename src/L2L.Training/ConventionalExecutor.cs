@@ -86,6 +86,12 @@ public sealed class ConventionalExecutor : IExecutor
         try
         {
             _layers = Models.CreateLayers(backend, layout);
+            // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
+            var planned = new Planning.PlanSettings(layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Conventional,
+                StashPlacement.Device, new Stash.StashCodecSettings(), optimizer.Kind, UpdateLocation.Device, UpdateMode.Eager, StatePrecision.Fp32,
+                DeviceShape.Of(backend.Accelerator));
+            var device = Planning.Planner.ConventionalDevice(planned, layout);
+            DeviceBuffer<float> F(string name) => Track(backend.Allocate<float>(device.Named(name)));
             var count = layout.Layers.Count;
             _params = new DeviceBuffer<float>[count];
             _grads = new DeviceBuffer<float>[count];
@@ -93,23 +99,23 @@ public sealed class ConventionalExecutor : IExecutor
             for (var i = 0; i < count; i++)
             {
                 var layer = layout.Layers[i];
-                _params[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Params, layer.Name));
+                _params[i] = F(layer.Name);
                 _params[i].View.CopyFromCPU(s, weights[i]);
-                _grads[i] = Track(backend.Allocate<float>(layer.Length, MemoryCategory.Grads, layer.Name + ".grads"));
+                _grads[i] = F(layer.Name + ".grads");
             }
             _optimizer = Track(new DeviceLayerOptimizer(backend, optimizer, schedule, layout.Layers, resume));
             var blocks = layout.Blocks.Count;
             _acts = new IBlockActivations[blocks];
             for (var l = 0; l < blocks; l++)
                 _acts[l] = Track(_layers.CreateActivations(backend, microBatch, MemoryCategory.Stash, $"{layout.Blocks[l].Name}.activations"));
-            _blockInputs = Track(backend.Allocate<float>(blocks * microBatch.ActivationLength, MemoryCategory.Stash, "block-inputs"));
-            _headInput = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "head-input"));
-            _dStream = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.BoundaryGrads, "residual-grads"));
+            _blockInputs = F("block-inputs");
+            _headInput = F("head-input");
+            _dStream = F("residual-grads");
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
-            _loss = Track(backend.AllocatePinned<float>(1));
-            _partials = Track(backend.Allocate<float>(ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
-            _sumSquares = Track(backend.Allocate<float>(count, MemoryCategory.Workspace, "grad-norm.sums"));
+            _loss = Track(backend.AllocatePinned<float>(Planning.Planner.ConventionalHost(planned).Named("host.loss").Length));
+            _partials = F("grad-norm.partials");
+            _sumSquares = F("grad-norm.sums");
             s.Synchronize();
         }
         catch
@@ -130,6 +136,7 @@ public sealed class ConventionalExecutor : IExecutor
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
     {
         var s = _backend.ComputeStream;
+        var uploadedBefore = _inputs.UploadedBytes;
         var (labelled, updated, blocksRun, backwardLayers) = ForwardBackward(step, inputs, targets, tokenTypes, _control.LossScale);
 
         // Every updated layer's sum of squares, then one decision for the step (global norm, clip, overflow), applied on the device.
@@ -160,8 +167,10 @@ public sealed class ConventionalExecutor : IExecutor
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _microBatches * _inputs.BytesPerMicroBatch, GradNorm: decision.GradNorm, Skipped: decision.Skip,
-            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers);
+        // The inputs went up, the sums of squares and the loss came back.
+        var bus = new Planning.BusTraffic(0, _sumSquares.Bytes, 0, 0, _inputs.UploadedBytes - uploadedBefore + sizeof(float));
+        return new StepResult(loss, bus.Total, GradNorm: decision.GradNorm, Skipped: decision.Skip,
+            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers, BusBytesByKind: bus);
     }
 
     /// <summary>

@@ -39,7 +39,7 @@ public sealed class EagerParamServer : IDisposable
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
     private readonly bool[] _onDevice;
-    private long _busBytes;
+    private long _weightBusBytes, _gradientBusBytes;
     private long _updateWaitTicks;
     private readonly L2L.Training.Update.UpdateMode _mode;
     // Data parallel (several devices or ranks): the reducer owns the gradient staging; replica views share this server's
@@ -161,8 +161,7 @@ public sealed class EagerParamServer : IDisposable
             // never holds a full gradient copy. A host-updated layer longer than a block gets its own buffer.
             // Deferred updates need every host-updated layer's gradients at the end of backward: no ring, a buffer each.
             // In data parallel the reducer stages the gradients: no ring here.
-            var slotLength = mode == L2L.Training.Update.UpdateMode.Deferred || _parallel is not null ? 0
-                : layout.Blocks.Where(b => !_onDevice[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
+            var slotLength = _parallel is not null ? 0 : GradientSlotLength(layout, _onDevice, mode);
             foreach (var layer in layout.Layers)
             {
                 if (!_onDevice[layer.Index] && layer.Length > slotLength && _parallel is null)
@@ -288,6 +287,45 @@ public sealed class EagerParamServer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Floats in each gradient buffer of the ring: the longest host-updated block's, or 0 (no ring) in deferred mode,
+    /// where every host-updated layer has its own buffer; a host-updated layer longer than this gets its own buffer too.
+    /// </summary>
+    public static long GradientSlotLength(ModelLayout layout, IReadOnlyList<bool> deviceUpdated, L2L.Training.Update.UpdateMode mode) =>
+        mode == L2L.Training.Update.UpdateMode.Deferred ? 0
+            : layout.Blocks.Where(b => !deviceUpdated[b.Index]).Select(b => b.Length).DefaultIfEmpty(0).Max();
+
+    /// <summary>
+    /// The host memory a server with these settings holds, buffer by buffer (bytes as <see cref="BufferSpec.Bytes"/>):
+    /// pinned FP32 weights per layer, the gradient ring or own gradient buffers (pinned), and the optimizer state
+    /// (ordinary memory: <paramref name="stateFloatsPerParam"/> values per parameter of each host-updated layer, 4 or 2 bytes each).
+    /// Its sum is <see cref="HostBytes"/>.
+    /// </summary>
+    public static IReadOnlyList<BufferSpec> DescribeHost(ModelLayout layout, int stateFloatsPerParam, IReadOnlyCollection<int> deviceUpdated,
+        int gradientSlots, L2L.Training.Update.UpdateMode mode, StatePrecision statePrecision)
+    {
+        var onDevice = new bool[layout.Layers.Count];
+        foreach (var i in deviceUpdated) onDevice[i] = true;
+        var slotLength = GradientSlotLength(layout, onDevice, mode);
+        var result = new List<BufferSpec>();
+        foreach (var layer in layout.Layers)
+        {
+            result.Add(new BufferSpec($"param-server.{layer.Name}.weights", MemoryCategory.Params, layer.Length));
+            if (!onDevice[layer.Index] && layer.Length > slotLength)
+                result.Add(new BufferSpec($"param-server.{layer.Name}.grads", MemoryCategory.Grads, layer.Length));
+            if (!onDevice[layer.Index] && stateFloatsPerParam > 0)
+                result.Add(new BufferSpec($"param-server.{layer.Name}.state", MemoryCategory.Optimizer, stateFloatsPerParam * layer.Length,
+                    statePrecision == StatePrecision.Bf16 ? sizeof(ushort) : sizeof(float)));
+        }
+        if (slotLength > 0)
+            for (var k = 0; k < gradientSlots; k++)
+                result.Add(new BufferSpec($"param-server.grad-ring.{k}", MemoryCategory.Grads, slotLength));
+        return result;
+    }
+
+    /// <summary>Bytes of the optimizer state (ordinary host memory, not pinned); the rest of <see cref="HostBytes"/> is pinned.</summary>
+    public long OptimizerStateBytes => sizeof(float) * _state.Sum(st => (long)st.Length) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
+
     private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
     {
         var count = layout.Layers.Count;
@@ -333,7 +371,13 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>Bytes moved between host and device by this server (weights in, gradients out).</summary>
-    public long BusBytes => Interlocked.Read(ref _busBytes);
+    public long BusBytes => WeightBusBytes + GradientBusBytes;
+
+    /// <summary>Weight bytes this server has copied to the device.</summary>
+    public long WeightBusBytes => Interlocked.Read(ref _weightBusBytes);
+
+    /// <summary>Gradient bytes this server has received from the device.</summary>
+    public long GradientBusBytes => Interlocked.Read(ref _gradientBusBytes);
 
     /// <summary>
     /// Seconds the executor has spent blocked in <see cref="EnqueueFetch"/> waiting for a layer's host
@@ -367,7 +411,7 @@ public sealed class EagerParamServer : IDisposable
         }
         var length = Layout.Layers[layer].Length;
         _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
-        Interlocked.Add(ref _busBytes, length * sizeof(float));
+        Interlocked.Add(ref _weightBusBytes, length * sizeof(float));
     }
 
     /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed gradients from <paramref name="source"/> to the host.</summary>
@@ -400,7 +444,7 @@ public sealed class EagerParamServer : IDisposable
         }
         var length = Layout.Layers[layer].Length;
         _gradsOf[layer]!.CopyFromDeviceAsync(copyStream, source.SubView(0, length));
-        Interlocked.Add(ref _busBytes, length * sizeof(float));
+        Interlocked.Add(ref _gradientBusBytes, length * sizeof(float));
     }
 
     /// <summary>A free gradient slot; when none is free, waits for the earliest-begun update that holds one.</summary>

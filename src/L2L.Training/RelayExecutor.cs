@@ -58,7 +58,7 @@ public sealed class RelayExecutor : IExecutor
     private readonly Update.LayerSelection _selection;
     private readonly long _seed;
     private long _step;
-    private long _stashBytes;
+    private long _stashBytes, _dxBytes, _normBytes, _lossBytes;
     private double _copyWait;
 
     /// <summary>Creates the executor and allocates every device buffer it will use.</summary>
@@ -97,19 +97,26 @@ public sealed class RelayExecutor : IExecutor
         try
         {
             _layers = Models.CreateLayers(backend, _layout);
-            _partials = Track(backend.Allocate<float>(Backends.Ops.ReduceOps.PartialsLength(backend), MemoryCategory.Workspace, "grad-norm.partials"));
-            _sumSquares = Track(backend.Allocate<float>(4, MemoryCategory.Workspace, "grad-norm.sums"));
-            _sumSquaresHost = Track(backend.AllocatePinned<float>(_layout.Layers.Count));
-            var blockLength = _layout.Blocks.Count > 0 ? _layout.Blocks[0].Length : 0;
-            _paramSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Params, "block-slot.1"))];
-            _gradSlots = [Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.0")), Track(backend.Allocate<float>(blockLength, MemoryCategory.Grads, "block-grads.1"))];
-            _embedding = Track(backend.Allocate<float>(_layout.Embedding.Length, MemoryCategory.Params, "embedding"));
-            _embeddingGrads = Track(backend.Allocate<float>(_layout.Embedding.Length, MemoryCategory.Grads, "embedding.grads"));
-            _head = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Params, "head"));
-            _headGrads = Track(backend.Allocate<float>(_layout.Head.Length, MemoryCategory.Grads, "head.grads"));
+            // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
+            var planned = new Planning.PlanSettings(_layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Relay, placement,
+                codec ?? new Stash.StashCodecSettings(), eps.Settings.Kind, ResidentOnDevice ? Update.UpdateLocation.Device : Update.UpdateLocation.Host,
+                eps.Mode, Optim.StatePrecision.Fp32, DeviceShape.Of(backend.Accelerator));
+            var device = Planning.Planner.RelayDevice(planned, _layout);
+            var pinned = Planning.Planner.RelayExecutorHost(planned, _layout);
+            DeviceBuffer<float> F(string name) => Track(backend.Allocate<float>(device.Named(name)));
+            PinnedHostBuffer<float> P(string name) => Track(backend.AllocatePinned<float>(pinned.Named(name).Length));
+            _partials = F("grad-norm.partials");
+            _sumSquares = F("grad-norm.sums");
+            _sumSquaresHost = P("host.grad-norm.sums");
+            _paramSlots = [F("block-slot.0"), F("block-slot.1")];
+            _gradSlots = [F("block-grads.0"), F("block-grads.1")];
+            _embedding = F("embedding");
+            _embeddingGrads = F("embedding.grads");
+            _head = F("head");
+            _headGrads = F("head.grads");
             _act = Track(_layers.CreateActivations(backend, microBatch));
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
-            _blockOut = Track(backend.Allocate<float>(microBatch.ActivationLength, MemoryCategory.Workspace, "block-out"));
+            _blockOut = F("block-out");
             var a = microBatch.ActivationLength;
             var layers = _layout.Blocks.Count;
             if (codec is { Enabled: true })
@@ -118,23 +125,23 @@ public sealed class RelayExecutor : IExecutor
                 // must read exact inputs, so the running layer's activations of all U micro-batches stay on the device, in
                 // the boundary-gradient buffer, which the backward needs only later; the boundary gradients then stay there too.
                 _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a));
-                _deviceDx = Track(backend.Allocate<float>(microBatches * a, MemoryCategory.BoundaryGrads, "boundary-grads"));
+                _deviceDx = F("boundary-grads");
             }
             else if (placement == StashPlacement.Device)
             {
-                _deviceStash = Track(backend.Allocate<float>(layers * microBatches * a, MemoryCategory.Stash, "stash"));
-                _deviceDx = Track(backend.Allocate<float>(microBatches * a, MemoryCategory.BoundaryGrads, "boundary-grads"));
+                _deviceStash = F("stash");
+                _deviceDx = F("boundary-grads");
             }
             else
             {
-                _hostStash = Track(backend.AllocatePinned<float>(layers * microBatches * a));
-                _hostDx = Track(backend.AllocatePinned<float>(microBatches * a));
-                _inSlots = [Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-in.0")), Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-in.1"))];
-                _outSlots = [Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.0")), Track(backend.Allocate<float>(a, MemoryCategory.Stash, "stash-out.1"))];
-                _dxSlots = [Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.0")), Track(backend.Allocate<float>(a, MemoryCategory.BoundaryGrads, "boundary-grads.1"))];
+                _hostStash = P("host.stash");
+                _hostDx = P("host.boundary-grads");
+                _inSlots = [F("stash-in.0"), F("stash-in.1")];
+                _outSlots = [F("stash-out.0"), F("stash-out.1")];
+                _dxSlots = [F("boundary-grads.0"), F("boundary-grads.1")];
             }
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
-            _loss = Track(backend.AllocatePinned<float>(1));
+            _loss = P("host.loss");
             if (ResidentOnDevice)
             {
                 if (!eps.IsDeviceUpdated(HeadIndex))
@@ -232,14 +239,14 @@ public sealed class RelayExecutor : IExecutor
     {
         if (_compressed is not null) return; // the boundary gradients stay on the device
         _hostDx!.CopyToDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
-        _stashBytes += A * sizeof(float);
+        _dxBytes += A * sizeof(float);
     }
 
     private void StoreDx(int u, int slot)
     {
         if (_compressed is not null) return;
         _hostDx!.CopyFromDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
-        _stashBytes += A * sizeof(float);
+        _dxBytes += A * sizeof(float);
     }
 
     /// <summary>Blocks until the copy stream is idle, counting the time as waiting on transfers.</summary>
@@ -305,7 +312,7 @@ public sealed class RelayExecutor : IExecutor
         var c = _backend.CopyStream;
         var host = _placement == StashPlacement.Host;
         _step = step;
-        var busBefore = _eps.BusBytes + _stashBytes;
+        var busBefore = Traffic;
         var updateWaitBefore = _eps.UpdateWaitSeconds;
         _copyWait = 0;
         // The loss is the mean over the minibatch's labelled targets, so every micro-batch's gradient is scaled by the same 1 / count.
@@ -467,10 +474,12 @@ public sealed class RelayExecutor : IExecutor
         WaitForCopies();
         BeginEager(pending, step);
         _loss.CopyFromDeviceAsync(c, _scratch.LossTotal.View);
+        _lossBytes += sizeof(float);
         if (ResidentOnDevice)
         {
             if (embeddingTrains) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(EmbeddingSumSlot, 1), EmbeddingIndex, 1);
             if (Trains(HeadIndex)) _sumSquaresHost.CopyFromDeviceAsync(c, _sumSquares.View.SubView(HeadSumSlot, 1), HeadIndex, 1);
+            _normBytes += sizeof(float) * ((embeddingTrains ? 1 : 0) + (Trains(HeadIndex) ? 1 : 0));
         }
         else if (embeddingTrains)
         {
@@ -520,11 +529,16 @@ public sealed class RelayExecutor : IExecutor
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
-        return new StepResult(loss, _eps.BusBytes + _stashBytes - busBefore, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
-            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers);
+        var bus = Traffic - busBefore;
+        return new StepResult(loss, bus.Total, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, bus);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
+
+    /// <summary>The running totals of the bytes this executor and its param server have moved, by kind.</summary>
+    private Planning.BusTraffic Traffic =>
+        new(_eps.WeightBusBytes, _eps.GradientBusBytes + _normBytes, _stashBytes, _dxBytes, _inputs.UploadedBytes + _lossBytes);
 
     /// <summary>
     /// Enqueues the sum of squares of a layer's completed gradients into device slot <paramref name="sumSlot"/>
@@ -544,6 +558,7 @@ public sealed class RelayExecutor : IExecutor
     {
         _eps.EnqueueGradients(layer, _backend.CopyStream, grads);
         _sumSquaresHost.CopyFromDeviceAsync(_backend.CopyStream, _sumSquares.View.SubView(sumSlot, 1), layer, 1);
+        _normBytes += sizeof(float);
     }
 
     /// <summary>In eager mode, begins the updates of layers whose gradients (and sums of squares) have landed.</summary>
@@ -568,6 +583,7 @@ public sealed class RelayExecutor : IExecutor
         {
             var one = new float[1];
             _sumSquares.View.SubView(sumSlot, 1).CopyToCPU(s, one);
+            _normBytes += sizeof(float);
             s.Synchronize();
             factor = _control.LayerFactor(one[0], factor);
         }

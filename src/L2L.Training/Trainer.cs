@@ -31,10 +31,13 @@ namespace L2L.Training;
 /// <param name="Devices">Accelerators in this process.</param>
 /// <param name="CollectiveSeconds">Time this rank spent in cross-rank collectives this step (0 with one rank).</param>
 /// <param name="CollectiveHiddenSeconds">The part of <paramref name="CollectiveSeconds"/> that overlapped device work (did not lengthen the step).</param>
+/// <param name="BusBytesByKind">The step's bus bytes by kind (weights, grads, stash, boundary_grads, io); their total is <paramref name="BusBytes"/>.</param>
+/// <param name="HostBytes">The run's host bytes: pinned host buffers (param server and executor) and the param server's optimizer state.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
-    int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0)
+    int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0,
+    Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -57,6 +60,7 @@ public sealed class Trainer : IDisposable
     private readonly int[] _rankInputs, _rankTargets; // this rank's sequences r, r+R, … of the minibatch (the minibatch itself with one rank)
     private Validation? _validation;
     private readonly Update.GradientControl _control;
+    private readonly long?[] _budgetBefore;
 
     /// <summary>
     /// Prepares a run on <paramref name="backend"/>: initial weights come from <paramref name="resume"/>
@@ -96,12 +100,15 @@ public sealed class Trainer : IDisposable
         _targets = new int[options.Batch * options.SeqLen];
         (_rankInputs, _rankTargets) = options.WorldSize == 1 ? (_inputs, _targets)
             : (new int[options.Batch / options.WorldSize * options.SeqLen], new int[options.Batch / options.WorldSize * options.SeqLen]);
+        // The budget is this run's: restored when the trainer is disposed, so a later run on the same backend is not capped by it.
+        _budgetBefore = Devices.Select(d => d.Memory.BudgetBytes).ToArray();
         foreach (var device in Devices)
         {
             if (options.DeviceBudgetBytes is { } budget)
                 device.Memory.BudgetBytes = budget;
             device.Memory.ResetPeak(); // the run's peak includes the executor's own allocations
         }
+        var pinnedBefore = backend.Memory.PinnedHostBytes;
         var mb = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen);
         _control = Update.GradientControl.From(options, resume);
         if (options.Executor == ExecutorKind.Relay)
@@ -131,6 +138,7 @@ public sealed class Trainer : IDisposable
             _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
                 _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout));
         }
+        HostBytes = backend.Memory.PinnedHostPeakBytes - pinnedBefore + (_eps?.OptimizerStateBytes ?? 0);
     }
 
     private static IBatchSource CheckedBatches(TrainOptions options, ITokenSource data, ITokenSource? labels)
@@ -152,6 +160,12 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Optimizer steps completed.</summary>
     public long StepsDone => _executor.StepsDone;
+
+    /// <summary>
+    /// Host bytes the run holds, measured when the executor was built: every pinned host buffer (the param server's
+    /// weights and gradient buffers, the executor's stash, inputs and loss) plus the param server's optimizer state.
+    /// </summary>
+    public long HostBytes { get; }
 
     /// <summary>Host bytes per parameter held by the relay's param server (null for the conventional executor).</summary>
     public double? HostBytesPerParameter => _eps?.HostBytesPerParameter;
@@ -176,7 +190,7 @@ public sealed class Trainer : IDisposable
             peak.PeakBytes, peak.PeakByCategory(), result.BusBytes, Devices.Max(d => d.Memory.AllocationCount), result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
             BackwardLayers: result.BackwardLayers, WorldSize: _options.WorldSize, Devices: _options.Devices,
-            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds);
+            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes);
     }
 
     /// <summary>
@@ -265,6 +279,8 @@ public sealed class Trainer : IDisposable
         ["device_peak_bytes"] = m.DevicePeakBytes,
         ["device_peak_bytes_by_category"] = m.DevicePeakBytesByCategory,
         ["bus_bytes"] = m.BusBytes,
+        ["bus_bytes_by_kind"] = m.BusBytesByKind.ByKind(),
+        ["host_bytes"] = m.HostBytes,
         ["device_allocations"] = m.DeviceAllocations,
         ["copy_wait_s"] = m.CopyWaitSeconds,
         ["copy_wait_fraction"] = m.CopyWaitFraction,
@@ -354,5 +370,7 @@ public sealed class Trainer : IDisposable
         _validation?.Evaluator.Dispose();
         _executor.Dispose();
         _eps?.Dispose();
+        for (var i = 0; i < _budgetBefore.Length; i++)
+            Devices[i].Memory.BudgetBytes = _budgetBefore[i];
     }
 }

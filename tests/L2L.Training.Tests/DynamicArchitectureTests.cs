@@ -62,10 +62,13 @@ public sealed class DynamicArchitectureTests(BackendFixture fixture)
             var active = selection.ActiveBlocks(step);
             // Each block that runs is fetched for forward, fetched again for backward (except the top two, still in their
             // slots) and sends its gradients; a dropped block does none of these. So with at least two blocks running
-            // the step moves exactly 3 block transfers less per dropped block.
+            // the step moves exactly 3 block transfers less per dropped block (and one gradient sum of squares less).
             if (active.Length >= 2)
             {
-                Assert.Equal(full.Metrics[step].BusBytes - 3L * blockBytes * (4 - active.Length), m.BusBytes);
+                var dropped = 4 - active.Length;
+                Assert.Equal(full.Metrics[step].BusBytesByKind.Weights - 2L * blockBytes * dropped, m.BusBytesByKind.Weights);
+                Assert.Equal(full.Metrics[step].BusBytesByKind.Grads - (blockBytes + sizeof(float)) * dropped, m.BusBytesByKind.Grads);
+                Assert.Equal(full.Metrics[step].BusBytesByKind.Io, m.BusBytesByKind.Io);
                 compared++;
             }
             var after = trainer.Weights();
@@ -114,10 +117,14 @@ public sealed class DynamicArchitectureTests(BackendFixture fixture)
         Assert.All(free.Metrics, m => Assert.Equal(5, m.BackwardLayers));
         if (executor == ExecutorKind.Relay && stash == StashPlacement.Device)
         {
-            // Block 0 is neither fetched again for backward nor sends gradients: two block transfers less per step.
+            // Block 0 is neither fetched again for backward nor sends gradients: two block transfers less per step (and
+            // neither block 0's nor the embedding's sum of squares comes back).
             var blockBytes = sizeof(float) * layout.Blocks[0].Length;
             for (var i = 0; i < frozen.Metrics.Count; i++)
-                Assert.Equal(free.Metrics[i].BusBytes - 2L * blockBytes, frozen.Metrics[i].BusBytes);
+            {
+                Assert.Equal(free.Metrics[i].BusBytesByKind.Weights - blockBytes, frozen.Metrics[i].BusBytesByKind.Weights);
+                Assert.Equal(free.Metrics[i].BusBytesByKind.Grads - blockBytes - 2 * sizeof(float), frozen.Metrics[i].BusBytesByKind.Grads);
+            }
         }
     }
 

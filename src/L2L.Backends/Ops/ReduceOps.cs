@@ -29,10 +29,13 @@ public sealed class ReduceOps
     /// <summary>The length of the <c>partials</c> scratch buffer that <see cref="Sum"/> and <see cref="SumOfSquares"/> need on <paramref name="backend"/>.</summary>
     public static int PartialsLength(Backend backend) => PartialsLengthOn(backend.Accelerator);
 
+    /// <summary>The same length for a device described by its limits (no accelerator needed).</summary>
+    public static int PartialsLength(DeviceShape device) => Math.Min(Launch.Elementwise(device, long.MaxValue / 4).GridDim.X, MaxPartials);
+
     /// <summary>
     /// <c>result[0] = sum of input[i]^2</c> (overwritten). Two stages with a fixed order of additions, so the
     /// same input gives the same bits every time. <c>result</c> (at least 1); <c>partials</c> is scratch of
-    /// at least <see cref="PartialsLength"/> elements. An empty input gives 0.
+    /// at least <see cref="PartialsLength(Backend)"/> elements. An empty input gives 0.
     /// </summary>
     public void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<float> input, ArrayView<float> partials) =>
         Reduce(s, _sumOfSquaresPartials, result, input, partials);
@@ -67,6 +70,5 @@ public sealed class ReduceOps
         _finish(s, new KernelConfig(1, group), result, partials, count);
     }
 
-    private static int PartialsLengthOn(Accelerator accelerator) =>
-        Math.Min(Launch.Elementwise(accelerator, long.MaxValue / 4).GridDim.X, MaxPartials);
+    private static int PartialsLengthOn(Accelerator accelerator) => PartialsLength(DeviceShape.Of(accelerator));
 }

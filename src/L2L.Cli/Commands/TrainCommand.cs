@@ -58,6 +58,7 @@ internal static class TrainCommand
         var freeze = new Option<string?>("--freeze") { Description = "Layers never updated, e.g. embedding,0-5 (also head and block numbers); backward stops below the lowest trainable layer." };
         var optimizerState = new Option<string>("--optimizer-state") { Description = "Relay: the param server's AdamW m and v in fp32, or bf16 (stochastic rounding, 4 fewer host bytes per parameter, not exact).", DefaultValueFactory = _ => "fp32" };
         var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
+        var planOption = new Option<string?>("--plan") { Description = "auto: pick the micro-batch count, executor, stash placement and codec that `l2l plan` predicts fastest within --device-budget (default: the device's free memory)." };
 
         // Unit scaling changes the model (its config records "unit_scaling"); the flag asks for it on a fresh GPT-2.
         var unitScaling = new Option<bool>("--unit-scaling") { Description = "Train a unit-scaled GPT-2 (\"unit_scaling\": true: N(0,1) weights, fixed per-op scales, per-tensor learning rates; see README 'Unit scaling'). A checkpoint keeps its own." };
@@ -74,6 +75,7 @@ internal static class TrainCommand
         command.Options.Add(unitScaling);
         foreach (var o in parallel.All)
             command.Options.Add(o);
+        command.Options.Add(planOption);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -107,7 +109,7 @@ internal static class TrainCommand
             Rules.AtLeast(steps, 1L),
             Rules.AtLeast(batch, 1),
             Rules.AtLeast(micro, 1),
-            Rules.Custom("--micro-batches divides --batch", p => p.GetValue(batch) % p.GetValue(micro) == 0 ? null
+            Rules.Custom("--micro-batches divides --batch", p => Rules.Given(p, planOption) || p.GetValue(batch) % p.GetValue(micro) == 0 ? null
                 : $"--batch {p.GetValue(batch)} is not divisible by --micro-batches {p.GetValue(micro)}, but every micro-batch must hold the same number of sequences. Choose a --micro-batches that divides --batch"),
             Rules.AtLeast(seq, 1),
             Rules.OneOf(optimizer, Enum.GetNames<OptimizerKind>().Select(n => n.ToLowerInvariant()), "optimizer"),
@@ -167,6 +169,15 @@ internal static class TrainCommand
             Rules.Custom("--unit-scaling needs a GPT-2 model", p => !p.GetValue(unitScaling) || !Rules.Given(p, model)
                 || GptConfig.PresetNames.Contains(p.GetValue(model)!, StringComparer.OrdinalIgnoreCase) ? null
                 : $"--unit-scaling builds a unit-scaled GPT-2, but --model {p.GetValue(model)} is not a GPT-2 preset. Drop --unit-scaling, or choose one of: {string.Join(", ", GptConfig.PresetNames)}"),
+            Rules.Custom("--plan is auto", p => p.GetValue(planOption) is null or "auto" ? null
+                : $"--plan {p.GetValue(planOption)} is not a known plan. Use --plan auto (`l2l plan` prints the table it chooses from)"),
+            Rules.Exclusive(planOption, micro, "--plan auto chooses the micro-batch count; drop --micro-batches"),
+            Rules.Exclusive(planOption, executor, "--plan auto chooses the executor; drop --executor"),
+            Rules.Exclusive(planOption, stash, "--plan auto chooses the stash placement; drop --stash"),
+            Rules.Exclusive(planOption, stashCodec, "--plan auto chooses the stash codec; drop --stash-codec"),
+            Rules.Exclusive(planOption, resume, "a resumed run keeps its recorded settings; drop --plan"),
+            Rules.Custom("--plan auto plans one device", p => p.GetValue(planOption) is null || !parallel.IsSpread(p) ? null
+                : "--plan auto plans a run on one device in one process. Drop --plan, or drop --devices and the MPI launcher"),
         };
         // Data parallel: the device list, the launcher, sharding, and a U that splits over ranks and devices (on --resume, the recorded U).
         int MicroBatchCount(ParseResult p) => !Rules.Given(p, micro) && inherited is not null && inherited.TryGetValue(RunSettings.MicroBatches, out var u)
@@ -314,6 +325,13 @@ internal static class TrainCommand
                     return 0;
                 }
             }
+            string? planHeader = null;
+            if (parse.GetValue(planOption) is not null)
+            {
+                // The search needs only the device's limits: nothing is allocated before a configuration is known to fit.
+                (options, planHeader) = PlanCommand.Auto(options, DeviceSpec.Resolve(parse.GetValue(device)), options.DeviceBudgetBytes);
+                options.Validate();
+            }
             var source = DataSources.Open(parse.GetValue(data), cfg.VocabSize, parse.GetValue(dataFormat)!, options.SeqLen);
             using var sourceLifetime = source as IDisposable;
             var labelSource = parse.GetValue(labels) is { } labelsPath ? MlmBatchLoader.OpenLabels(labelsPath) : null;
@@ -349,6 +367,8 @@ internal static class TrainCommand
                 using var leases = env.OpenBackends(devices.ForLocalRank(plan.LocalRank));
                 var backend = leases.Backends[0];
                 env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, leases.Backends))}");
+                if (planHeader is not null)
+                    env.Out.WriteLine(planHeader);
                 if (options.StashCodecSettings is { Enabled: true } codec)
                     env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
                 var setup = options.IsParallel ? new L2L.Training.Parallel.ParallelSetup(leases.Backends, collectives, options.ShardOptimizer) : null;

@@ -75,10 +75,10 @@ public sealed class BertLayers : IModelLayers
     private BertConfig Config => (BertConfig)Layout.Config;
 
     /// <inheritdoc/>
-    public ModelInputs Inputs => new(TokenTypes: true, PadTokenId: Config.PadTokenId);
+    public ModelInputs Inputs => Models.InputsOf(Config);
 
     /// <inheritdoc/>
-    public bool BlocksReadInputs => true;
+    public bool BlocksReadInputs => Models.BlocksReadInputs(Config);
 
     /// <inheritdoc/>
     public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>

@@ -11,19 +11,34 @@ public sealed class BertBlockActivations : IBlockActivations
 {
     private readonly ResourceList _owned = new();
 
-    /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
-    public BertBlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
+    /// <summary>The buffers <see cref="BertBlockActivations(Backend, MicroBatch, MemoryCategory, string)"/> allocates, in order.</summary>
+    public static IReadOnlyList<BufferSpec> Describe(MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
     {
         var config = (BertConfig)shape.Config;
         long n = shape.Tokens, h = config.HiddenSize, i = config.IntermediateSize;
-        DeviceBuffer<float> F(long len, string what) => _owned.Add(backend.Allocate<float>(len, category, $"{name}.{what}"));
-        Qkv = F(n * 3 * h, "qkv");
-        Lse = F(AttentionOps.LseLength(shape.Batch, shape.SeqLen, config.Heads), "lse");
-        AttY = F(n * h, "atty");
-        AttSum = F(n * h, "att-sum"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
-        X1 = F(n * h, "x1");
-        Fc = F(n * i, "fc"); Gelu = F(n * i, "gelu");
-        OutSum = F(n * h, "out-sum"); Mean2 = F(n, "mean2"); Rstd2 = F(n, "rstd2");
+        BufferSpec F(string what, long len) => new($"{name}.{what}", category, len);
+        return
+        [
+            F("qkv", n * 3 * h), F("lse", AttentionOps.LseLength(shape.Batch, shape.SeqLen, config.Heads)), F("atty", n * h),
+            F("att-sum", n * h), F("mean1", n), F("rstd1", n),
+            F("x1", n * h),
+            F("fc", n * i), F("gelu", n * i),
+            F("out-sum", n * h), F("mean2", n), F("rstd2", n),
+        ];
+    }
+
+    /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
+    public BertBlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
+    {
+        var b = _owned.Add(new BufferSet(backend, Describe(shape, category, name)));
+        DeviceBuffer<float> F(string what) => b.Float($"{name}.{what}");
+        Qkv = F("qkv");
+        Lse = F("lse");
+        AttY = F("atty");
+        AttSum = F("att-sum"); Mean1 = F("mean1"); Rstd1 = F("rstd1");
+        X1 = F("x1");
+        Fc = F("fc"); Gelu = F("gelu");
+        OutSum = F("out-sum"); Mean2 = F("mean2"); Rstd2 = F("rstd2");
     }
 
     /// <summary>Query, key and value side by side (N, 3H).</summary>
@@ -60,25 +75,42 @@ public sealed class BertScratch : IModelScratch
 {
     private readonly ResourceList _owned = new();
 
-    /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
-    public BertScratch(Backend backend, MicroBatch shape)
+    /// <summary>The buffers the scratch allocates, in order, with <paramref name="partialsLength"/> the device's reduction scratch (<see cref="ReduceOps.PartialsLength(DeviceShape)"/>).</summary>
+    public static IReadOnlyList<BufferSpec> Describe(MicroBatch shape, int partialsLength)
     {
         var config = (BertConfig)shape.Config;
         long n = shape.Tokens, h = config.HiddenSize, i = config.IntermediateSize, v = config.VocabSize, t = shape.SeqLen;
-        DeviceBuffer<float> F(long len, string what) => _owned.Add(backend.Allocate<float>(len, MemoryCategory.Workspace, what));
-        DLn = F(n * h, "scratch.dln");
-        DWide = F(n * Math.Max(i, 3 * h), "scratch.dwide");
-        AttentionScratch = F(AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, (int)h, config.Heads), "scratch.attention");
-        EmbeddingSum = F(n * h, "embedding.sum"); EmbeddingRows = F(n * h, "embedding.rows");
-        EmbeddingMean = F(n, "embedding.mean"); EmbeddingRstd = F(n, "embedding.rstd");
-        Zeros = F(t * h, "embedding.zeros"); PositionSink = F(t * h, "embedding.position-sink");
-        Transform = F(n * h, "head.transform"); TransformGelu = F(n * h, "head.transform-gelu");
-        HeadLn = F(n * h, "head.ln"); HeadMean = F(n, "head.mean"); HeadRstd = F(n, "head.rstd");
-        Logits = F(n * v, "head.logits");
-        Losses = F(n, "head.losses");
-        LossSlot = F(1, "head.loss-slot");
-        LossTotal = F(1, "head.loss-total");
-        Partials = F(ReduceOps.PartialsLength(backend), "head.partials");
+        BufferSpec F(string what, long len) => new(what, MemoryCategory.Workspace, len);
+        return
+        [
+            F("scratch.dln", n * h), F("scratch.dwide", n * Math.Max(i, 3 * h)),
+            F("scratch.attention", AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, (int)h, config.Heads)),
+            F("embedding.sum", n * h), F("embedding.rows", n * h), F("embedding.mean", n), F("embedding.rstd", n),
+            F("embedding.zeros", t * h), F("embedding.position-sink", t * h),
+            F("head.transform", n * h), F("head.transform-gelu", n * h),
+            F("head.ln", n * h), F("head.mean", n), F("head.rstd", n),
+            F("head.logits", n * v), F("head.losses", n), F("head.loss-slot", 1), F("head.loss-total", 1),
+            F("head.partials", partialsLength),
+        ];
+    }
+
+    /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
+    public BertScratch(Backend backend, MicroBatch shape)
+    {
+        var b = _owned.Add(new BufferSet(backend, Describe(shape, ReduceOps.PartialsLength(backend))));
+        DLn = b.Float("scratch.dln");
+        DWide = b.Float("scratch.dwide");
+        AttentionScratch = b.Float("scratch.attention");
+        EmbeddingSum = b.Float("embedding.sum"); EmbeddingRows = b.Float("embedding.rows");
+        EmbeddingMean = b.Float("embedding.mean"); EmbeddingRstd = b.Float("embedding.rstd");
+        Zeros = b.Float("embedding.zeros"); PositionSink = b.Float("embedding.position-sink");
+        Transform = b.Float("head.transform"); TransformGelu = b.Float("head.transform-gelu");
+        HeadLn = b.Float("head.ln"); HeadMean = b.Float("head.mean"); HeadRstd = b.Float("head.rstd");
+        Logits = b.Float("head.logits");
+        Losses = b.Float("head.losses");
+        LossSlot = b.Float("head.loss-slot");
+        LossTotal = b.Float("head.loss-total");
+        Partials = b.Float("head.partials");
         Zeros.View.MemSetToZero(backend.ComputeStream);
     }
 

@@ -26,6 +26,31 @@ public sealed class MicroBatchInputs : IDisposable
     private readonly ScatterPlans _plans;
     private readonly ScatterPlans? _typePlans;
 
+    /// <summary>
+    /// The device buffers (int32, one micro-batch's worth, in allocation order) and the pinned host buffers (all U
+    /// micro-batches) that room for <paramref name="microBatches"/> micro-batches of <paramref name="shape"/> takes.
+    /// </summary>
+    public static (IReadOnlyList<BufferSpec> Device, IReadOnlyList<BufferSpec> Host) Describe(MicroBatch shape, int microBatches, ModelInputs needs)
+    {
+        long tokens = shape.Tokens, all = (long)microBatches * shape.Tokens, plan = EmbeddingScatterPlan.Length(shape.Tokens);
+        BufferSpec D(string what, long len) => new(what, MemoryCategory.Workspace, len);
+        BufferSpec H(string what, long len) => new(what, MemoryCategory.Other, len);
+        var device = new List<BufferSpec> { D("tokens.inputs", tokens), D("tokens.targets", tokens), D("tokens.scatter-plan", plan) };
+        var host = new List<BufferSpec>();
+        if (needs.TokenTypes)
+        {
+            device.AddRange([D("tokens.types", tokens), D("tokens.type-scatter-plan", plan)]);
+            host.AddRange([H("host.tokens.types", all), H("host.tokens.type-scatter-plans", microBatches * plan)]);
+        }
+        if (needs.PadTokenId is not null)
+        {
+            device.Add(D("tokens.key-mask", tokens));
+            host.Add(H("host.tokens.key-mask", all));
+        }
+        host.AddRange([H("host.tokens.inputs", all), H("host.tokens.targets", all), H("host.tokens.scatter-plans", microBatches * plan)]);
+        return (device, host);
+    }
+
     /// <summary>Room for <paramref name="microBatches"/> micro-batches of <paramref name="shape"/> holding what <paramref name="needs"/> asks for.</summary>
     public MicroBatchInputs(Backend backend, MicroBatch shape, int microBatches, ModelInputs needs)
     {
@@ -36,24 +61,26 @@ public sealed class MicroBatchInputs : IDisposable
         _padId = needs.PadTokenId;
         try
         {
-            DeviceBuffer<int> A(long len, string what) => _owned.Add(backend.Allocate<int>(len, MemoryCategory.Workspace, what));
-            Ids = A(_tokens, "tokens.inputs");
-            Targets = A(_tokens, "tokens.targets");
-            ScatterPlan = A(EmbeddingScatterPlan.Length(_tokens), "tokens.scatter-plan");
+            var (device, host) = Describe(shape, microBatches, needs);
+            var b = _owned.Add(new BufferSet(backend, device, device.Select(d => d.Name).ToHashSet()));
+            PinnedHostBuffer<int> P(string what) => _owned.Add(backend.AllocatePinned<int>(host.Named(what).Length));
+            Ids = b.Int("tokens.inputs");
+            Targets = b.Int("tokens.targets");
+            ScatterPlan = b.Int("tokens.scatter-plan");
             if (needs.TokenTypes)
             {
-                TokenTypes = A(_tokens, "tokens.types");
-                TypeScatterPlan = A(EmbeddingScatterPlan.Length(_tokens), "tokens.type-scatter-plan");
-                _hostTypes = _owned.Add(backend.AllocatePinned<int>((long)microBatches * _tokens));
+                TokenTypes = b.Int("tokens.types");
+                TypeScatterPlan = b.Int("tokens.type-scatter-plan");
+                _hostTypes = P("host.tokens.types");
                 _typePlans = _owned.Add(new ScatterPlans(backend, microBatches, _tokens));
             }
             if (needs.PadTokenId is not null)
             {
-                KeyMask = A(_tokens, "tokens.key-mask");
-                _hostMask = _owned.Add(backend.AllocatePinned<int>((long)microBatches * _tokens));
+                KeyMask = b.Int("tokens.key-mask");
+                _hostMask = P("host.tokens.key-mask");
             }
-            _hostIds = _owned.Add(backend.AllocatePinned<int>((long)microBatches * _tokens));
-            _hostTargets = _owned.Add(backend.AllocatePinned<int>((long)microBatches * _tokens));
+            _hostIds = P("host.tokens.inputs");
+            _hostTargets = P("host.tokens.targets");
             _plans = _owned.Add(new ScatterPlans(backend, microBatches, _tokens));
         }
         catch
@@ -62,6 +89,11 @@ public sealed class MicroBatchInputs : IDisposable
             throw;
         }
     }
+
+    /// <summary>Bytes copied to the device by the Upload methods since creation (inputs, targets, masks and scatter plans).</summary>
+    public long UploadedBytes => Interlocked.Read(ref _uploaded);
+
+    private long _uploaded;
 
     /// <summary>Token ids (N) of the uploaded micro-batch.</summary>
     public DeviceBuffer<int> Ids { get; }
@@ -130,18 +162,25 @@ public sealed class MicroBatchInputs : IDisposable
         _hostIds.CopyToDeviceAsync(s, Ids.View, offset, _tokens);
         _hostTypes?.CopyToDeviceAsync(s, TokenTypes!.View, offset, _tokens);
         _hostMask?.CopyToDeviceAsync(s, KeyMask!.View, offset, _tokens);
+        Interlocked.Add(ref _uploaded, (long)_tokens * sizeof(int) * (1 + (_hostTypes is null ? 0 : 1) + (_hostMask is null ? 0 : 1)));
     }
 
     /// <summary>Enqueues the upload of micro-batch <paramref name="u"/>'s targets.</summary>
-    public void UploadTargets(AcceleratorStream s, int u) => _hostTargets.CopyToDeviceAsync(s, Targets.View, (long)u * _tokens, _tokens);
+    public void UploadTargets(AcceleratorStream s, int u)
+    {
+        _hostTargets.CopyToDeviceAsync(s, Targets.View, (long)u * _tokens, _tokens);
+        Interlocked.Add(ref _uploaded, (long)_tokens * sizeof(int));
+    }
 
     /// <summary>Enqueues the upload of micro-batch <paramref name="u"/>'s scatter plans (for the embedding backward).</summary>
     public void UploadPlans(AcceleratorStream s, int u)
     {
         _plans.Upload(s, u, ScatterPlan.View);
+        Interlocked.Add(ref _uploaded, (long)_plans.PlanLength * sizeof(int));
         Segments = _plans.Segments(u);
         if (_typePlans is null) return;
         _typePlans.Upload(s, u, TypeScatterPlan!.View);
+        Interlocked.Add(ref _uploaded, (long)_typePlans.PlanLength * sizeof(int));
         TypeSegments = _typePlans.Segments(u);
     }
 

@@ -89,10 +89,10 @@ public sealed class GptLayers : IModelLayers
     private int _scalesBatch, _scalesSeq;
 
     /// <inheritdoc/>
-    public ModelInputs Inputs => new(TokenTypes: false, PadTokenId: null);
+    public ModelInputs Inputs => Models.InputsOf(Config);
 
     /// <inheritdoc/>
-    public bool BlocksReadInputs => false;
+    public bool BlocksReadInputs => Models.BlocksReadInputs(Config);
 
     /// <inheritdoc/>
     public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>

@@ -13,20 +13,31 @@ public sealed class BlockActivations : IBlockActivations
 {
     private readonly ResourceList _owned = new();
 
+    /// <summary>The buffers <see cref="BlockActivations(Backend, MicroBatch, MemoryCategory, string)"/> allocates, in order.</summary>
+    public static IReadOnlyList<BufferSpec> Describe(MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
+    {
+        long n = shape.Tokens, c = shape.Config.Channels;
+        BufferSpec F(string what, long len) => new($"{name}.{what}", category, len);
+        return
+        [
+            F("ln1", n * c), F("mean1", n), F("rstd1", n),
+            F("qkv", n * 3 * c), F("lse", AttentionOps.LseLength(shape.Batch, shape.SeqLen, shape.Config.Heads)), F("atty", n * c),
+            F("x1", n * c),
+            F("ln2", n * c), F("mean2", n), F("rstd2", n),
+            F("fc", n * 4 * c), F("gelu", n * 4 * c),
+        ];
+    }
+
     /// <summary>Allocates the buffers for <paramref name="shape"/> in <paramref name="category"/>.</summary>
     public BlockActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block")
     {
-        long n = shape.Tokens, c = shape.Config.Channels, nh = shape.Config.Heads, t = shape.SeqLen;
-        DeviceBuffer<float> F(long len, string what)
-        {
-            var b = backend.Allocate<float>(len, category, $"{name}.{what}");
-            return _owned.Add(b);
-        }
-        Ln1 = F(n * c, "ln1"); Mean1 = F(n, "mean1"); Rstd1 = F(n, "rstd1");
-        Qkv = F(n * 3 * c, "qkv"); Lse = F(shape.Batch * nh * t, "lse"); AttY = F(n * c, "atty");
-        X1 = F(n * c, "x1");
-        Ln2 = F(n * c, "ln2"); Mean2 = F(n, "mean2"); Rstd2 = F(n, "rstd2");
-        Fc = F(n * 4 * c, "fc"); Gelu = F(n * 4 * c, "gelu");
+        var b = _owned.Add(new BufferSet(backend, Describe(shape, category, name)));
+        DeviceBuffer<float> F(string what) => b.Float($"{name}.{what}");
+        Ln1 = F("ln1"); Mean1 = F("mean1"); Rstd1 = F("rstd1");
+        Qkv = F("qkv"); Lse = F("lse"); AttY = F("atty");
+        X1 = F("x1");
+        Ln2 = F("ln2"); Mean2 = F("mean2"); Rstd2 = F("rstd2");
+        Fc = F("fc"); Gelu = F("gelu");
     }
 
     /// <summary>ln_1 output (N, C) and its statistics (N).</summary>
@@ -69,25 +80,35 @@ public sealed class LayerScratch : IModelScratch
 {
     private readonly ResourceList _owned = new();
 
+    /// <summary>The buffers the scratch allocates, in order, with <paramref name="partialsLength"/> the device's reduction scratch (<see cref="ReduceOps.PartialsLength(DeviceShape)"/>).</summary>
+    public static IReadOnlyList<BufferSpec> Describe(MicroBatch shape, int partialsLength)
+    {
+        long n = shape.Tokens, c = shape.Config.Channels, v = shape.Config.VocabSize;
+        BufferSpec F(string what, long len) => new(what, MemoryCategory.Workspace, len);
+        return
+        [
+            F("scratch.dln", n * c), F("scratch.dwide", n * 4 * c), F("scratch.dfc", n * 4 * c),
+            F("scratch.attention", AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, shape.Config.Channels, shape.Config.Heads)),
+            F("head.lnf", n * c), F("head.mean", n), F("head.rstd", n),
+            F("head.logits", n * v), F("head.losses", n), F("head.loss-slot", 1), F("head.loss-total", 1),
+            F("head.partials", partialsLength),
+        ];
+    }
+
     /// <summary>Allocates the scratch for <paramref name="shape"/>.</summary>
     public LayerScratch(Backend backend, MicroBatch shape)
     {
-        long n = shape.Tokens, c = shape.Config.Channels, v = shape.Config.VocabSize;
-        DeviceBuffer<T> A<T>(long len, string what) where T : unmanaged
-        {
-            var b = backend.Allocate<T>(len, MemoryCategory.Workspace, what);
-            return _owned.Add(b);
-        }
-        DLn = A<float>(n * c, "scratch.dln");
-        DWide = A<float>(n * 4 * c, "scratch.dwide");
-        DFc = A<float>(n * 4 * c, "scratch.dfc");
-        AttentionScratch = A<float>(AttentionOps.BackwardScratchLength(shape.Batch, shape.SeqLen, shape.Config.Channels, shape.Config.Heads), "scratch.attention");
-        Lnf = A<float>(n * c, "head.lnf"); MeanF = A<float>(n, "head.mean"); RstdF = A<float>(n, "head.rstd");
-        Logits = A<float>(n * v, "head.logits");
-        Losses = A<float>(n, "head.losses");
-        LossSlot = A<float>(1, "head.loss-slot");
-        LossTotal = A<float>(1, "head.loss-total");
-        Partials = A<float>(ReduceOps.PartialsLength(backend), "head.partials");
+        var b = _owned.Add(new BufferSet(backend, Describe(shape, ReduceOps.PartialsLength(backend))));
+        DLn = b.Float("scratch.dln");
+        DWide = b.Float("scratch.dwide");
+        DFc = b.Float("scratch.dfc");
+        AttentionScratch = b.Float("scratch.attention");
+        Lnf = b.Float("head.lnf"); MeanF = b.Float("head.mean"); RstdF = b.Float("head.rstd");
+        Logits = b.Float("head.logits");
+        Losses = b.Float("head.losses");
+        LossSlot = b.Float("head.loss-slot");
+        LossTotal = b.Float("head.loss-total");
+        Partials = b.Float("head.partials");
     }
 
     /// <summary>(N, C) gradient scratch.</summary>

@@ -22,6 +22,7 @@ namespace L2L.Training.Benchmarks;
 /// micro-batch already did not fit, or the time budget ran out); else null.</param>
 /// <param name="UpdateWaitFraction">Median fraction of a step spent blocked on the param server's host updates.</param>
 /// <param name="HostBytesPerParameter">The relay param server's host bytes per parameter; null for conventional.</param>
+/// <param name="BusBytesByKind">The bus bytes per step by kind (weights, grads, stash, boundary_grads, io); null when it did not run.</param>
 public sealed record TrainBenchResult(
     string Executor,
     string? Stash,
@@ -36,7 +37,8 @@ public sealed record TrainBenchResult(
     double CopyWaitFraction,
     string? Error,
     double UpdateWaitFraction = 0,
-    double? HostBytesPerParameter = null);
+    double? HostBytesPerParameter = null,
+    IReadOnlyDictionary<string, long>? BusBytesByKind = null);
 
 /// <summary>A whole run of <see cref="TrainBenchmark"/>, with the machine it ran on.</summary>
 /// <param name="Machine">The host.</param>
@@ -148,9 +150,9 @@ public static class TrainBenchmark
                         Median(metrics.Select(x => x.TokensPerSecond)), Median(metrics.Select(x => x.StepSeconds)),
                         metrics[^1].DevicePeakBytes, metrics[^1].DevicePeakBytesByCategory, metrics[^1].BusBytes,
                         Median(metrics.Select(x => x.CopyWaitFraction)), null,
-                        Median(metrics.Select(x => x.UpdateWaitFraction)), trainer.HostBytesPerParameter);
+                        Median(metrics.Select(x => x.UpdateWaitFraction)), trainer.HostBytesPerParameter, metrics[^1].BusBytesByKind.ByKind());
                     results.Add(result);
-                    log?.Invoke($"{label} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
+                    log?.Invoke($"{label} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step ({string.Join(", ", result.BusBytesByKind!.Where(k => k.Value > 0).Select(k => $"{k.Key} {MemoryTracker.Format(k.Value)}"))})  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
                 }
                 catch (DeviceOutOfMemoryException e)
                 {

@@ -57,6 +57,24 @@ internal sealed class CompressedStash : IDisposable
         }
     }
 
+    /// <summary>
+    /// The buffers a stash of <paramref name="levels"/> × <paramref name="microBatches"/> activations of
+    /// <paramref name="activationLength"/> floats takes, as the constructor allocates them: device buffers in order
+    /// (32-bit words, then the FP32 decode target) and the pinned host buffer of a host placement; and the bytes of one
+    /// encoded activation, what a host placement moves per store or fetch.
+    /// </summary>
+    public static (IReadOnlyList<BufferSpec> Device, IReadOnlyList<BufferSpec> Host, long EncodedBytes) Describe(StashCodecSettings settings,
+        StashPlacement placement, int levels, int microBatches, long activationLength)
+    {
+        var words = StashCodecOps.EncodedWords(activationLength, settings.GroupSize, settings.Bits);
+        var all = levels * (long)microBatches * words;
+        IReadOnlyList<BufferSpec> device = placement == StashPlacement.Device
+            ? [new("stash.packed", MemoryCategory.Stash, all), new("stash-decoded", MemoryCategory.Workspace, activationLength)]
+            : [new("stash-packed.0", MemoryCategory.Stash, words), new("stash-packed.1", MemoryCategory.Stash, words), new("stash-decoded", MemoryCategory.Workspace, activationLength)];
+        IReadOnlyList<BufferSpec> host = placement == StashPlacement.Device ? [] : [new("host.stash.packed", MemoryCategory.Stash, all)];
+        return (device, host, words * sizeof(uint));
+    }
+
     /// <summary>Floats in one stashed activation.</summary>
     public long ActivationLength { get; }
 

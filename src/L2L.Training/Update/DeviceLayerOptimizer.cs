@@ -45,8 +45,9 @@ public sealed class DeviceLayerOptimizer : IDisposable
             var s = backend.ComputeStream;
             foreach (var layer in layers)
             {
-                var m = _owned.Add(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".m"));
-                var v = _owned.Add(backend.Allocate<float>(layer.Length, MemoryCategory.Optimizer, layer.Name + ".v"));
+                var specs = Describe(settings.Kind, [layer]);
+                var m = _owned.Add(backend.Allocate<float>(specs.Named(layer.Name + ".m")));
+                var v = _owned.Add(backend.Allocate<float>(specs.Named(layer.Name + ".v")));
                 if (resume is null)
                 {
                     m.View.MemSetToZero(s);
@@ -68,6 +69,11 @@ public sealed class DeviceLayerOptimizer : IDisposable
             throw;
         }
     }
+
+    /// <summary>The device buffers the optimizer state of <paramref name="layers"/> takes, in allocation order: m and v per layer for AdamW, none for SGD.</summary>
+    public static IReadOnlyList<BufferSpec> Describe(OptimizerKind kind, IEnumerable<LayerLayout> layers) =>
+        kind != OptimizerKind.AdamW ? []
+            : layers.SelectMany(l => new BufferSpec[] { new(l.Name + ".m", MemoryCategory.Optimizer, l.Length), new(l.Name + ".v", MemoryCategory.Optimizer, l.Length) }).ToArray();
 
     /// <summary>Whether <paramref name="kind"/> has a device kernel.</summary>
     public static bool Supports(OptimizerKind kind) => kind is OptimizerKind.Sgd or OptimizerKind.AdamW;
