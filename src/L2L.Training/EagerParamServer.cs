@@ -323,9 +323,6 @@ public sealed class EagerParamServer : IDisposable
         return result;
     }
 
-    /// <summary>Bytes of the optimizer state (ordinary host memory, not pinned); the rest of <see cref="HostBytes"/> is pinned.</summary>
-    public long OptimizerStateBytes => sizeof(float) * _state.Sum(st => (long)st.Length) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
-
     private static Action<int, Span<float>> CopyFrom(ModelLayout layout, IReadOnlyList<float[]> initial)
     {
         var count = layout.Layers.Count;
@@ -425,7 +422,7 @@ public sealed class EagerParamServer : IDisposable
             var staging = _reducer.Stage(_replica, layer);
             var n = Layout.Layers[layer].Length;
             staging.CopyFromDeviceAsync(copyStream, source.SubView(0, n), 0, n);
-            Interlocked.Add(ref _busBytes, n * sizeof(float));
+            Interlocked.Add(ref _gradientBusBytes, n * sizeof(float));
             return;
         }
         WaitForUpdate(layer);

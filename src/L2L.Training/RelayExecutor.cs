@@ -531,7 +531,7 @@ public sealed class RelayExecutor : IExecutor
             throw new NonFiniteLossException(step, loss);
         var bus = Traffic - busBefore;
         return new StepResult(loss, bus.Total, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
-            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, bus);
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;

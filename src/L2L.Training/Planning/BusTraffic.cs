@@ -16,6 +16,10 @@ public readonly record struct BusTraffic(long Weights, long Grads, long Stash, l
     public static BusTraffic operator -(BusTraffic a, BusTraffic b) =>
         new(a.Weights - b.Weights, a.Grads - b.Grads, a.Stash - b.Stash, a.BoundaryGrads - b.BoundaryGrads, a.Io - b.Io);
 
+    /// <summary>Kind by kind sum (the traffic of several devices).</summary>
+    public static BusTraffic operator +(BusTraffic a, BusTraffic b) =>
+        new(a.Weights + b.Weights, a.Grads + b.Grads, a.Stash + b.Stash, a.BoundaryGrads + b.BoundaryGrads, a.Io + b.Io);
+
     /// <summary>The kinds by their metric names, in a fixed order.</summary>
     public IReadOnlyDictionary<string, long> ByKind() => new SortedDictionary<string, long>(StringComparer.Ordinal)
     {
