@@ -80,6 +80,7 @@ public sealed partial class PtxCompileTests : IDisposable
     public void GenericKernelsAreInstantiatedForEveryStorageType()
     {
         var names = GenericKernelInstantiations().Select(Describe).ToList();
+        Assert.Contains("GemmKernels.GemmGenericKernel<Bf16,Single>", names);
         Assert.Contains("GeluKernels.GeluForwardGenericKernel<Half>", names);
         Assert.Equal(names.Count, names.Distinct().Count());
         // Every generic kernel has (element, storage) pairs of type parameters.
