@@ -60,6 +60,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         float* param = s.Param, mom = s.M, vel = s.V;
         var half = s.Half;
+        var bf16 = s.CopyIsBf16;
         var grad = s.Grad;
         var i = start;
         if (Vector.IsHardwareAccelerated)
@@ -98,7 +99,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
                 m1.Store(mom + i + w);
                 v0.Store(vel + i);
                 v1.Store(vel + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) CopyOut.Store(half + i, p0, p1, bf16);
             }
         }
         for (; i < end; i++)
@@ -116,7 +117,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
             param[i] = p;
             mom[i] = m;
             vel[i] = v;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = CopyOut.Bits(p, bf16);
         }
     }
 

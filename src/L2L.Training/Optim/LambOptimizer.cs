@@ -176,6 +176,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
     {
         float* param = s.Param, mom = s.M, vel = s.V;
         var half = s.Half;
+        var bf16 = s.CopyIsBf16;
         var i = start;
         if (Vector.IsHardwareAccelerated)
         {
@@ -194,7 +195,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
 
                 p0.Store(param + i);
                 p1.Store(param + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) CopyOut.Store(half + i, p0, p1, bf16);
             }
         }
         for (; i < end; i++)
@@ -205,7 +206,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
             p = p + scale * u;
 
             param[i] = p;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = CopyOut.Bits(p, bf16);
         }
     }
 

@@ -43,6 +43,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         var param = s.Param;
         var half = s.Half;
+        var bf16 = s.CopyIsBf16;
         var grad = s.Grad;
         var i = start;
         var decay = c.Decay;
@@ -67,7 +68,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
                 p0.Store(param + i);
                 p1.Store(param + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) CopyOut.Store(half + i, p0, p1, bf16);
             }
         }
         for (; i < end; i++)
@@ -79,7 +80,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
             p = p + c.NegLearningRate * g;
 
             param[i] = p;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = CopyOut.Bits(p, bf16);
         }
     }
 
