@@ -1,4 +1,4 @@
-// 16-bit GELU (tanh and erf) and residual kernels against double references, with bounds from the storage precision.
+// 16-bit GELU (tanh and erf), residual and dropout kernels against double references, with bounds from the storage precision.
 using L2L.Backends;
 using L2L.Backends.Ops;
 using L2L.TestSupport;
@@ -144,5 +144,30 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
             Assert.Equal(Sixteen.Round(format, 2e38f), got[2]);
             Assert.Equal(2 * Sixteen.Round(format, 1e-39f), got[3]); // FP32 subnormals are BF16 values too
         }
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void DropoutUsesTheFp32MaskAndRoundsOnce(DeviceKind kind, Store16 format)
+    {
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<DropoutOps>();
+        var s = backend.ComputeStream;
+        foreach (var p in new[] { 0f, 0.1f, 0.5f })
+            foreach (var n in Lengths)
+            {
+                var x = Sixteen.Round(format, TestData.Normal(n + 5, n, 3.0));
+                var key = DropoutKernels.Key(7, 2, 1, 0);
+                using var wide = backend.Upload(x);
+                using var narrow = new Buffer16(backend, format, x);
+                ops.Apply(s, wide.View, wide.View, p, key, offset: 40);
+                if (format == Store16.Bf16) ops.Apply(s, narrow.Bf, narrow.Bf, p, key, offset: 40);
+                else ops.Apply(s, narrow.Fp, narrow.Fp, p, key, offset: 40);
+                var expected = TestData.ToDouble(backend.Download(wide)); // FP32: exact scaling of the kept values up to one FP32 rounding
+                var got = narrow.Download();
+                for (var i = 0; i < n; i++)
+                    Assert.True((expected[i] == 0) == (got[i] == 0) || x[i] == 0, $"{format} p={p} n={n}: mask differs at {i}");
+                Sixteen.AssertWithin(expected, got, Sixteen.Bound(format, expected, Sixteen.Fp32), $"{format} p={p} n={n}");
+            }
     }
 }
