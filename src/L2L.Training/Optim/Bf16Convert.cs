@@ -63,18 +63,30 @@ public static class Bf16Convert
     }
 }
 
-/// <summary>The 16-bit copy of updated weights a host optimizer writes in its update pass: FP16 or BF16 bits.</summary>
-internal static class CopyOut
+/// <summary>
+/// Writes the 16-bit copy of updated weights a host optimizer produces in its update pass; a struct type argument, so
+/// the JIT specialises each optimizer kernel per copy format and the FP16 instantiation is the code it always was.
+/// </summary>
+internal unsafe interface ICopyWriter
 {
-    /// <summary>Stores <c>2 * Vector&lt;float&gt;.Count</c> copies, BF16 when <paramref name="bf16"/>, else FP16.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static unsafe void Store(ushort* destination, Vector<float> lo, Vector<float> hi, bool bf16)
-    {
-        if (bf16) Bf16Convert.Store(destination, lo, hi);
-        else HalfConvert.StoreHalf(destination, lo, hi);
-    }
+    static abstract void Store(ushort* destination, Vector<float> lo, Vector<float> hi);
+    static abstract ushort Bits(float value);
+}
 
-    /// <summary>One copy, BF16 when <paramref name="bf16"/>, else FP16.</summary>
+internal readonly unsafe struct HalfCopy : ICopyWriter
+{
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static ushort Bits(float value, bool bf16) => bf16 ? Bf16Convert.ToBits(value) : HalfConvert.ToHalfBits(value);
+    public static void Store(ushort* destination, Vector<float> lo, Vector<float> hi) => HalfConvert.StoreHalf(destination, lo, hi);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort Bits(float value) => HalfConvert.ToHalfBits(value);
+}
+
+internal readonly unsafe struct Bf16Copy : ICopyWriter
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(ushort* destination, Vector<float> lo, Vector<float> hi) => Bf16Convert.Store(destination, lo, hi);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort Bits(float value) => Bf16Convert.ToBits(value);
 }

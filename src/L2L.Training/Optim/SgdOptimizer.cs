@@ -34,16 +34,23 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
     internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
     {
-        if (halfGrads) Kernel<HalfGrads>(s, c, start, end);
-        else Kernel<SingleGrads>(s, c, start, end);
+        if (s.CopyIsBf16)
+        {
+            if (halfGrads) Kernel<HalfGrads, Bf16Copy>(s, c, start, end);
+            else Kernel<SingleGrads, Bf16Copy>(s, c, start, end);
+        }
+        else
+        {
+            if (halfGrads) Kernel<HalfGrads, HalfCopy>(s, c, start, end);
+            else Kernel<SingleGrads, HalfCopy>(s, c, start, end);
+        }
     }
 
-    private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
+    private static void Kernel<TGrad, TCopy>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter
     {
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         var param = s.Param;
         var half = s.Half;
-        var bf16 = s.CopyIsBf16;
         var grad = s.Grad;
         var i = start;
         var decay = c.Decay;
@@ -68,7 +75,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
                 p0.Store(param + i);
                 p1.Store(param + i + w);
-                if (half != null) CopyOut.Store(half + i, p0, p1, bf16);
+                if (half != null) TCopy.Store(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
@@ -80,7 +87,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
             p = p + c.NegLearningRate * g;
 
             param[i] = p;
-            if (half != null) half[i] = CopyOut.Bits(p, bf16);
+            if (half != null) half[i] = TCopy.Bits(p);
         }
     }
 
