@@ -206,4 +206,38 @@ public sealed class Rows16Tests(BackendFixture fixture)
             TensorAssert.Close(eWpe, backend.Download(gWpe), 1e-6, rows * Sixteen.Fp32 * 8, "dWpe " + what);
         }
     }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void SumsOfSixteenBitInputsAccumulateInFp32(DeviceKind kind, Store16 format)
+    {
+        // FP32 sums of n 16-bit values: within (n - 1) 2^-24 sum |x| of the exact sum, far tighter than a 16-bit
+        // accumulator could be; FP16 inputs near 65504 square to ~4e9, which only an FP32 accumulator holds.
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<ReduceOps>();
+        using var partials = backend.Zeros<float>(ReduceOps.PartialsLength(backend));
+        using var result = backend.Zeros<float>(2);
+        foreach (var n in new[] { 1, 3, 7, 22, 127, 5000 })
+        {
+            var x = Sixteen.Round(format, TestData.Normal(n, n, 100.0));
+            if (format == Store16.Fp16) x[0] = 65504f;
+            using var d = new Buffer16(backend, format, x);
+            if (format == Store16.Bf16)
+            {
+                ops.Sum(backend.ComputeStream, result.View.SubView(0, 1), d.Bf, partials.View);
+                ops.SumOfSquares(backend.ComputeStream, result.View.SubView(1, 1), d.Bf, partials.View);
+            }
+            else
+            {
+                ops.Sum(backend.ComputeStream, result.View.SubView(0, 1), d.Fp, partials.View);
+                ops.SumOfSquares(backend.ComputeStream, result.View.SubView(1, 1), d.Fp, partials.View);
+            }
+            var got = backend.Download(result);
+            var sum = x.Sum(v => (double)v);
+            var squares = x.Sum(v => (double)v * v);
+            var abs = x.Sum(v => Math.Abs((double)v));
+            Assert.True(Math.Abs(got[0] - sum) <= n * Sixteen.Fp32 * abs + 1e-30, $"{format} n={n}: sum {got[0]} vs {sum}");
+            Assert.True(Math.Abs(got[1] - squares) <= (n + 1) * Sixteen.Fp32 * squares, $"{format} n={n}: squares {got[1]} vs {squares}");
+        }
+    }
 }
