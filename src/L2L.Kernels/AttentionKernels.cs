@@ -1,5 +1,6 @@
 // Multi-head scaled-dot-product attention over a fused qkv tensor (GPT-2 / llm.c layout), forward and backward,
 // flash-style: no T x T tensor is stored, only each query row's log-sum-exp; causal, key-length and key-mask masking.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -93,8 +94,19 @@ public static class AttentionKernels
     /// <c>keyMask</c> (B*T) or empty.
     /// </summary>
     public static void AttentionForwardRowsKernel(ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionForwardRowsGenericKernel<float, Fp32Storage>(output, output, lse, qkv, keyLengths, keyMask, d);
+
+    /// <summary>
+    /// <see cref="AttentionForwardRowsKernel"/> over a storage type for <c>output</c> and <c>qkv</c>: scores, the online
+    /// softmax and <c>lse</c> are FP32, the output rows accumulate in the FP32 <c>acc</c> (B, T, C) and are rounded once
+    /// when normalised. For FP32 storage <c>acc</c> may be <c>output</c> itself.
+    /// </summary>
+    public static void AttentionForwardRowsGenericKernel<T, S>(ArrayView<T> output, ArrayView<float> acc, ArrayView<float> lse, ArrayView<T> qkv,
         ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         int rows = d.B * d.NH * d.T;
         int stride = Grid.DimX * Group.DimX;
         int c3 = 3 * d.C;
@@ -112,7 +124,7 @@ public static class AttentionKernels
             long k = seq * c3 + d.C + h * hs;
             long o = (seq + t) * d.C + h * hs;
             for (int c = 0; c < hs; c++)
-                output[o + c] = 0f;
+                acc[o + c] = 0f;
 
             float max = float.NegativeInfinity;
             float sum = 0f;
@@ -122,7 +134,7 @@ public static class AttentionKernels
                     continue;
                 float dot = 0f;
                 for (int c = 0; c < hs; c++)
-                    dot += qkv[q + c] * qkv[k + c];
+                    dot += st.ToFloat(qkv[q + c]) * st.ToFloat(qkv[k + c]);
                 float s = dot * d.Scale;
                 long v = k + d.C;
                 if (s > max)
@@ -131,25 +143,27 @@ public static class AttentionKernels
                     sum = sum * correction + 1f;
                     max = s;
                     for (int c = 0; c < hs; c++)
-                        output[o + c] = output[o + c] * correction + qkv[v + c];
+                        acc[o + c] = acc[o + c] * correction + st.ToFloat(qkv[v + c]);
                 }
                 else
                 {
                     float p = XMath.Exp(s - max);
                     sum += p;
                     for (int c = 0; c < hs; c++)
-                        output[o + c] += p * qkv[v + c];
+                        acc[o + c] += p * st.ToFloat(qkv[v + c]);
                 }
             }
             if (sum > 0f)
             {
                 float inv = 1f / sum;
                 for (int c = 0; c < hs; c++)
-                    output[o + c] *= inv;
+                    output[o + c] = st.FromFloat(acc[o + c] * inv);
                 lse[r] = max + XMath.Log(sum);
             }
             else
             {
+                for (int c = 0; c < hs; c++)
+                    output[o + c] = st.FromFloat(0f);
                 lse[r] = float.NegativeInfinity;
             }
         }
@@ -160,8 +174,14 @@ public static class AttentionKernels
     /// which equals <c>sum_j P[t,j] dP[t,j]</c>, the softmax backward's row term. Shapes: <c>delta</c> (B, NH, T),
     /// <c>dOutput</c> and <c>output</c> (B, T, C).
     /// </summary>
-    public static void AttentionBackwardDeltaKernel(ArrayView<float> delta, ArrayView<float> dOutput, ArrayView<float> output, AttentionDims d)
+    public static void AttentionBackwardDeltaKernel(ArrayView<float> delta, ArrayView<float> dOutput, ArrayView<float> output, AttentionDims d) =>
+        AttentionBackwardDeltaGenericKernel<float, Fp32Storage>(delta, dOutput, output, d);
+
+    /// <summary><see cref="AttentionBackwardDeltaKernel"/> with <c>dOutput</c> and <c>output</c> in a storage type; <c>delta</c> is summed in FP32.</summary>
+    public static void AttentionBackwardDeltaGenericKernel<T, S>(ArrayView<float> delta, ArrayView<T> dOutput, ArrayView<T> output, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         int rows = d.B * d.NH * d.T;
         int stride = Grid.DimX * Group.DimX;
         int hs = d.HeadSize;
@@ -174,7 +194,7 @@ public static class AttentionKernels
             long o = ((long)b * d.T + t) * d.C + h * hs;
             float sum = 0f;
             for (int c = 0; c < hs; c++)
-                sum += dOutput[o + c] * output[o + c];
+                sum += st.ToFloat(dOutput[o + c]) * st.ToFloat(output[o + c]);
             delta[r] = sum;
         }
     }
@@ -185,8 +205,19 @@ public static class AttentionKernels
     /// Shapes: <c>dQkv</c> and <c>qkv</c> (B, T, 3C), <c>dOutput</c> (B, T, C), <c>lse</c> and <c>delta</c> (B, NH, T).
     /// </summary>
     public static void AttentionBackwardQueryRowsKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionBackwardQueryRowsGenericKernel<float, Fp32Storage>(dQkv, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+
+    /// <summary>
+    /// <see cref="AttentionBackwardQueryRowsKernel"/> over a storage type for <c>dQkv</c>, <c>dOutput</c> and <c>qkv</c>:
+    /// each dq row accumulates in the q part of the FP32 <c>acc</c> (B, T, 3C) and is rounded once into <c>dQkv</c>. For
+    /// FP32 storage <c>acc</c> may be <c>dQkv</c> itself.
+    /// </summary>
+    public static void AttentionBackwardQueryRowsGenericKernel<T, S>(ArrayView<T> dQkv, ArrayView<float> acc, ArrayView<T> dOutput, ArrayView<T> qkv,
         ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         int rows = d.B * d.NH * d.T;
         int stride = Grid.DimX * Group.DimX;
         int c3 = 3 * d.C;
@@ -204,7 +235,7 @@ public static class AttentionKernels
             long k = seq * c3 + d.C + h * hs;
             long dy = (seq + t) * d.C + h * hs;
             for (int c = 0; c < hs; c++)
-                dQkv[q + c] = 0f;
+                acc[q + c] = 0f;
             float rowLse = lse[r];
             float rowDelta = delta[r];
             for (int j = 0; j < n; j++, k += c3)
@@ -216,13 +247,15 @@ public static class AttentionKernels
                 float dp = 0f;
                 for (int c = 0; c < hs; c++)
                 {
-                    dot += qkv[q + c] * qkv[k + c];
-                    dp += dOutput[dy + c] * qkv[v + c];
+                    dot += st.ToFloat(qkv[q + c]) * st.ToFloat(qkv[k + c]);
+                    dp += st.ToFloat(dOutput[dy + c]) * st.ToFloat(qkv[v + c]);
                 }
                 float ds = XMath.Exp(dot * d.Scale - rowLse) * (dp - rowDelta) * d.Scale;
                 for (int c = 0; c < hs; c++)
-                    dQkv[q + c] += ds * qkv[k + c];
+                    acc[q + c] += ds * st.ToFloat(qkv[k + c]);
             }
+            for (int c = 0; c < hs; c++)
+                dQkv[q + c] = st.FromFloat(acc[q + c]);
         }
     }
 
@@ -233,8 +266,18 @@ public static class AttentionKernels
     /// Shapes as <see cref="AttentionBackwardQueryRowsKernel"/>.
     /// </summary>
     public static void AttentionBackwardKeyRowsKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionBackwardKeyRowsGenericKernel<float, Fp32Storage>(dQkv, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+
+    /// <summary>
+    /// <see cref="AttentionBackwardKeyRowsKernel"/> over a storage type, with the dk and dv rows accumulating in the k and
+    /// v parts of the FP32 <c>acc</c> (B, T, 3C) as <see cref="AttentionBackwardQueryRowsGenericKernel{T, S}"/>.
+    /// </summary>
+    public static void AttentionBackwardKeyRowsGenericKernel<T, S>(ArrayView<T> dQkv, ArrayView<float> acc, ArrayView<T> dOutput, ArrayView<T> qkv,
         ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         int rows = d.B * d.NH * d.T;
         int stride = Grid.DimX * Group.DimX;
         int c3 = 3 * d.C;
@@ -250,12 +293,19 @@ public static class AttentionKernels
             long v = k + d.C;
             for (int c = 0; c < hs; c++)
             {
-                dQkv[k + c] = 0f;
-                dQkv[v + c] = 0f;
+                acc[k + c] = 0f;
+                acc[v + c] = 0f;
             }
             bool visible = j < KeyLimit(keyLengths, d, b) && (keyMask.Length == 0 || keyMask[seq + j] != 0);
             if (!visible)
+            {
+                for (int c = 0; c < hs; c++)
+                {
+                    dQkv[k + c] = st.FromFloat(0f);
+                    dQkv[v + c] = st.FromFloat(0f);
+                }
                 continue;
+            }
             int first = d.Causal != 0 ? j : 0;
             long q = (seq + first) * c3 + h * hs;
             long dy = (seq + first) * d.C + h * hs;
@@ -266,16 +316,21 @@ public static class AttentionKernels
                 float dp = 0f;
                 for (int c = 0; c < hs; c++)
                 {
-                    dot += qkv[q + c] * qkv[k + c];
-                    dp += dOutput[dy + c] * qkv[v + c];
+                    dot += st.ToFloat(qkv[q + c]) * st.ToFloat(qkv[k + c]);
+                    dp += st.ToFloat(dOutput[dy + c]) * st.ToFloat(qkv[v + c]);
                 }
                 float p = XMath.Exp(dot * d.Scale - lse[row]);
                 float ds = p * (dp - delta[row]) * d.Scale;
                 for (int c = 0; c < hs; c++)
                 {
-                    dQkv[v + c] += p * dOutput[dy + c];
-                    dQkv[k + c] += ds * qkv[q + c];
+                    acc[v + c] += p * st.ToFloat(dOutput[dy + c]);
+                    acc[k + c] += ds * st.ToFloat(qkv[q + c]);
                 }
+            }
+            for (int c = 0; c < hs; c++)
+            {
+                dQkv[k + c] = st.FromFloat(acc[k + c]);
+                dQkv[v + c] = st.FromFloat(acc[v + c]);
             }
         }
     }
@@ -287,8 +342,19 @@ public static class AttentionKernels
     /// threads. Shapes as <see cref="AttentionForwardRowsKernel"/>.
     /// </summary>
     public static void AttentionForwardTiledKernel(ArrayView<float> output, ArrayView<float> lse, ArrayView<float> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionForwardTiledGenericKernel<float, Fp32Storage>(output, lse, qkv, keyLengths, keyMask, d);
+
+    /// <summary>
+    /// <see cref="AttentionForwardTiledKernel"/> over a storage type for <c>output</c> and <c>qkv</c>: rows are widened
+    /// into the FP32 shared tiles, the output accumulates in FP32 shared memory and is rounded once on store.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AttentionForwardTiledGenericKernel<T, S>(ArrayView<T> output, ArrayView<float> lse, ArrayView<T> qkv,
         ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var sQ = SharedMemory.Allocate<float>(RowCapacity);
         var sO = SharedMemory.Allocate<float>(RowCapacity);
         var sK = SharedMemory.Allocate<float>(RowCapacity);
@@ -312,7 +378,7 @@ public static class AttentionKernels
             int n = t < d.T ? (d.Causal != 0 && t + 1 < limit ? t + 1 : limit) : 0;
             int keyEnd = d.Causal != 0 && t0 + Tile < limit ? t0 + Tile : limit;
 
-            StageRows(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
+            StageRows<T, S>(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
             int mine = tid * ld;
             for (int c = 0; c < hs; c++)
                 sO[mine + c] = 0f;
@@ -322,8 +388,8 @@ public static class AttentionKernels
             {
                 Group.Barrier(); // the previous key tile is no longer read
                 long kBase = seq * c3 + d.C + h * hs;
-                StageRows(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
-                StageRows(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
+                StageRows<T, S>(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
+                StageRows<T, S>(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
                 int key = k0 + tid;
                 sVisible[tid] = key < limit && (keyMask.Length == 0 || keyMask[seq + key] != 0) ? 1 : 0;
                 Group.Barrier();
@@ -359,7 +425,7 @@ public static class AttentionKernels
                 long o = (seq + t) * d.C + h * hs;
                 float inv = sum > 0f ? 1f / sum : 0f;
                 for (int c = 0; c < hs; c++)
-                    output[o + c] = sO[mine + c] * inv;
+                    output[o + c] = st.FromFloat(sO[mine + c] * inv);
                 lse[bh * d.T + t] = sum > 0f ? max + XMath.Log(sum) : float.NegativeInfinity;
             }
             Group.Barrier(); // this tile's q rows are no longer read
@@ -372,8 +438,16 @@ public static class AttentionKernels
     /// <see cref="AttentionBackwardQueryRowsKernel"/>.
     /// </summary>
     public static void AttentionBackwardQueryTiledKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionBackwardQueryTiledGenericKernel<float, Fp32Storage>(dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+
+    /// <summary><see cref="AttentionBackwardQueryTiledKernel"/> over a storage type: FP32 shared tiles and accumulators, one rounding on store.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AttentionBackwardQueryTiledGenericKernel<T, S>(ArrayView<T> dQkv, ArrayView<T> dOutput, ArrayView<T> qkv,
         ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var sQ = SharedMemory.Allocate<float>(RowCapacity);
         var sDy = SharedMemory.Allocate<float>(RowCapacity);
         var sDq = SharedMemory.Allocate<float>(RowCapacity);
@@ -398,8 +472,8 @@ public static class AttentionKernels
             int n = t < d.T ? (d.Causal != 0 && t + 1 < limit ? t + 1 : limit) : 0;
             int keyEnd = d.Causal != 0 && t0 + Tile < limit ? t0 + Tile : limit;
 
-            StageRows(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
-            StageRows(sDy, dOutput, seq * d.C + h * hs, t0, d.T, d.C, hs, ld, Tile);
+            StageRows<T, S>(sQ, qkv, seq * c3 + h * hs, t0, d.T, c3, hs, ld, Tile);
+            StageRows<T, S>(sDy, dOutput, seq * d.C + h * hs, t0, d.T, d.C, hs, ld, Tile);
             int mine = tid * ld;
             for (int c = 0; c < hs; c++)
                 sDq[mine + c] = 0f;
@@ -409,8 +483,8 @@ public static class AttentionKernels
             {
                 Group.Barrier();
                 long kBase = seq * c3 + d.C + h * hs;
-                StageRows(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
-                StageRows(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
+                StageRows<T, S>(sK, qkv, kBase, k0, d.T, c3, hs, ld, Tile);
+                StageRows<T, S>(sV, qkv, kBase + d.C, k0, d.T, c3, hs, ld, Tile);
                 int key = k0 + tid;
                 sVisible[tid] = key < limit && (keyMask.Length == 0 || keyMask[seq + key] != 0) ? 1 : 0;
                 Group.Barrier();
@@ -436,7 +510,7 @@ public static class AttentionKernels
             {
                 long q = (seq + t) * c3 + h * hs;
                 for (int c = 0; c < hs; c++)
-                    dQkv[q + c] = sDq[mine + c];
+                    dQkv[q + c] = st.FromFloat(sDq[mine + c]);
             }
             Group.Barrier();
         }
@@ -449,8 +523,16 @@ public static class AttentionKernels
     /// <see cref="AttentionBackwardQueryRowsKernel"/>.
     /// </summary>
     public static void AttentionBackwardKeyTiledKernel(ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
+        ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d) =>
+        AttentionBackwardKeyTiledGenericKernel<float, Fp32Storage>(dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+
+    /// <summary><see cref="AttentionBackwardKeyTiledKernel"/> over a storage type: FP32 shared tiles and accumulators, one rounding on store.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AttentionBackwardKeyTiledGenericKernel<T, S>(ArrayView<T> dQkv, ArrayView<T> dOutput, ArrayView<T> qkv,
         ArrayView<float> lse, ArrayView<float> delta, ArrayView<int> keyLengths, ArrayView<int> keyMask, AttentionDims d)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var sK = SharedMemory.Allocate<float>(RowCapacity);
         var sV = SharedMemory.Allocate<float>(RowCapacity);
         var sDk = SharedMemory.Allocate<float>(RowCapacity);
@@ -477,8 +559,8 @@ public static class AttentionKernels
             bool visible = j < limit && (keyMask.Length == 0 || keyMask[seq + j] != 0);
 
             long kBase = seq * c3 + d.C + h * hs;
-            StageRows(sK, qkv, kBase, j0, d.T, c3, hs, ld, Tile);
-            StageRows(sV, qkv, kBase + d.C, j0, d.T, c3, hs, ld, Tile);
+            StageRows<T, S>(sK, qkv, kBase, j0, d.T, c3, hs, ld, Tile);
+            StageRows<T, S>(sV, qkv, kBase + d.C, j0, d.T, c3, hs, ld, Tile);
             int mine = tid * ld;
             for (int c = 0; c < hs; c++)
             {
@@ -491,8 +573,8 @@ public static class AttentionKernels
             for (int q0 = first; q0 < queryEnd; q0 += QueryTile)
             {
                 Group.Barrier();
-                StageRows(sQ, qkv, seq * c3 + h * hs, q0, d.T, c3, hs, ld, QueryTile);
-                StageRows(sDy, dOutput, seq * d.C + h * hs, q0, d.T, d.C, hs, ld, QueryTile);
+                StageRows<T, S>(sQ, qkv, seq * c3 + h * hs, q0, d.T, c3, hs, ld, QueryTile);
+                StageRows<T, S>(sDy, dOutput, seq * d.C + h * hs, q0, d.T, d.C, hs, ld, QueryTile);
                 if (tid < QueryTile)
                 {
                     int tq = q0 + tid;
@@ -529,8 +611,8 @@ public static class AttentionKernels
                 long k = (seq + j) * c3 + d.C + h * hs;
                 for (int c = 0; c < hs; c++)
                 {
-                    dQkv[k + c] = sDk[mine + c];
-                    dQkv[k + d.C + c] = sDv[mine + c];
+                    dQkv[k + c] = st.FromFloat(sDk[mine + c]);
+                    dQkv[k + d.C + c] = st.FromFloat(sDv[mine + c]);
                 }
             }
             Group.Barrier();
@@ -541,8 +623,9 @@ public static class AttentionKernels
     /// Copies rows <c>first .. first+rows-1</c> (head-sized, <paramref name="rowStride"/> apart from <paramref name="baseOffset"/>)
     /// into shared rows <paramref name="ld"/> apart, zeros past <paramref name="t"/>; the group's threads split each row.
     /// </summary>
-    private static void StageRows(ArrayView<float> shared, ArrayView<float> source, long baseOffset, int first, int t,
+    private static void StageRows<T, S>(ArrayView<float> shared, ArrayView<T> source, long baseOffset, int first, int t,
         int rowStride, int hs, int ld, int rows)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         int tid = Group.IdxX;
         int threads = Group.DimX;
@@ -554,7 +637,7 @@ public static class AttentionKernels
             if (first + r < t)
             {
                 for (int c = tid; c < hs; c += threads)
-                    shared[dst + c] = source[src + c];
+                    shared[dst + c] = default(S).ToFloat(source[src + c]);
             }
             else
             {

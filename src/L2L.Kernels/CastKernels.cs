@@ -1,4 +1,4 @@
-// FP32 <-> FP16 conversion for mixed precision (weights sent as FP16, FP16 activations and gradients).
+// Conversions for mixed precision: FP32 <-> FP16 (rounded by bit manipulation) and between any two storage types.
 using ILGPU;
 using Half = ILGPU.Half;
 
@@ -18,6 +18,19 @@ public static class CastKernels
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
             output[i] = Interop.IntAsFloat(FloatToHalfBits(input[i]));
+    }
+
+    /// <summary>
+    /// <c>output[i] = input[i]</c> converted between any two storage types (FP32, <see cref="Bf16"/>, FP16): widened to
+    /// FP32 exactly, then rounded to nearest even into the output type. Shapes: <c>output</c>, <c>input</c> (N).
+    /// </summary>
+    public static void ConvertGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> output, ArrayView<TIn> input)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
+    {
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
+            output[i] = default(SOut).FromFloat(default(SIn).ToFloat(input[i]));
     }
 
     /// <summary><c>output[i] = (float)input[i]</c>, exact. Shapes: <c>output</c>, <c>input</c> (N).</summary>

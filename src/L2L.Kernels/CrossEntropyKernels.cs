@@ -1,4 +1,5 @@
 // Fused softmax + cross-entropy over the vocabulary: per-token losses and the logits' gradient in one pass.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -23,8 +24,20 @@ public static class CrossEntropyKernels
     /// </summary>
     public static void CrossEntropyForwardBackwardKernel(
         ArrayView<float> losses, ArrayView<float> dLogits, ArrayView<float> logits, ArrayView<int> targets,
+        int n, int v, float dLossScale, int ignoreIndex) =>
+        CrossEntropyForwardBackwardGenericKernel<float, Fp32Storage>(losses, dLogits, logits, targets, n, v, dLossScale, ignoreIndex);
+
+    /// <summary>
+    /// <see cref="CrossEntropyForwardBackwardKernel"/> with <c>logits</c> and <c>dLogits</c> in a storage type: the
+    /// max, the sum of exponentials and the loss are FP32, each gradient is rounded once. The same aliasing rule holds.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void CrossEntropyForwardBackwardGenericKernel<T, S>(
+        ArrayView<float> losses, ArrayView<T> dLogits, ArrayView<T> logits, ArrayView<int> targets,
         int n, int v, float dLossScale, int ignoreIndex)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         int tid = Group.IdxX;
         int threads = Group.DimX;
@@ -36,22 +49,22 @@ public static class CrossEntropyKernels
             {
                 // Uniform across the group, so skipping the barriers below is safe.
                 for (int j = tid; j < v; j += threads)
-                    dLogits[offset + j] = 0f;
+                    dLogits[offset + j] = st.FromFloat(0f);
                 if (tid == 0)
                     losses[row] = 0f;
                 continue;
             }
             bool valid = target >= 0 && target < v;
-            float targetLogit = valid ? logits[offset + target] : float.NaN;
+            float targetLogit = valid ? st.ToFloat(logits[offset + target]) : float.NaN;
 
-            float max = RowMax(shared, logits, offset, v);
-            float sum = RowSumExp(shared, logits, offset, v, max);
+            float max = RowMax<T, S>(shared, logits, offset, v);
+            float sum = RowSumExp<T, S>(shared, logits, offset, v, max);
             float inverse = 1f / sum;
             for (int j = tid; j < v; j += threads)
             {
-                float p = XMath.Exp(logits[offset + j] - max) * inverse;
+                float p = XMath.Exp(st.ToFloat(logits[offset + j]) - max) * inverse;
                 float indicator = j == target ? 1f : 0f;
-                dLogits[offset + j] = valid ? (p - indicator) * dLossScale : float.NaN;
+                dLogits[offset + j] = st.FromFloat(valid ? (p - indicator) * dLossScale : float.NaN);
             }
             if (tid == 0)
                 losses[row] = XMath.Log(sum) + (max - targetLogit);
@@ -63,8 +76,16 @@ public static class CrossEntropyKernels
     /// <c>logits</c> (N, V); <c>targets</c> (N) int32.
     /// </summary>
     public static void CrossEntropyForwardKernel(
-        ArrayView<float> losses, ArrayView<float> logits, ArrayView<int> targets, int n, int v, int ignoreIndex)
+        ArrayView<float> losses, ArrayView<float> logits, ArrayView<int> targets, int n, int v, int ignoreIndex) =>
+        CrossEntropyForwardGenericKernel<float, Fp32Storage>(losses, logits, targets, n, v, ignoreIndex);
+
+    /// <summary><see cref="CrossEntropyForwardKernel"/> with <c>logits</c> in a storage type; the loss is computed in FP32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void CrossEntropyForwardGenericKernel<T, S>(
+        ArrayView<float> losses, ArrayView<T> logits, ArrayView<int> targets, int n, int v, int ignoreIndex)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         for (int row = Grid.IdxX; row < n; row += Grid.DimX)
         {
@@ -77,27 +98,29 @@ public static class CrossEntropyKernels
                 continue;
             }
             bool valid = target >= 0 && target < v;
-            float targetLogit = valid ? logits[offset + target] : float.NaN;
-            float max = RowMax(shared, logits, offset, v);
-            float sum = RowSumExp(shared, logits, offset, v, max);
+            float targetLogit = valid ? st.ToFloat(logits[offset + target]) : float.NaN;
+            float max = RowMax<T, S>(shared, logits, offset, v);
+            float sum = RowSumExp<T, S>(shared, logits, offset, v, max);
             if (Group.IdxX == 0)
                 losses[row] = XMath.Log(sum) + (max - targetLogit);
         }
     }
 
-    private static float RowMax(ArrayView<float> shared, ArrayView<float> logits, long offset, int v)
+    private static float RowMax<T, S>(ArrayView<float> shared, ArrayView<T> logits, long offset, int v)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         float max = float.NegativeInfinity;
         for (int j = Group.IdxX; j < v; j += Group.DimX)
-            max = XMath.Max(max, logits[offset + j]);
+            max = XMath.Max(max, default(S).ToFloat(logits[offset + j]));
         return GroupReduce.Max(shared, max);
     }
 
-    private static float RowSumExp(ArrayView<float> shared, ArrayView<float> logits, long offset, int v, float max)
+    private static float RowSumExp<T, S>(ArrayView<float> shared, ArrayView<T> logits, long offset, int v, float max)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         float sum = 0f;
         for (int j = Group.IdxX; j < v; j += Group.DimX)
-            sum += XMath.Exp(logits[offset + j] - max);
+            sum += XMath.Exp(default(S).ToFloat(logits[offset + j]) - max);
         return GroupReduce.Sum(shared, sum);
     }
 }

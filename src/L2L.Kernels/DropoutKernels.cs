@@ -21,11 +21,17 @@ public static class DropoutKernels
     /// <c>output[i] = keep(key, offset + i) ? input[i] * scale : 0</c>. Shapes: <c>output</c>, <c>input</c> (N);
     /// <c>output</c> may alias <c>input</c>. The backward of dropout is the same call on the output gradient.
     /// </summary>
-    public static void DropoutKernel(ArrayView<float> output, ArrayView<float> input, ulong key, long offset, uint threshold, float scale)
+    public static void DropoutKernel(ArrayView<float> output, ArrayView<float> input, ulong key, long offset, uint threshold, float scale) =>
+        DropoutGenericKernel<float, Fp32Storage>(output, input, key, offset, threshold, scale);
+
+    /// <summary><see cref="DropoutKernel"/> over a storage type: the same mask; kept values are scaled in FP32 and rounded once.</summary>
+    public static void DropoutGenericKernel<T, S>(ArrayView<T> output, ArrayView<T> input, ulong key, long offset, uint threshold, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
-            output[i] = Keep(key, offset + i, threshold) ? input[i] * scale : 0f;
+            output[i] = st.FromFloat(Keep(key, offset + i, threshold) ? st.ToFloat(input[i]) * scale : 0f);
     }
 
     /// <summary>Whether element <paramref name="index"/> survives under <paramref name="key"/> (probability 1 - threshold / 2^24).</summary>

@@ -14,15 +14,22 @@ public static class EmbeddingKernels
     /// Shapes: <c>output</c> (B*T, C); <c>tokens</c> (B*T) int32; <c>wte</c> (V, C); <c>wpe</c> (maxT, C), maxT &gt;= T.
     /// </summary>
     public static void EmbeddingForwardKernel(
-        ArrayView<float> output, ArrayView<int> tokens, ArrayView<float> wte, ArrayView<float> wpe, int t, int c)
+        ArrayView<float> output, ArrayView<int> tokens, ArrayView<float> wte, ArrayView<float> wpe, int t, int c) =>
+        EmbeddingForwardGenericKernel<float, Fp32Storage>(output, tokens, wte, wpe, t, c);
+
+    /// <summary><see cref="EmbeddingForwardKernel"/> over a storage type: the two rows are added in FP32 and rounded once.</summary>
+    public static void EmbeddingForwardGenericKernel<T, S>(
+        ArrayView<T> output, ArrayView<int> tokens, ArrayView<T> wte, ArrayView<T> wpe, int t, int c)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
         {
             long row = i / c;
             long j = i - row * c;
             long position = row % t;
-            output[i] = wte[(long)tokens[row] * c + j] + wpe[position * c + j];
+            output[i] = st.FromFloat(st.ToFloat(wte[(long)tokens[row] * c + j]) + st.ToFloat(wpe[position * c + j]));
         }
     }
 
@@ -36,8 +43,18 @@ public static class EmbeddingKernels
     /// <c>scale</c> before it is added (1: unchanged bit for bit).
     /// </summary>
     public static void EmbeddingBackwardTokenKernel(
-        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> plan, int rows, int segments, int c, float scale)
+        ArrayView<float> dWte, ArrayView<float> dOutput, ArrayView<int> plan, int rows, int segments, int c, float scale) =>
+        EmbeddingBackwardTokenGenericKernel<float, Fp32Storage>(dWte, dOutput, plan, rows, segments, c, scale);
+
+    /// <summary>
+    /// <see cref="EmbeddingBackwardTokenKernel"/> with <c>dOutput</c> in a storage type: rows widened, summed in FP32
+    /// and added to the FP32 <c>dWte</c>.
+    /// </summary>
+    public static void EmbeddingBackwardTokenGenericKernel<T, S>(
+        ArrayView<float> dWte, ArrayView<T> dOutput, ArrayView<int> plan, int rows, int segments, int c, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         long count = (long)segments * c;
         for (long i = Grid.GlobalIndex.X; i < count; i += stride)
@@ -48,7 +65,7 @@ public static class EmbeddingKernels
             int end = plan[rows + segment + 1];
             float sum = 0f;
             for (int k = begin; k < end; k++)
-                sum += dOutput[(long)plan[k] * c + j];
+                sum += st.ToFloat(dOutput[(long)plan[k] * c + j]);
             long token = plan[2 * rows + 1 + segment];
             dWte[token * c + j] += sum * scale;
         }
@@ -60,8 +77,18 @@ public static class EmbeddingKernels
     /// <c>dOutput</c> (B*T, C). Each sum is multiplied by <c>scale</c> before it is added (1: unchanged bit for bit).
     /// </summary>
     public static void EmbeddingBackwardPositionKernel(
-        ArrayView<float> dWpe, ArrayView<float> dOutput, int b, int t, int c, float scale)
+        ArrayView<float> dWpe, ArrayView<float> dOutput, int b, int t, int c, float scale) =>
+        EmbeddingBackwardPositionGenericKernel<float, Fp32Storage>(dWpe, dOutput, b, t, c, scale);
+
+    /// <summary>
+    /// <see cref="EmbeddingBackwardPositionKernel"/> with <c>dOutput</c> in a storage type: summed in FP32 into the
+    /// FP32 <c>dWpe</c>.
+    /// </summary>
+    public static void EmbeddingBackwardPositionGenericKernel<T, S>(
+        ArrayView<float> dWpe, ArrayView<T> dOutput, int b, int t, int c, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         long count = (long)t * c;
         long batchStride = (long)t * c;
@@ -69,7 +96,7 @@ public static class EmbeddingKernels
         {
             float sum = 0f;
             for (int s = 0; s < b; s++)
-                sum += dOutput[s * batchStride + i];
+                sum += st.ToFloat(dOutput[s * batchStride + i]);
             dWpe[i] += sum * scale;
         }
     }

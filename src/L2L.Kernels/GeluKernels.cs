@@ -17,14 +17,20 @@ public static class GeluKernels
     private const float Coefficient = 0.044715f;
 
     /// <summary><c>output = gelu(input)</c>. Shapes: <c>output</c>, <c>input</c> (N); may alias.</summary>
-    public static void GeluForwardKernel(ArrayView<float> output, ArrayView<float> input)
+    public static void GeluForwardKernel(ArrayView<float> output, ArrayView<float> input) =>
+        GeluForwardGenericKernel<float, Fp32Storage>(output, input);
+
+    /// <summary><see cref="GeluForwardKernel"/> over any storage type: computed in FP32, rounded once on store.</summary>
+    public static void GeluForwardGenericKernel<T, S>(ArrayView<T> output, ArrayView<T> input)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
         {
-            float x = input[i];
+            float x = st.ToFloat(input[i]);
             float e = XMath.Exp(-2f * XMath.Abs(SqrtTwoOverPi * (x + Coefficient * x * x * x)));
-            output[i] = x * HalfOnePlusTanh(x, e);
+            output[i] = st.FromFloat(x * HalfOnePlusTanh(x, e));
         }
     }
 
@@ -32,12 +38,18 @@ public static class GeluKernels
     /// <c>dInput = dOutput * gelu'(input)</c> (assigned). Shapes: <c>dInput</c>, <c>dOutput</c>, <c>input</c> (N);
     /// <c>dInput</c> may alias <c>dOutput</c>.
     /// </summary>
-    public static void GeluBackwardKernel(ArrayView<float> dInput, ArrayView<float> dOutput, ArrayView<float> input)
+    public static void GeluBackwardKernel(ArrayView<float> dInput, ArrayView<float> dOutput, ArrayView<float> input) =>
+        GeluBackwardGenericKernel<float, Fp32Storage>(dInput, dOutput, input);
+
+    /// <summary><see cref="GeluBackwardKernel"/> over any storage type: computed in FP32, rounded once on store.</summary>
+    public static void GeluBackwardGenericKernel<T, S>(ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < dInput.Length; i += stride)
         {
-            float x = input[i];
+            float x = st.ToFloat(input[i]);
             float x2 = x * x;
             float e = XMath.Exp(-2f * XMath.Abs(SqrtTwoOverPi * (x + Coefficient * x2 * x)));
             float onePlusE = 1f + e;
@@ -46,7 +58,7 @@ public static class GeluKernels
             // sech2 is exactly 0 long before x * x overflows; skipping the term keeps 0 * inf out.
             if (sech2 > 0f)
                 local += 0.5f * x * sech2 * SqrtTwoOverPi * (1f + 3f * Coefficient * x2);
-            dInput[i] = dOutput[i] * local;
+            dInput[i] = st.FromFloat(st.ToFloat(dOutput[i]) * local);
         }
     }
 
@@ -61,13 +73,19 @@ public static class GeluKernels
     private const float InvSqrt2Pi = 0.39894228040143268f;
 
     /// <summary><c>output = x Phi(x)</c>, exact (erf) GELU. Shapes: <c>output</c>, <c>input</c> (N); may alias.</summary>
-    public static void GeluErfForwardKernel(ArrayView<float> output, ArrayView<float> input)
+    public static void GeluErfForwardKernel(ArrayView<float> output, ArrayView<float> input) =>
+        GeluErfForwardGenericKernel<float, Fp32Storage>(output, input);
+
+    /// <summary><see cref="GeluErfForwardKernel"/> over any storage type: computed in FP32, rounded once on store.</summary>
+    public static void GeluErfForwardGenericKernel<T, S>(ArrayView<T> output, ArrayView<T> input)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
         {
-            float x = input[i];
-            output[i] = x * NormalCdf(x, XMath.Exp(-0.5f * x * x));
+            float x = st.ToFloat(input[i]);
+            output[i] = st.FromFloat(x * NormalCdf(x, XMath.Exp(-0.5f * x * x)));
         }
     }
 
@@ -75,18 +93,24 @@ public static class GeluKernels
     /// <c>dInput = dOutput * (Phi(x) + x phi(x))</c> (assigned), the derivative of exact GELU.
     /// Shapes: <c>dInput</c>, <c>dOutput</c>, <c>input</c> (N); <c>dInput</c> may alias <c>dOutput</c>.
     /// </summary>
-    public static void GeluErfBackwardKernel(ArrayView<float> dInput, ArrayView<float> dOutput, ArrayView<float> input)
+    public static void GeluErfBackwardKernel(ArrayView<float> dInput, ArrayView<float> dOutput, ArrayView<float> input) =>
+        GeluErfBackwardGenericKernel<float, Fp32Storage>(dInput, dOutput, input);
+
+    /// <summary><see cref="GeluErfBackwardKernel"/> over any storage type: computed in FP32, rounded once on store.</summary>
+    public static void GeluErfBackwardGenericKernel<T, S>(ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < dInput.Length; i += stride)
         {
-            float x = input[i];
+            float x = st.ToFloat(input[i]);
             float e = XMath.Exp(-0.5f * x * x);
             float local = NormalCdf(x, e);
             // e is exactly 0 long before x overflows; skipping the term keeps 0 * inf out.
             if (e > 0f)
                 local += x * e * InvSqrt2Pi;
-            dInput[i] = dOutput[i] * local;
+            dInput[i] = st.FromFloat(st.ToFloat(dOutput[i]) * local);
         }
     }
 

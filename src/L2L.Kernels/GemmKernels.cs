@@ -99,8 +99,21 @@ public static class GemmKernels
     /// <see cref="GemmDims.SharedFloats"/> floats of dynamic shared memory and a group of exactly
     /// <c>ThreadsX * ThreadsY</c> threads. <c>c</c> must not alias <c>a</c> or <c>b</c>.
     /// </summary>
-    public static void GemmKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d)
+    public static void GemmKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d) =>
+        GemmGenericKernel<float, Fp32Storage, float, Fp32Storage>(c, a, b, bias, d);
+
+    /// <summary>
+    /// <see cref="GemmKernel"/> over storage types: A and B of <typeparamref name="TIn"/>, C and bias of
+    /// <typeparamref name="TOut"/> (e.g. BF16 operands into an FP32 weight gradient). Operands are widened into the
+    /// FP32 shared tiles, products accumulate in FP32 registers, and each result (with bias and the old C, both
+    /// widened) is rounded once into C.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void GemmGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
     {
+        var sIn = default(SIn);
         var shared = SharedMemory.GetDynamic<float>();
         int threadsX = d.ThreadsX, threadsY = d.ThreadsY, tileK = d.TileK;
         int tileM = 4 * threadsY, tileN = 4 * threadsX;
@@ -145,7 +158,7 @@ public static class GemmKernels
                         int kk = i / tileM;
                         int r = i - kk * tileM;
                         int row = row0 + r;
-                        sA[kk * ldA + r] = row < M ? a[aBase + (long)(k0 + kk) * M + row] : 0f;
+                        sA[kk * ldA + r] = row < M ? sIn.ToFloat(a[aBase + (long)(k0 + kk) * M + row]) : 0f;
                     }
                 }
                 else
@@ -155,7 +168,7 @@ public static class GemmKernels
                         int r = i / kLen;
                         int kk = i - r * kLen;
                         int row = row0 + r;
-                        sA[kk * ldA + r] = row < M ? a[aBase + (long)row * K + k0 + kk] : 0f;
+                        sA[kk * ldA + r] = row < M ? sIn.ToFloat(a[aBase + (long)row * K + k0 + kk]) : 0f;
                     }
                 }
 
@@ -167,7 +180,7 @@ public static class GemmKernels
                         int j = i / kLen;
                         int kk = i - j * kLen;
                         int col = col0 + j;
-                        sB[kk * ldB + j] = col < N ? b[bBase + (long)col * K + k0 + kk] : 0f;
+                        sB[kk * ldB + j] = col < N ? sIn.ToFloat(b[bBase + (long)col * K + k0 + kk]) : 0f;
                     }
                 }
                 else
@@ -177,7 +190,7 @@ public static class GemmKernels
                         int kk = i / tileN;
                         int j = i - kk * tileN;
                         int col = col0 + j;
-                        sB[kk * ldB + j] = col < N ? b[bBase + (long)(k0 + kk) * N + col] : 0f;
+                        sB[kk * ldB + j] = col < N ? sIn.ToFloat(b[bBase + (long)(k0 + kk) * N + col]) : 0f;
                     }
                 }
 
@@ -211,10 +224,10 @@ public static class GemmKernels
             if (ty < threadsY)
             {
                 int col = col0 + tx;
-                StoreRow(c, bias, d, cBase, row0 + ty, col, threadsX, c00, c01, c02, c03);
-                StoreRow(c, bias, d, cBase, row0 + ty + threadsY, col, threadsX, c10, c11, c12, c13);
-                StoreRow(c, bias, d, cBase, row0 + ty + 2 * threadsY, col, threadsX, c20, c21, c22, c23);
-                StoreRow(c, bias, d, cBase, row0 + ty + 3 * threadsY, col, threadsX, c30, c31, c32, c33);
+                StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + ty, col, threadsX, c00, c01, c02, c03);
+                StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + ty + threadsY, col, threadsX, c10, c11, c12, c13);
+                StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + ty + 2 * threadsY, col, threadsX, c20, c21, c22, c23);
+                StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + ty + 3 * threadsY, col, threadsX, c30, c31, c32, c33);
             }
         }
     }
@@ -226,8 +239,18 @@ public static class GemmKernels
     /// straight from A and B, which the CPU's caches reuse. Shapes per <see cref="GemmDims"/> with
     /// <c>ThreadsX = ThreadsY = 1</c> (so the tiles are the 4 x 4 blocks); <c>TileK</c> is unused. Any launch covers any shape.
     /// </summary>
-    public static void GemmDirectKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d)
+    public static void GemmDirectKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d) =>
+        GemmDirectGenericKernel<float, Fp32Storage, float, Fp32Storage>(c, a, b, bias, d);
+
+    /// <summary>
+    /// <see cref="GemmDirectKernel"/> over storage types, as <see cref="GemmGenericKernel{TIn, SIn, TOut, SOut}"/>:
+    /// operands widened on load, FP32 accumulation, one rounding into C.
+    /// </summary>
+    public static void GemmDirectGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
     {
+        var sIn = default(SIn);
         int M = d.M, N = d.N, K = d.K;
         int blocksPerMatrix = d.TilesM * d.TilesN;
         int totalBlocks = blocksPerMatrix * d.Batch;
@@ -259,8 +282,8 @@ public static class GemmKernels
             float c30 = 0, c31 = 0, c32 = 0, c33 = 0;
             for (int p = 0; p < K; p++)
             {
-                float x0 = a[a0], x1 = a[a1], x2 = a[a2], x3 = a[a3];
-                float y0 = b[b0], y1 = b[b1], y2 = b[b2], y3 = b[b3];
+                float x0 = sIn.ToFloat(a[a0]), x1 = sIn.ToFloat(a[a1]), x2 = sIn.ToFloat(a[a2]), x3 = sIn.ToFloat(a[a3]);
+                float y0 = sIn.ToFloat(b[b0]), y1 = sIn.ToFloat(b[b1]), y2 = sIn.ToFloat(b[b2]), y3 = sIn.ToFloat(b[b3]);
                 c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
                 c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
                 c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
@@ -270,10 +293,10 @@ public static class GemmKernels
             }
 
             long cBase = batch * d.StrideC;
-            StoreRow(c, bias, d, cBase, row0, col0, 1, c00, c01, c02, c03);
-            StoreRow(c, bias, d, cBase, row0 + 1, col0, 1, c10, c11, c12, c13);
-            StoreRow(c, bias, d, cBase, row0 + 2, col0, 1, c20, c21, c22, c23);
-            StoreRow(c, bias, d, cBase, row0 + 3, col0, 1, c30, c31, c32, c33);
+            StoreRow<TOut, SOut>(c, bias, d, cBase, row0, col0, 1, c00, c01, c02, c03);
+            StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + 1, col0, 1, c10, c11, c12, c13);
+            StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + 2, col0, 1, c20, c21, c22, c23);
+            StoreRow<TOut, SOut>(c, bias, d, cBase, row0 + 3, col0, 1, c30, c31, c32, c33);
         }
     }
 
@@ -291,15 +314,33 @@ public static class GemmKernels
     /// <c>ThreadsX = ThreadsY = 32</c> so that its tile counts are for 128 x 128 tiles.
     /// </summary>
     public static void GemmLargeTilesNNKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d) =>
-        GemmLargeTiles(c, a, b, bias, d, LayoutNN);
+        GemmLargeTiles<float, Fp32Storage, float, Fp32Storage>(c, a, b, bias, d, LayoutNN);
+
+    /// <summary><see cref="GemmLargeTilesNNKernel"/> over storage types, as <see cref="GemmGenericKernel{TIn, SIn, TOut, SOut}"/>.</summary>
+    public static void GemmLargeTilesNNGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
+        => GemmLargeTiles<TIn, SIn, TOut, SOut>(c, a, b, bias, d, LayoutNN);
 
     /// <summary><see cref="LayoutNT"/> product with 128 x 128 tiles; as <see cref="GemmLargeTilesNNKernel"/>.</summary>
     public static void GemmLargeTilesNTKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d) =>
-        GemmLargeTiles(c, a, b, bias, d, LayoutNT);
+        GemmLargeTiles<float, Fp32Storage, float, Fp32Storage>(c, a, b, bias, d, LayoutNT);
+
+    /// <summary><see cref="GemmLargeTilesNTKernel"/> over storage types, as <see cref="GemmGenericKernel{TIn, SIn, TOut, SOut}"/>.</summary>
+    public static void GemmLargeTilesNTGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
+        => GemmLargeTiles<TIn, SIn, TOut, SOut>(c, a, b, bias, d, LayoutNT);
 
     /// <summary><see cref="LayoutTN"/> product with 128 x 128 tiles; as <see cref="GemmLargeTilesNNKernel"/>.</summary>
     public static void GemmLargeTilesTNKernel(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d) =>
-        GemmLargeTiles(c, a, b, bias, d, LayoutTN);
+        GemmLargeTiles<float, Fp32Storage, float, Fp32Storage>(c, a, b, bias, d, LayoutTN);
+
+    /// <summary><see cref="GemmLargeTilesTNKernel"/> over storage types, as <see cref="GemmGenericKernel{TIn, SIn, TOut, SOut}"/>.</summary>
+    public static void GemmLargeTilesTNGenericKernel<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
+        => GemmLargeTiles<TIn, SIn, TOut, SOut>(c, a, b, bias, d, LayoutTN);
 
     /// <summary>
     /// The GPU product: groups of <see cref="LargeTileThreads"/> threads compute 128 x 128 tiles of C, thread
@@ -313,7 +354,9 @@ public static class GemmKernels
     /// hand into 64 scalar accumulators (ILGPU 1.5.3 does not unroll; a local array would spill).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void GemmLargeTiles(ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias, GemmDims d, int layout)
+    private static void GemmLargeTiles<TIn, SIn, TOut, SOut>(ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b, ArrayView<TOut> bias, GemmDims d, int layout)
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
     {
         // [buffer][k][128 rows or columns], as 4-vectors for the reads and as floats for the transposing stores.
         var sA4 = SharedMemory.Allocate<Float4>(2 * LargeTileK * LargeTile / 4);
@@ -359,9 +402,9 @@ public static class GemmKernels
             int bStoreStep = bAlongK ? LargeTile : 1;
 
             float ra0, ra1, ra2, ra3, rb0, rb1, rb2, rb3;
-            LoadFour(am, aOff, 0, aAlongK, row0 + lineK, kOfLineK, kOfLine, row0 + lineOfK, M, K, interior && LargeTileK <= K,
+            LoadFour<TIn, SIn>(am, aOff, 0, aAlongK, row0 + lineK, kOfLineK, kOfLine, row0 + lineOfK, M, K, interior && LargeTileK <= K,
                 out ra0, out ra1, out ra2, out ra3);
-            LoadFour(bm, bOff, 0, bAlongK, col0 + lineK, kOfLineK, kOfLine, col0 + lineOfK, N, K, interior && LargeTileK <= K,
+            LoadFour<TIn, SIn>(bm, bOff, 0, bAlongK, col0 + lineK, kOfLineK, kOfLine, col0 + lineOfK, N, K, interior && LargeTileK <= K,
                 out rb0, out rb1, out rb2, out rb3);
             sA[aStore] = ra0; sA[aStore + aStoreStep] = ra1; sA[aStore + 2 * aStoreStep] = ra2; sA[aStore + 3 * aStoreStep] = ra3;
             sB[bStore] = rb0; sB[bStore + bStoreStep] = rb1; sB[bStore + 2 * bStoreStep] = rb2; sB[bStore + 3 * bStoreStep] = rb3;
@@ -385,9 +428,9 @@ public static class GemmKernels
                     aOff += aStep;
                     bOff += bStep;
                     bool full = interior && k0 + LargeTileK <= K;
-                    LoadFour(am, aOff, k0, aAlongK, row0 + lineK, kOfLineK, kOfLine, row0 + lineOfK, M, K, full,
+                    LoadFour<TIn, SIn>(am, aOff, k0, aAlongK, row0 + lineK, kOfLineK, kOfLine, row0 + lineOfK, M, K, full,
                         out ra0, out ra1, out ra2, out ra3);
-                    LoadFour(bm, bOff, k0, bAlongK, col0 + lineK, kOfLineK, kOfLine, col0 + lineOfK, N, K, full,
+                    LoadFour<TIn, SIn>(bm, bOff, k0, bAlongK, col0 + lineK, kOfLineK, kOfLine, col0 + lineOfK, N, K, full,
                         out rb0, out rb1, out rb2, out rb3);
                 }
 
@@ -425,14 +468,14 @@ public static class GemmKernels
             {
                 int rowA = row0 + 4 * ty;
                 int colB = col0 + 4 * tx;
-                StoreRow8(c, bias, d, cBase, rowA + 0, colB, interior, c00, c01, c02, c03, c04, c05, c06, c07);
-                StoreRow8(c, bias, d, cBase, rowA + 1, colB, interior, c10, c11, c12, c13, c14, c15, c16, c17);
-                StoreRow8(c, bias, d, cBase, rowA + 2, colB, interior, c20, c21, c22, c23, c24, c25, c26, c27);
-                StoreRow8(c, bias, d, cBase, rowA + 3, colB, interior, c30, c31, c32, c33, c34, c35, c36, c37);
-                StoreRow8(c, bias, d, cBase, rowA + 64, colB, interior, c40, c41, c42, c43, c44, c45, c46, c47);
-                StoreRow8(c, bias, d, cBase, rowA + 65, colB, interior, c50, c51, c52, c53, c54, c55, c56, c57);
-                StoreRow8(c, bias, d, cBase, rowA + 66, colB, interior, c60, c61, c62, c63, c64, c65, c66, c67);
-                StoreRow8(c, bias, d, cBase, rowA + 67, colB, interior, c70, c71, c72, c73, c74, c75, c76, c77);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 0, colB, interior, c00, c01, c02, c03, c04, c05, c06, c07);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 1, colB, interior, c10, c11, c12, c13, c14, c15, c16, c17);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 2, colB, interior, c20, c21, c22, c23, c24, c25, c26, c27);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 3, colB, interior, c30, c31, c32, c33, c34, c35, c36, c37);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 64, colB, interior, c40, c41, c42, c43, c44, c45, c46, c47);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 65, colB, interior, c50, c51, c52, c53, c54, c55, c56, c57);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 66, colB, interior, c60, c61, c62, c63, c64, c65, c66, c67);
+                StoreRow8<TOut, SOut>(c, bias, d, cBase, rowA + 67, colB, interior, c70, c71, c72, c73, c74, c75, c76, c77);
             }
         }
     }
@@ -444,15 +487,17 @@ public static class GemmKernels
     /// with <paramref name="full"/> no check is made. Branches, not selects, guard the loads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void LoadFour(ArrayView<float> m, int offset, int k0, bool alongK, int line, int k0Line, int kLine, int firstLine,
+    private static void LoadFour<T, S>(ArrayView<T> m, int offset, int k0, bool alongK, int line, int k0Line, int kLine, int firstLine,
         int lines, int k, bool full, out float v0, out float v1, out float v2, out float v3)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         if (full)
         {
-            v0 = m[offset];
-            v1 = m[offset + 1];
-            v2 = m[offset + 2];
-            v3 = m[offset + 3];
+            v0 = st.ToFloat(m[offset]);
+            v1 = st.ToFloat(m[offset + 1]);
+            v2 = st.ToFloat(m[offset + 2]);
+            v3 = st.ToFloat(m[offset + 3]);
             return;
         }
         v0 = 0f; v1 = 0f; v2 = 0f; v3 = 0f;
@@ -462,63 +507,69 @@ public static class GemmKernels
         int limit = alongK ? k : lines;
         if (outer)
         {
-            if (first < limit) v0 = m[offset];
-            if (first + 1 < limit) v1 = m[offset + 1];
-            if (first + 2 < limit) v2 = m[offset + 2];
-            if (first + 3 < limit) v3 = m[offset + 3];
+            if (first < limit) v0 = st.ToFloat(m[offset]);
+            if (first + 1 < limit) v1 = st.ToFloat(m[offset + 1]);
+            if (first + 2 < limit) v2 = st.ToFloat(m[offset + 2]);
+            if (first + 3 < limit) v3 = st.ToFloat(m[offset + 3]);
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreRow8(ArrayView<float> c, ArrayView<float> bias, GemmDims d, long cBase, int row, int col, bool interior,
+    private static void StoreRow8<T, S>(ArrayView<T> c, ArrayView<T> bias, GemmDims d, long cBase, int row, int col, bool interior,
         float v0, float v1, float v2, float v3, float v4, float v5, float v6, float v7)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         if (!interior)
         {
-            StoreRow(c, bias, d, cBase, row, col, 1, v0, v1, v2, v3);
-            StoreRow(c, bias, d, cBase, row, col + 64, 1, v4, v5, v6, v7);
+            StoreRow<T, S>(c, bias, d, cBase, row, col, 1, v0, v1, v2, v3);
+            StoreRow<T, S>(c, bias, d, cBase, row, col + 64, 1, v4, v5, v6, v7);
             return;
         }
         long rowBase = cBase + (long)row * d.N;
-        StoreInterior(c, bias, d, rowBase, col, v0); StoreInterior(c, bias, d, rowBase, col + 1, v1);
-        StoreInterior(c, bias, d, rowBase, col + 2, v2); StoreInterior(c, bias, d, rowBase, col + 3, v3);
-        StoreInterior(c, bias, d, rowBase, col + 64, v4); StoreInterior(c, bias, d, rowBase, col + 65, v5);
-        StoreInterior(c, bias, d, rowBase, col + 66, v6); StoreInterior(c, bias, d, rowBase, col + 67, v7);
+        StoreInterior<T, S>(c, bias, d, rowBase, col, v0); StoreInterior<T, S>(c, bias, d, rowBase, col + 1, v1);
+        StoreInterior<T, S>(c, bias, d, rowBase, col + 2, v2); StoreInterior<T, S>(c, bias, d, rowBase, col + 3, v3);
+        StoreInterior<T, S>(c, bias, d, rowBase, col + 64, v4); StoreInterior<T, S>(c, bias, d, rowBase, col + 65, v5);
+        StoreInterior<T, S>(c, bias, d, rowBase, col + 66, v6); StoreInterior<T, S>(c, bias, d, rowBase, col + 67, v7);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreInterior(ArrayView<float> c, ArrayView<float> bias, GemmDims d, long rowBase, int col, float value)
+    private static void StoreInterior<T, S>(ArrayView<T> c, ArrayView<T> bias, GemmDims d, long rowBase, int col, float value)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         float result = d.Alpha * value;
         if (d.HasBias != 0)
-            result += bias[col];
+            result += st.ToFloat(bias[col]);
         if (d.Accumulate != 0)
-            result += c[rowBase + col];
-        c[rowBase + col] = result;
+            result += st.ToFloat(c[rowBase + col]);
+        c[rowBase + col] = st.FromFloat(result);
     }
 
-    private static void StoreRow(ArrayView<float> c, ArrayView<float> bias, GemmDims d, long cBase, int row, int col, int colStride,
+    private static void StoreRow<T, S>(ArrayView<T> c, ArrayView<T> bias, GemmDims d, long cBase, int row, int col, int colStride,
         float v0, float v1, float v2, float v3)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         if (row >= d.M)
             return;
         long rowBase = cBase + (long)row * d.N;
-        Store(c, bias, d, rowBase, col, v0);
-        Store(c, bias, d, rowBase, col + colStride, v1);
-        Store(c, bias, d, rowBase, col + 2 * colStride, v2);
-        Store(c, bias, d, rowBase, col + 3 * colStride, v3);
+        Store<T, S>(c, bias, d, rowBase, col, v0);
+        Store<T, S>(c, bias, d, rowBase, col + colStride, v1);
+        Store<T, S>(c, bias, d, rowBase, col + 2 * colStride, v2);
+        Store<T, S>(c, bias, d, rowBase, col + 3 * colStride, v3);
     }
 
-    private static void Store(ArrayView<float> c, ArrayView<float> bias, GemmDims d, long rowBase, int col, float value)
+    private static void Store<T, S>(ArrayView<T> c, ArrayView<T> bias, GemmDims d, long rowBase, int col, float value)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         if (col >= d.N)
             return;
+        var st = default(S);
         float result = d.Alpha * value;
         if (d.HasBias != 0)
-            result += bias[col];
+            result += st.ToFloat(bias[col]);
         if (d.Accumulate != 0)
-            result += c[rowBase + col];
-        c[rowBase + col] = result;
+            result += st.ToFloat(c[rowBase + col]);
+        c[rowBase + col] = st.FromFloat(result);
     }
 
     /// <summary>
@@ -528,8 +579,18 @@ public static class GemmKernels
     /// <c>columnsPerGroup</c>; groups loop over column blocks. Each column's sum is multiplied by <c>scale</c> before it is
     /// added (1 leaves it unchanged bit for bit; a unit-scaled model passes its bias-gradient scale).
     /// </summary>
-    public static void BiasBackwardKernel(ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, int columnsPerGroup, float scale)
+    public static void BiasBackwardKernel(ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, int columnsPerGroup, float scale) =>
+        BiasBackwardGenericKernel<float, Fp32Storage>(dBias, dOut, rows, n, columnsPerGroup, scale);
+
+    /// <summary>
+    /// <see cref="BiasBackwardKernel"/> with <c>dOut</c> in any storage type: widened on load, summed in FP32 and added
+    /// to the FP32 <c>dBias</c> (parameter gradients accumulate in FP32 over micro-batches).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void BiasBackwardGenericKernel<T, S>(ArrayView<float> dBias, ArrayView<T> dOut, int rows, int n, int columnsPerGroup, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var partial = SharedMemory.Allocate<float>(1024);
         int tid = Group.IdxX;
         int lanes = Group.DimX / columnsPerGroup;
@@ -543,7 +604,7 @@ public static class GemmKernels
             if (col < n && ry < lanes)
             {
                 for (int r = ry; r < rows; r += lanes)
-                    sum += dOut[(long)r * n + col];
+                    sum += st.ToFloat(dOut[(long)r * n + col]);
             }
             partial[tid] = sum;
             Group.Barrier();

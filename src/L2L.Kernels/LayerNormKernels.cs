@@ -1,4 +1,5 @@
 // Layer normalisation over the channels of each row (PyTorch semantics: biased variance, eps inside the sqrt).
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -20,8 +21,21 @@ public static class LayerNormKernels
     public static void LayerNormForwardKernel(
         ArrayView<float> output, ArrayView<float> mean, ArrayView<float> rstd,
         ArrayView<float> input, ArrayView<float> weight, ArrayView<float> bias,
+        int n, int c, float eps) =>
+        LayerNormForwardGenericKernel<float, Fp32Storage>(output, mean, rstd, input, weight, bias, n, c, eps);
+
+    /// <summary>
+    /// <see cref="LayerNormForwardKernel"/> over a storage type for <c>output</c>, <c>input</c>, <c>weight</c> and
+    /// <c>bias</c>: the statistics are summed in FP32 and saved in FP32, each output is rounded once.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void LayerNormForwardGenericKernel<T, S>(
+        ArrayView<T> output, ArrayView<float> mean, ArrayView<float> rstd,
+        ArrayView<T> input, ArrayView<T> weight, ArrayView<T> bias,
         int n, int c, float eps)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         int tid = Group.IdxX;
         int threads = Group.DimX;
@@ -30,20 +44,20 @@ public static class LayerNormKernels
             long offset = (long)row * c;
             float sum = 0f;
             for (int j = tid; j < c; j += threads)
-                sum += input[offset + j];
+                sum += st.ToFloat(input[offset + j]);
             float mu = GroupReduce.Sum(shared, sum) / c;
 
             float sq = 0f;
             for (int j = tid; j < c; j += threads)
             {
-                float d = input[offset + j] - mu;
+                float d = st.ToFloat(input[offset + j]) - mu;
                 sq += d * d;
             }
             float variance = GroupReduce.Sum(shared, sq) / c;
             float rs = 1f / XMath.Sqrt(variance + eps);
 
             for (int j = tid; j < c; j += threads)
-                output[offset + j] = (input[offset + j] - mu) * rs * weight[j] + bias[j];
+                output[offset + j] = st.FromFloat((st.ToFloat(input[offset + j]) - mu) * rs * st.ToFloat(weight[j]) + st.ToFloat(bias[j]));
             if (tid == 0)
             {
                 mean[row] = mu;
@@ -61,8 +75,20 @@ public static class LayerNormKernels
     /// </summary>
     public static void LayerNormBackwardInputKernel(
         ArrayView<float> dInput, ArrayView<float> dOutput, ArrayView<float> input, ArrayView<float> weight,
+        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, int accumulate) =>
+        LayerNormBackwardInputGenericKernel<float, Fp32Storage>(dInput, dOutput, input, weight, mean, rstd, n, c, accumulate);
+
+    /// <summary>
+    /// <see cref="LayerNormBackwardInputKernel"/> over a storage type for <c>dInput</c>, <c>dOutput</c>, <c>input</c>
+    /// and <c>weight</c>: row sums in FP32, each result (plus the widened old value when accumulating) rounded once.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void LayerNormBackwardInputGenericKernel<T, S>(
+        ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input, ArrayView<T> weight,
         ArrayView<float> mean, ArrayView<float> rstd, int n, int c, int accumulate)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         int tid = Group.IdxX;
         int threads = Group.DimX;
@@ -75,8 +101,8 @@ public static class LayerNormKernels
             float sumGX = 0f;
             for (int j = tid; j < c; j += threads)
             {
-                float g = dOutput[offset + j] * weight[j];
-                float xhat = (input[offset + j] - mu) * rs;
+                float g = st.ToFloat(dOutput[offset + j]) * st.ToFloat(weight[j]);
+                float xhat = (st.ToFloat(input[offset + j]) - mu) * rs;
                 sumG += g;
                 sumGX += g * xhat;
             }
@@ -85,13 +111,13 @@ public static class LayerNormKernels
 
             for (int j = tid; j < c; j += threads)
             {
-                float g = dOutput[offset + j] * weight[j];
-                float xhat = (input[offset + j] - mu) * rs;
+                float g = st.ToFloat(dOutput[offset + j]) * st.ToFloat(weight[j]);
+                float xhat = (st.ToFloat(input[offset + j]) - mu) * rs;
                 float dx = rs * (g - meanG - xhat * meanGX);
                 if (accumulate != 0)
-                    dInput[offset + j] += dx;
+                    dInput[offset + j] = st.FromFloat(st.ToFloat(dInput[offset + j]) + dx);
                 else
-                    dInput[offset + j] = dx;
+                    dInput[offset + j] = st.FromFloat(dx);
             }
         }
     }
@@ -106,8 +132,20 @@ public static class LayerNormKernels
     /// </summary>
     public static void LayerNormBackwardParamsKernel(
         ArrayView<float> dWeight, ArrayView<float> dBias, ArrayView<float> dOutput, ArrayView<float> input,
+        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, float scale) =>
+        LayerNormBackwardParamsGenericKernel<float, Fp32Storage>(dWeight, dBias, dOutput, input, mean, rstd, n, c, scale);
+
+    /// <summary>
+    /// <see cref="LayerNormBackwardParamsKernel"/> with <c>dOutput</c> and <c>input</c> in a storage type; the sums and
+    /// the gradients <c>dWeight</c>, <c>dBias</c> stay FP32 (they accumulate over micro-batches).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void LayerNormBackwardParamsGenericKernel<T, S>(
+        ArrayView<float> dWeight, ArrayView<float> dBias, ArrayView<T> dOutput, ArrayView<T> input,
         ArrayView<float> mean, ArrayView<float> rstd, int n, int c, float scale)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         var sharedW = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         var sharedB = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         int tid = Group.IdxX;
@@ -127,8 +165,8 @@ public static class LayerNormKernels
                 for (int row = lane; row < n; row += lanes)
                 {
                     long at = (long)row * c + j;
-                    float dout = dOutput[at];
-                    accW += dout * (input[at] - mean[row]) * rstd[row];
+                    float dout = st.ToFloat(dOutput[at]);
+                    accW += dout * (st.ToFloat(input[at]) - mean[row]) * rstd[row];
                     accB += dout;
                 }
             }

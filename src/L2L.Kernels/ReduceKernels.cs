@@ -1,5 +1,6 @@
 // Whole-array reductions (sum, sum of squares) in two deterministic stages, scaling, and the
 // group-wide shared-memory reductions the row-wise kernels (layernorm, cross-entropy) build on.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -18,13 +19,19 @@ public static class ReduceKernels
     /// <c>partials[g] = sum of input[i]</c> over the elements group <c>g</c> visits in a grid-stride loop.
     /// Shapes: <c>input</c> (N), <c>partials</c> (at least <c>Grid.DimX</c>).
     /// </summary>
-    public static void SumPartialsKernel(ArrayView<float> input, ArrayView<float> partials)
+    public static void SumPartialsKernel(ArrayView<float> input, ArrayView<float> partials) =>
+        SumPartialsGenericKernel<float, Fp32Storage>(input, partials);
+
+    /// <summary><see cref="SumPartialsKernel"/> of an input in any storage type, widened and summed in FP32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void SumPartialsGenericKernel<T, S>(ArrayView<T> input, ArrayView<float> partials)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         long stride = Grid.DimX * Group.DimX;
         float acc = 0f;
         for (long i = Grid.GlobalIndex.X; i < input.Length; i += stride)
-            acc += input[i];
+            acc += default(S).ToFloat(input[i]);
         float total = GroupReduce.Sum(shared, acc);
         if (Group.IdxX == 0)
             partials[Grid.IdxX] = total;
@@ -34,14 +41,20 @@ public static class ReduceKernels
     /// <c>partials[g] = sum of input[i]^2</c> over the elements group <c>g</c> visits in a grid-stride loop.
     /// Shapes: <c>input</c> (N), <c>partials</c> (at least <c>Grid.DimX</c>).
     /// </summary>
-    public static void SumOfSquaresPartialsKernel(ArrayView<float> input, ArrayView<float> partials)
+    public static void SumOfSquaresPartialsKernel(ArrayView<float> input, ArrayView<float> partials) =>
+        SumOfSquaresPartialsGenericKernel<float, Fp32Storage>(input, partials);
+
+    /// <summary><see cref="SumOfSquaresPartialsKernel"/> of an input in any storage type, widened, squared and summed in FP32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void SumOfSquaresPartialsGenericKernel<T, S>(ArrayView<T> input, ArrayView<float> partials)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         long stride = Grid.DimX * Group.DimX;
         float acc = 0f;
         for (long i = Grid.GlobalIndex.X; i < input.Length; i += stride)
         {
-            float x = input[i];
+            float x = default(S).ToFloat(input[i]);
             acc += x * x;
         }
         float total = GroupReduce.Sum(shared, acc);

@@ -15,11 +15,19 @@ public static class ResidualKernels
     /// <summary>
     /// <c>output = a + b</c>. Shapes: <c>output</c>, <c>a</c>, <c>b</c> all (N). <c>output</c> may alias <c>a</c> or <c>b</c>.
     /// </summary>
-    public static void ResidualForwardKernel(ArrayView<float> output, ArrayView<float> a, ArrayView<float> b)
+    public static void ResidualForwardKernel(ArrayView<float> output, ArrayView<float> a, ArrayView<float> b) =>
+        ResidualForwardGenericKernel<float, Fp32Storage>(output, a, b);
+
+    /// <summary>
+    /// <see cref="ResidualForwardKernel"/> over any storage type: loads widened to FP32, the sum rounded once on store.
+    /// </summary>
+    public static void ResidualForwardGenericKernel<T, S>(ArrayView<T> output, ArrayView<T> a, ArrayView<T> b)
+        where T : unmanaged where S : struct, IStorage<T>
     {
+        var st = default(S);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
-            output[i] = a[i] + b[i];
+            output[i] = st.FromFloat(st.ToFloat(a[i]) + st.ToFloat(b[i]));
     }
 
     /// <summary>
@@ -36,10 +44,20 @@ public static class ResidualKernels
     /// <summary>
     /// <c>target += source</c>. Shapes: <c>target</c>, <c>source</c> (N).
     /// </summary>
-    public static void AccumulateKernel(ArrayView<float> target, ArrayView<float> source)
+    public static void AccumulateKernel(ArrayView<float> target, ArrayView<float> source) =>
+        AccumulateGenericKernel<float, Fp32Storage, float, Fp32Storage>(target, source);
+
+    /// <summary>
+    /// <c>target += source</c> over any storage types (e.g. an FP32 target and a 16-bit source): the sum is formed in
+    /// FP32 and rounded once into the target's type. Shapes: <c>target</c>, <c>source</c> (N).
+    /// </summary>
+    public static void AccumulateGenericKernel<TT, ST, TS, SS>(ArrayView<TT> target, ArrayView<TS> source)
+        where TT : unmanaged where ST : struct, IStorage<TT>
+        where TS : unmanaged where SS : struct, IStorage<TS>
     {
+        var t = default(ST);
         long stride = Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < target.Length; i += stride)
-            target[i] += source[i];
+            target[i] = t.FromFloat(t.ToFloat(target[i]) + default(SS).ToFloat(source[i]));
     }
 }

@@ -33,11 +33,64 @@ public sealed partial class PtxCompileTests : IDisposable
     }
 
     private static IEnumerable<MethodInfo> KernelMethods() =>
+        AllKernelMethods().Where(m => !m.IsGenericMethodDefinition);
+
+    private static IEnumerable<MethodInfo> AllKernelMethods() =>
         typeof(ResidualKernels).Assembly.GetTypes()
             .Where(t => t.IsPublic && t.IsAbstract && t.IsSealed) // static classes
             .SelectMany(t => t.GetMethods(BindingFlags.Public | BindingFlags.Static | BindingFlags.DeclaredOnly))
             .Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal) && m.ReturnType == typeof(void))
             .OrderBy(m => m.DeclaringType!.Name).ThenBy(m => m.Name);
+
+    // The storage types a generic kernel is instantiated with: each (element, storage) pair of type parameters takes
+    // every one of these, so FP32, BF16 and FP16 (and their mixtures) are all compiled.
+    private static readonly (Type Element, Type Storage)[] StorageTypes =
+        [(typeof(float), typeof(Fp32Storage)), (typeof(Bf16), typeof(Bf16Storage)), (typeof(ILGPU.Half), typeof(Fp16Storage))];
+
+    /// <summary>Every instantiation of the generic public *Kernel methods over the storage types.</summary>
+    public static IEnumerable<MethodInfo> GenericKernelInstantiations()
+    {
+        foreach (var m in AllKernelMethods().Where(m => m.IsGenericMethodDefinition))
+        {
+            var pairs = m.GetGenericArguments().Length / 2;
+            var combinations = (int)Math.Pow(StorageTypes.Length, pairs);
+            for (var c = 0; c < combinations; c++)
+            {
+                var args = new Type[2 * pairs];
+                for (int p = 0, rest = c; p < pairs; p++, rest /= StorageTypes.Length)
+                    (args[2 * p], args[2 * p + 1]) = StorageTypes[rest % StorageTypes.Length];
+                yield return m.MakeGenericMethod(args);
+            }
+        }
+    }
+
+    private static string Describe(MethodInfo m) =>
+        $"{m.DeclaringType!.Name}.{m.Name}<{string.Join(",", m.GetGenericArguments().Where((_, i) => i % 2 == 0).Select(t => t.Name))}>";
+
+    /// <summary>Names of the generic instantiations, element types only (the storage follows from them).</summary>
+    public static TheoryData<string> GenericKernels()
+    {
+        var data = new TheoryData<string>();
+        foreach (var m in GenericKernelInstantiations())
+            data.Add(Describe(m));
+        return data;
+    }
+
+    [Fact]
+    public void GenericKernelsAreInstantiatedForEveryStorageType()
+    {
+        var names = GenericKernelInstantiations().Select(Describe).ToList();
+        Assert.Contains("GemmKernels.GemmGenericKernel<Bf16,Single>", names);
+        Assert.Contains("GeluKernels.GeluForwardGenericKernel<Half>", names);
+        Assert.Equal(names.Count, names.Distinct().Count());
+        // Every generic kernel has (element, storage) pairs of type parameters.
+        Assert.All(AllKernelMethods().Where(m => m.IsGenericMethodDefinition), m => Assert.True(m.GetGenericArguments().Length % 2 == 0, m.Name));
+    }
+
+    [Theory]
+    [MemberData(nameof(GenericKernels))]
+    public void GenericKernelCompilesToPtxWithoutUnresolvedExterns(string kernel) =>
+        AssertCompiles(kernel, GenericKernelInstantiations().Single(m => Describe(m) == kernel));
 
     [Fact]
     public void KernelDiscoveryFindsTheKernels()
@@ -51,7 +104,11 @@ public sealed partial class PtxCompileTests : IDisposable
     [MemberData(nameof(Kernels))]
     public void CompilesToPtxWithoutUnresolvedExterns(string kernel)
     {
-        var method = KernelMethods().Single(m => $"{m.DeclaringType!.Name}.{m.Name}" == kernel);
+        AssertCompiles(kernel, KernelMethods().Single(m => $"{m.DeclaringType!.Name}.{m.Name}" == kernel));
+    }
+
+    private void AssertCompiles(string kernel, MethodInfo method)
+    {
         var parameters = method.GetParameters();
         var implicitlyGrouped = parameters.Length > 0 && parameters[0].ParameterType.Name is "Index1D" or "Index2D" or "Index3D";
         var entry = implicitlyGrouped

@@ -31,7 +31,8 @@ public sealed class PtxHotLoopTests : IDisposable
     private static TheoryData<string> Names(Type type)
     {
         var data = new TheoryData<string>();
-        foreach (var m in type.GetMethods(BindingFlags.Public | BindingFlags.Static).Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal)))
+        foreach (var m in type.GetMethods(BindingFlags.Public | BindingFlags.Static)
+                     .Where(m => m.Name.EndsWith("Kernel", StringComparison.Ordinal) && !m.IsGenericMethodDefinition))
             data.Add(m.Name);
         return data;
     }
@@ -66,6 +67,24 @@ public sealed class PtxHotLoopTests : IDisposable
         Assert.All(hot.Instructions.Where(i => i.StartsWith("ld.shared", StringComparison.Ordinal)), i => Assert.StartsWith("ld.shared.v4.f32", i));
         Assert.Empty(hot.Divisions64);
         Assert.DoesNotContain(".local", ptx); // no spilled register tile
+    }
+
+    [Theory]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesNNGenericKernel), false)]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesTNGenericKernel), true)]
+    [InlineData(nameof(GemmKernels.GemmLargeTilesNTGenericKernel), false)]
+    public void SixteenBitGpuGemmKeepsTheFp32InnerLoop(string kernel, bool fp32Output)
+    {
+        // BF16 operands are widened on their way into the FP32 shared tiles, so the hot loop is the FP32 one.
+        var method = typeof(GemmKernels).GetMethod(kernel, BindingFlags.Public | BindingFlags.Static)!
+            .MakeGenericMethod(typeof(Bf16), typeof(Bf16Storage), fp32Output ? typeof(float) : typeof(Bf16), fp32Output ? typeof(Fp32Storage) : typeof(Bf16Storage));
+        var ptx = Compile(method);
+        var hot = PtxLoop.Hot(ptx);
+        _output.WriteLine($"{kernel}<Bf16>: hot loop {hot.InstructionCount} instructions, {hot.MultiplyAdds} multiply-adds, {hot.SharedLoads} shared loads");
+        Assert.Equal(64, hot.MultiplyAdds);
+        Assert.All(hot.Instructions.Where(i => i.StartsWith("ld.shared", StringComparison.Ordinal)), i => Assert.StartsWith("ld.shared.v4.f32", i));
+        Assert.Empty(hot.Divisions64);
+        Assert.DoesNotContain(".local", ptx);
     }
 
     [Fact]
@@ -109,9 +128,11 @@ public sealed class PtxHotLoopTests : IDisposable
                 $"{kernel}: the loop at PTX lines {loop.FirstLine}-{loop.LastLine} divides in 64 bits: {string.Join("; ", loop.Divisions64)}");
     }
 
-    private string Compile(Type type, string name)
+    private string Compile(Type type, string name) =>
+        Compile(type.GetMethods(BindingFlags.Public | BindingFlags.Static).Single(m => m.Name == name && !m.IsGenericMethodDefinition));
+
+    private string Compile(MethodInfo method)
     {
-        var method = type.GetMethod(name, BindingFlags.Public | BindingFlags.Static)!;
         var parameters = method.GetParameters();
         var implicitlyGrouped = parameters.Length > 0 && parameters[0].ParameterType.Name is "Index1D" or "Index2D" or "Index3D";
         var entry = implicitlyGrouped

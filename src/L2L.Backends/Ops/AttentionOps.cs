@@ -2,6 +2,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Backends.Ops;
 
@@ -27,6 +28,11 @@ public enum AttentionPath
 /// <c>keyMask[b*T+j] != 0</c>; an empty view means no such restriction. A query with no visible key gets a zero output.
 /// The forward saves only each query row's log-sum-exp (B, NH, T); the backward recomputes the probabilities tile by
 /// tile, so the memory is O(B*NH*T). Results are deterministic: no atomics.
+/// <para>16-bit storage: <c>Forward</c> and <c>Backward</c> also take <see cref="Bf16"/> or <see cref="Half"/>
+/// <c>qkv</c>, <c>output</c>, <c>dOutput</c> and <c>dQkv</c> (kernels loaded on first use). Scores, softmax, <c>lse</c>
+/// and <c>delta</c> are FP32 and every accumulation runs in FP32: the tiled kernels in FP32 shared memory, the row
+/// kernels in an FP32 scratch buffer (<see cref="SixteenBitForwardScratchLength"/>,
+/// <see cref="SixteenBitBackwardScratchLength"/>), each result rounded once into 16 bits.</para>
 /// </summary>
 public sealed class AttentionOps
 {
@@ -43,6 +49,39 @@ public sealed class AttentionOps
 
     private sealed record Kernels(RowsKernel Forward, BackwardKernel Query, BackwardKernel Key);
 
+    /// <summary>The kernels of one 16-bit storage type: the row family takes an FP32 accumulator, the tiled family does not.</summary>
+    private sealed class Typed<T> where T : unmanaged
+    {
+        public Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, AttentionDims> ForwardRows = null!;
+        public Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> QueryRows = null!, KeyRows = null!;
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionDims> Delta = null!;
+        public Lazy<(Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, AttentionDims> Forward,
+            Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> Query,
+            Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims> Key)> Tiled = null!;
+    }
+
+    private readonly Lazy<Typed<Bf16>> _bf16;
+    private readonly Lazy<Typed<Half>> _fp16;
+
+    private Typed<T> LoadTyped<T, S>() where T : unmanaged where S : struct, IStorage<T>
+    {
+        var a = _accelerator;
+        return new Typed<T>
+        {
+            ForwardRows = a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, AttentionDims>(
+                AttentionKernels.AttentionForwardRowsGenericKernel<T, S>),
+            QueryRows = a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(
+                AttentionKernels.AttentionBackwardQueryRowsGenericKernel<T, S>),
+            KeyRows = a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(
+                AttentionKernels.AttentionBackwardKeyRowsGenericKernel<T, S>),
+            Delta = a.LoadKernel<ArrayView<float>, ArrayView<T>, ArrayView<T>, AttentionDims>(AttentionKernels.AttentionBackwardDeltaGenericKernel<T, S>),
+            Tiled = new(() => (
+                a.LoadKernel<ArrayView<T>, ArrayView<float>, ArrayView<T>, ArrayView<int>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionForwardTiledGenericKernel<T, S>),
+                a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionBackwardQueryTiledGenericKernel<T, S>),
+                a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionDims>(AttentionKernels.AttentionBackwardKeyTiledGenericKernel<T, S>))),
+        };
+    }
+
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator (each family on first use).</summary>
     public AttentionOps(Backend backend)
     {
@@ -53,6 +92,8 @@ public sealed class AttentionOps
             AttentionKernels.AttentionBackwardQueryRowsKernel, AttentionKernels.AttentionBackwardKeyRowsKernel));
         _tiled = new Lazy<Kernels>(() => Load(AttentionKernels.AttentionForwardTiledKernel,
             AttentionKernels.AttentionBackwardQueryTiledKernel, AttentionKernels.AttentionBackwardKeyTiledKernel));
+        _bf16 = new(LoadTyped<Bf16, Bf16Storage>);
+        _fp16 = new(LoadTyped<Half, Fp16Storage>);
     }
 
     private Kernels Load(
@@ -73,6 +114,94 @@ public sealed class AttentionOps
 
     /// <summary>The scratch length <c>Backward</c> needs: one (B, NH, T) row term.</summary>
     public static long BackwardScratchLength(int b, int t, int c, int nh) => LseLength(b, t, nh);
+
+    /// <summary>
+    /// FP32 scratch elements the 16-bit <c>Forward</c> needs on the path <paramref name="path"/> resolves to: (B, T, C)
+    /// output accumulators for the row kernels, none for the tiled ones.
+    /// </summary>
+    public long SixteenBitForwardScratchLength(int b, int t, int c, int nh, AttentionPath path = AttentionPath.Auto) =>
+        Resolve(path, c / nh) == AttentionPath.Rows ? (long)b * t * c : 0;
+
+    /// <summary>
+    /// FP32 scratch elements the 16-bit <c>Backward</c> needs: the (B, NH, T) row term and, on the row path, (B, T, 3C)
+    /// gradient accumulators.
+    /// </summary>
+    public long SixteenBitBackwardScratchLength(int b, int t, int c, int nh, AttentionPath path = AttentionPath.Auto) =>
+        LseLength(b, t, nh) + (Resolve(path, c / nh) == AttentionPath.Rows ? 3L * b * t * c : 0);
+
+    /// <summary>
+    /// The forward with BF16 <c>output</c> (B, T, C) and <c>qkv</c> (B, T, 3C); <c>lse</c> (B, NH, T) is FP32.
+    /// <paramref name="scratch"/> holds at least <see cref="SixteenBitForwardScratchLength"/> floats (may be empty on the
+    /// tiled path); its contents are overwritten. Masking and aliasing as the FP32 overload.
+    /// </summary>
+    public void Forward(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<Bf16> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) =>
+        Forward(_bf16.Value, s, output, lse, scratch, qkv, keyLengths, keyMask, b, t, c, nh, causal, path);
+
+    /// <summary>The forward with FP16 <c>output</c> and <c>qkv</c>; as the BF16 overload.</summary>
+    public void Forward(AcceleratorStream s, ArrayView<Half> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<Half> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) =>
+        Forward(_fp16.Value, s, output, lse, scratch, qkv, keyLengths, keyMask, b, t, c, nh, causal, path);
+
+    /// <summary>
+    /// The backward with BF16 <c>dQkv</c>, <c>dOutput</c>, <c>qkv</c> and <c>output</c>; <c>lse</c> FP32 as saved by the
+    /// forward. <paramref name="scratch"/> holds at least <see cref="SixteenBitBackwardScratchLength"/> floats; its
+    /// contents are overwritten. Assigns <c>dQkv</c>, which must not alias any input.
+    /// </summary>
+    public void Backward(AcceleratorStream s, ArrayView<Bf16> dQkv, ArrayView<Bf16> dOutput, ArrayView<Bf16> qkv,
+        ArrayView<Bf16> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) =>
+        Backward(_bf16.Value, s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, keyMask, b, t, c, nh, causal, path);
+
+    /// <summary>The backward with FP16 tensors; as the BF16 overload.</summary>
+    public void Backward(AcceleratorStream s, ArrayView<Half> dQkv, ArrayView<Half> dOutput, ArrayView<Half> qkv,
+        ArrayView<Half> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) =>
+        Backward(_fp16.Value, s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, keyMask, b, t, c, nh, causal, path);
+
+    private void Forward<T>(Typed<T> k, AcceleratorStream s, ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<T> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path) where T : unmanaged
+    {
+        var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
+        Check.Length(output, (long)b * t * c, nameof(output));
+        Check.Length(lse, LseLength(b, t, nh), nameof(lse));
+        var resolved = Resolve(path, d.HeadSize);
+        Check.AtLeast(scratch, SixteenBitForwardScratchLength(b, t, c, nh, resolved), nameof(scratch));
+        if (resolved == AttentionPath.Tiled)
+            k.Tiled.Value.Forward(s, TileLaunch(d), output, lse, qkv, keyLengths, keyMask, d);
+        else
+            k.ForwardRows(s, RowLaunch(LseLength(b, t, nh)), output, scratch.SubView(0, (long)b * t * c), lse, qkv, keyLengths, keyMask, d);
+    }
+
+    private void Backward<T>(Typed<T> k, AcceleratorStream s, ArrayView<T> dQkv, ArrayView<T> dOutput, ArrayView<T> qkv,
+        ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal, AttentionPath path) where T : unmanaged
+    {
+        var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
+        Check.Length(dQkv, qkv.Length, nameof(dQkv));
+        Check.Length(dOutput, (long)b * t * c, nameof(dOutput));
+        Check.Length(output, (long)b * t * c, nameof(output));
+        var rows = LseLength(b, t, nh);
+        Check.Length(lse, rows, nameof(lse));
+        var resolved = Resolve(path, d.HeadSize);
+        Check.AtLeast(scratch, SixteenBitBackwardScratchLength(b, t, c, nh, resolved), nameof(scratch));
+        var delta = scratch.SubView(0, rows);
+        k.Delta(s, RowLaunch(rows), delta, dOutput, output, d);
+        if (resolved == AttentionPath.Tiled)
+        {
+            var tiled = k.Tiled.Value;
+            var config = TileLaunch(d);
+            tiled.Query(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+            tiled.Key(s, config, dQkv, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+        }
+        else
+        {
+            var acc = scratch.SubView(rows, qkv.Length);
+            var config = RowLaunch(rows);
+            k.QueryRows(s, config, dQkv, acc, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+            k.KeyRows(s, config, dQkv, acc, dOutput, qkv, lse, delta, keyLengths, keyMask, d);
+        }
+    }
 
     /// <summary>The path <paramref name="path"/> resolves to on this accelerator for heads of <paramref name="headSize"/> channels.</summary>
     public AttentionPath Resolve(AttentionPath path, int headSize)
@@ -149,8 +278,8 @@ public sealed class AttentionOps
         ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
         => Backward(s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
 
-    private static AttentionDims Validate(ArrayView<float> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask,
-        int b, int t, int c, int nh, bool causal)
+    private static AttentionDims Validate<T>(ArrayView<T> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal) where T : unmanaged
     {
         Check.Positive(b, nameof(b));
         Check.Positive(t, nameof(t));

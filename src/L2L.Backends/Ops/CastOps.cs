@@ -1,4 +1,4 @@
-// Launchers for the FP32 <-> FP16 casts of mixed precision.
+// Launchers for the casts of mixed precision: FP32 <-> FP16 and FP32 <-> BF16.
 using ILGPU;
 using Half = ILGPU.Half;
 using ILGPU.Runtime;
@@ -6,7 +6,10 @@ using L2L.Kernels;
 
 namespace L2L.Backends.Ops;
 
-/// <summary>FP32 &lt;-&gt; <see cref="Half"/> casts, round to nearest even on every backend; kernels loaded once per accelerator.</summary>
+/// <summary>
+/// FP32 &lt;-&gt; <see cref="Half"/> and FP32 &lt;-&gt; <see cref="Bf16"/> casts, round to nearest even on every backend;
+/// kernels loaded once per accelerator (the BF16 ones on first use).
+/// </summary>
 public sealed class CastOps
 {
     private readonly Accelerator _accelerator;
@@ -19,6 +22,29 @@ public sealed class CastOps
         _accelerator = backend.Accelerator;
         _toHalf = _accelerator.LoadKernel<ArrayView<Half>, ArrayView<float>>(CastKernels.ToHalfKernel);
         _toFloat = _accelerator.LoadKernel<ArrayView<float>, ArrayView<Half>>(CastKernels.ToFloatKernel);
+        _toBf16 = new(() => _accelerator.LoadKernel<ArrayView<Bf16>, ArrayView<float>>(
+            CastKernels.ConvertGenericKernel<float, Fp32Storage, Bf16, Bf16Storage>));
+        _fromBf16 = new(() => _accelerator.LoadKernel<ArrayView<float>, ArrayView<Bf16>>(
+            CastKernels.ConvertGenericKernel<Bf16, Bf16Storage, float, Fp32Storage>));
+    }
+
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<Bf16>, ArrayView<float>>> _toBf16;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Bf16>>> _fromBf16;
+
+    /// <summary><c>output = (bf16)input</c>, same length; round to nearest even, NaN stays NaN, the FP32 range is kept.</summary>
+    public void ToBf16(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<float> input)
+    {
+        Check.SameLength(output, input, nameof(input));
+        if (output.Length == 0) return;
+        _toBf16.Value(s, Launch.Elementwise(_accelerator, output.Length), output, input);
+    }
+
+    /// <summary><c>output = (float)input</c>, same length; exact.</summary>
+    public void ToFloat(AcceleratorStream s, ArrayView<float> output, ArrayView<Bf16> input)
+    {
+        Check.SameLength(output, input, nameof(input));
+        if (output.Length == 0) return;
+        _fromBf16.Value(s, Launch.Elementwise(_accelerator, output.Length), output, input);
     }
 
     /// <summary><c>output = (half)input</c>, same length; round to nearest even, overflow to infinity.</summary>

@@ -2,13 +2,15 @@
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Backends.Ops;
 
 /// <summary>
-/// GELU element-wise: <see cref="Forward"/> / <see cref="Backward"/> are the tanh approximation
-/// <c>0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))</c>, <see cref="ForwardErf"/> / <see cref="BackwardErf"/>
-/// the exact <c>0.5 x (1 + erf(x / sqrt 2))</c>; kernels loaded once per accelerator.
+/// GELU element-wise: <c>Forward</c> / <c>Backward</c> are the tanh approximation
+/// <c>0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))</c>, <c>ForwardErf</c> / <c>BackwardErf</c>
+/// the exact <c>0.5 x (1 + erf(x / sqrt 2))</c>; kernels loaded once per accelerator. Each has <see cref="Bf16"/> and
+/// <see cref="Half"/> overloads (kernels loaded on first use) that widen to FP32, compute in FP32 and round once on store.
 /// </summary>
 public sealed class GeluOps
 {
@@ -26,6 +28,66 @@ public sealed class GeluOps
         _backward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(GeluKernels.GeluBackwardKernel);
         _forwardErf = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>>(GeluKernels.GeluErfForwardKernel);
         _backwardErf = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(GeluKernels.GeluErfBackwardKernel);
+        _bf16 = new(() => new Typed<Bf16, Bf16Storage>(_accelerator));
+        _fp16 = new(() => new Typed<Half, Fp16Storage>(_accelerator));
+    }
+
+    private readonly Lazy<Typed<Bf16, Bf16Storage>> _bf16;
+    private readonly Lazy<Typed<Half, Fp16Storage>> _fp16;
+
+    private sealed class Typed<T, S> where T : unmanaged where S : struct, IStorage<T>
+    {
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Forward, ForwardErf;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Backward, BackwardErf;
+
+        public Typed(Accelerator a)
+        {
+            Forward = a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluForwardGenericKernel<T, S>);
+            Backward = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluBackwardGenericKernel<T, S>);
+            ForwardErf = a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfForwardGenericKernel<T, S>);
+            BackwardErf = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfBackwardGenericKernel<T, S>);
+        }
+    }
+
+    /// <summary>Tanh GELU forward in BF16 storage; as <see cref="Forward(AcceleratorStream, ArrayView{float}, ArrayView{float})"/>.</summary>
+    public void Forward(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<Bf16> input) => Unary(_bf16.Value.Forward, s, output, input);
+
+    /// <summary>Tanh GELU forward in FP16 storage.</summary>
+    public void Forward(AcceleratorStream s, ArrayView<Half> output, ArrayView<Half> input) => Unary(_fp16.Value.Forward, s, output, input);
+
+    /// <summary>Tanh GELU backward in BF16 storage; as <see cref="Backward(AcceleratorStream, ArrayView{float}, ArrayView{float}, ArrayView{float})"/>.</summary>
+    public void Backward(AcceleratorStream s, ArrayView<Bf16> dInput, ArrayView<Bf16> dOutput, ArrayView<Bf16> input) => Binary(_bf16.Value.Backward, s, dInput, dOutput, input);
+
+    /// <summary>Tanh GELU backward in FP16 storage.</summary>
+    public void Backward(AcceleratorStream s, ArrayView<Half> dInput, ArrayView<Half> dOutput, ArrayView<Half> input) => Binary(_fp16.Value.Backward, s, dInput, dOutput, input);
+
+    /// <summary>Exact GELU forward in BF16 storage.</summary>
+    public void ForwardErf(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<Bf16> input) => Unary(_bf16.Value.ForwardErf, s, output, input);
+
+    /// <summary>Exact GELU forward in FP16 storage.</summary>
+    public void ForwardErf(AcceleratorStream s, ArrayView<Half> output, ArrayView<Half> input) => Unary(_fp16.Value.ForwardErf, s, output, input);
+
+    /// <summary>Exact GELU backward in BF16 storage.</summary>
+    public void BackwardErf(AcceleratorStream s, ArrayView<Bf16> dInput, ArrayView<Bf16> dOutput, ArrayView<Bf16> input) => Binary(_bf16.Value.BackwardErf, s, dInput, dOutput, input);
+
+    /// <summary>Exact GELU backward in FP16 storage.</summary>
+    public void BackwardErf(AcceleratorStream s, ArrayView<Half> dInput, ArrayView<Half> dOutput, ArrayView<Half> input) => Binary(_fp16.Value.BackwardErf, s, dInput, dOutput, input);
+
+    private void Unary<T>(Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> kernel, AcceleratorStream s, ArrayView<T> output, ArrayView<T> input)
+        where T : unmanaged
+    {
+        Check.SameLength(output, input, nameof(input));
+        if (output.Length == 0) return;
+        kernel(s, Launch.Elementwise(_accelerator, output.Length), output, input);
+    }
+
+    private void Binary<T>(Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> kernel, AcceleratorStream s,
+        ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input) where T : unmanaged
+    {
+        Check.SameLength(dInput, dOutput, nameof(dOutput));
+        Check.SameLength(dInput, input, nameof(input));
+        if (dInput.Length == 0) return;
+        kernel(s, Launch.Elementwise(_accelerator, dInput.Length), dInput, dOutput, input);
     }
 
     /// <summary><c>output = gelu(input)</c>, both of one length; <c>output</c> may alias <c>input</c>.</summary>

@@ -2,6 +2,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Backends.Ops;
 
@@ -38,18 +39,57 @@ public enum GemmPath
 /// <see cref="GemmKernels.GemmDirectKernel"/>: there every simulated thread is an OS thread and a group barrier costs
 /// hundreds of microseconds, so register blocking without shared memory is several times faster.
 /// Results are deterministic for a given accelerator and geometry (no atomics).
+/// <para>16-bit storage: every product also takes <see cref="Bf16"/> or <see cref="Half"/> operands, with C (and the
+/// bias) either of the same 16-bit type (forward and input-gradient products) or FP32 (the weight gradient, which
+/// accumulates over micro-batches in FP32). The same kernels run, instantiated over the storage types (loaded on first
+/// use): operands are widened to FP32 on load, products accumulate in FP32 registers, and each result is rounded once
+/// into C. The bias gradient likewise reads 16-bit <c>dOut</c> into an FP32 <c>dBias</c>.</para>
 /// </summary>
 public sealed class GemmOps
 {
     private readonly Accelerator _accelerator;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims> _gemm;
+    private readonly Kernels<float, float> _fp32;
+    private readonly Lazy<Kernels<Bf16, Bf16>> _bf16;
+    private readonly Lazy<Kernels<Bf16, float>> _bf16ToFp32;
+    private readonly Lazy<Kernels<Half, Half>> _fp16;
+    private readonly Lazy<Kernels<Half, float>> _fp16ToFp32;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Bf16>, int, int, int, float>> _biasBackwardBf16;
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Half>, int, int, int, float>> _biasBackwardFp16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int, float> _biasBackward;
     private readonly int _threadsX;
     private readonly int _threadsY;
     private readonly int _tileK;
     private readonly int _biasColumns;
     private readonly int _biasGroup;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>[]? _large;
+    private bool _largeTiles;
+
+    /// <summary>The product kernel of the chosen path and, on the large-tile path, one kernel per layout, for one pair of storage types.</summary>
+    private sealed class Kernels<TIn, TOut> where TIn : unmanaged where TOut : unmanaged
+    {
+        public Action<AcceleratorStream, KernelConfig, ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims> Gemm = null!;
+        public Action<AcceleratorStream, KernelConfig, ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>[]? Large;
+    }
+
+    private Kernels<TIn, TOut> Load<TIn, SIn, TOut, SOut>()
+        where TIn : unmanaged where SIn : struct, IStorage<TIn>
+        where TOut : unmanaged where SOut : struct, IStorage<TOut>
+    {
+        var a = _accelerator;
+        var k = new Kernels<TIn, TOut>
+        {
+            Gemm = UsesSharedMemoryTiles
+                ? a.LoadKernel<ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>(GemmKernels.GemmGenericKernel<TIn, SIn, TOut, SOut>)
+                : a.LoadKernel<ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>(GemmKernels.GemmDirectGenericKernel<TIn, SIn, TOut, SOut>),
+        };
+        if (_largeTiles)
+            k.Large =
+            [
+                a.LoadKernel<ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>(GemmKernels.GemmLargeTilesNNGenericKernel<TIn, SIn, TOut, SOut>),
+                a.LoadKernel<ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>(GemmKernels.GemmLargeTilesNTGenericKernel<TIn, SIn, TOut, SOut>),
+                a.LoadKernel<ArrayView<TOut>, ArrayView<TIn>, ArrayView<TIn>, ArrayView<TOut>, GemmDims>(GemmKernels.GemmLargeTilesTNGenericKernel<TIn, SIn, TOut, SOut>),
+            ];
+        return k;
+    }
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator and picks the kernel and geometry for it.</summary>
     public GemmOps(Backend backend)
@@ -68,7 +108,8 @@ public sealed class GemmOps
             return;
         if (_accelerator.MaxNumThreadsPerGroup < GemmKernels.LargeTileThreads)
             throw new ArgumentException($"The large-tile GEMM needs groups of {GemmKernels.LargeTileThreads} threads; this accelerator allows {_accelerator.MaxNumThreadsPerGroup}.", nameof(path));
-        _large =
+        _largeTiles = true;
+        _fp32.Large =
         [
             _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmLargeTilesNNKernel),
             _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmLargeTilesNTKernel),
@@ -101,16 +142,22 @@ public sealed class GemmOps
             _threadsX = threadsX;
             _threadsY = threadsY;
             _tileK = tileK;
-            _gemm = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmKernel);
+            _fp32 = new Kernels<float, float> { Gemm = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmKernel) };
         }
         else
         {
             _threadsX = 1;
             _threadsY = 1;
             _tileK = 1;
-            _gemm = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmDirectKernel);
+            _fp32 = new Kernels<float, float> { Gemm = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, GemmDims>(GemmKernels.GemmDirectKernel) };
         }
         _biasBackward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int, float>(GemmKernels.BiasBackwardKernel);
+        _bf16 = new(Load<Bf16, Bf16Storage, Bf16, Bf16Storage>);
+        _bf16ToFp32 = new(Load<Bf16, Bf16Storage, float, Fp32Storage>);
+        _fp16 = new(Load<Half, Fp16Storage, Half, Fp16Storage>);
+        _fp16ToFp32 = new(Load<Half, Fp16Storage, float, Fp32Storage>);
+        _biasBackwardBf16 = new(() => _accelerator.LoadKernel<ArrayView<float>, ArrayView<Bf16>, int, int, int, float>(GemmKernels.BiasBackwardGenericKernel<Bf16, Bf16Storage>));
+        _biasBackwardFp16 = new(() => _accelerator.LoadKernel<ArrayView<float>, ArrayView<Half>, int, int, int, float>(GemmKernels.BiasBackwardGenericKernel<Half, Fp16Storage>));
         _biasGroup = Math.Min(Launch.GroupSize(_accelerator, 256), 1024);
         _biasColumns = Math.Min(_biasGroup, Math.Max(1, _accelerator.WarpSize));
     }
@@ -152,34 +199,90 @@ public sealed class GemmOps
     {
         if (bias.Length != 0)
             Check.Length(bias, n, nameof(bias));
-        Run(stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+        Run(_fp32, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
     }
 
     /// <summary>
-    /// <see cref="Gemm"/> without bias over <paramref name="batch"/> contiguous matrices: A_i at <c>i * m * k</c>,
+    /// The product of the FP32 overload with BF16 A, B, C and bias: widened on load, FP32 accumulation, C rounded once
+    /// to nearest even (with <paramref name="accumulate"/>, the old C is widened and added before that rounding).
+    /// </summary>
+    public void Gemm(AcceleratorStream stream, ArrayView<Bf16> c, ArrayView<Bf16> a, ArrayView<Bf16> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Bf16> bias = default, float alpha = 1f)
+    {
+        if (bias.Length != 0)
+            Check.Length(bias, n, nameof(bias));
+        Run(_bf16.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+    }
+
+    /// <summary>The product with FP16 A, B, C and bias; as the BF16 overload (FP16 overflows to infinity beyond 65504).</summary>
+    public void Gemm(AcceleratorStream stream, ArrayView<Half> c, ArrayView<Half> a, ArrayView<Half> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Half> bias = default, float alpha = 1f)
+    {
+        if (bias.Length != 0)
+            Check.Length(bias, n, nameof(bias));
+        Run(_fp16.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+    }
+
+    /// <summary>
+    /// The product with BF16 A and B into an FP32 C (and FP32 bias): the weight-gradient form
+    /// <c>dW (FP32) += x^T . dy</c> with <see cref="GemmLayout.TN"/> and <paramref name="accumulate"/>, which keeps
+    /// parameter gradients in FP32 across micro-batches.
+    /// </summary>
+    public void Gemm(AcceleratorStream stream, ArrayView<float> c, ArrayView<Bf16> a, ArrayView<Bf16> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f)
+    {
+        if (bias.Length != 0)
+            Check.Length(bias, n, nameof(bias));
+        Run(_bf16ToFp32.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+    }
+
+    /// <summary>The product with FP16 A and B into an FP32 C (and FP32 bias); as the BF16-into-FP32 overload.</summary>
+    public void Gemm(AcceleratorStream stream, ArrayView<float> c, ArrayView<Half> a, ArrayView<Half> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f)
+    {
+        if (bias.Length != 0)
+            Check.Length(bias, n, nameof(bias));
+        Run(_fp16ToFp32.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+    }
+
+    /// <summary>
+    /// The FP32 <c>Gemm</c> without bias over <paramref name="batch"/> contiguous matrices: A_i at <c>i * m * k</c>,
     /// B_i at <c>i * k * n</c>, C_i at <c>i * m * n</c>, with the same layout and semantics per matrix.
     /// Views must hold exactly <c>batch</c> matrices each.
     /// </summary>
     public void GemmBatched(AcceleratorStream stream, ArrayView<float> c, ArrayView<float> a, ArrayView<float> b,
         int batch, int m, int n, int k, GemmLayout layout, bool accumulate = false, float alpha = 1f) =>
-        Run(stream, c, a, b, default, batch, m, n, k, layout, accumulate, alpha);
+        Run(_fp32, stream, c, a, b, default, batch, m, n, k, layout, accumulate, alpha);
 
     /// <summary>
     /// <c>dBias (n) += scale * column sums of dOut (rows, n)</c>. Deterministic (fixed summation order, no atomics).
     /// <paramref name="scale"/> 1 (the default) leaves the sums unchanged bit for bit.
     /// </summary>
-    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, float scale = 1f)
+    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<float> dOut, int rows, int n, float scale = 1f) =>
+        BiasBackward(_biasBackward, stream, dBias, dOut, rows, n, scale);
+
+    /// <summary><c>dBias (n, FP32) += scale * column sums of dOut (rows, n, BF16)</c>, widened and summed in FP32; deterministic.</summary>
+    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<Bf16> dOut, int rows, int n, float scale = 1f) =>
+        BiasBackward(_biasBackwardBf16.Value, stream, dBias, dOut, rows, n, scale);
+
+    /// <summary><c>dBias (n, FP32) += scale * column sums of dOut (rows, n, FP16)</c>, widened and summed in FP32; deterministic.</summary>
+    public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<Half> dOut, int rows, int n, float scale = 1f) =>
+        BiasBackward(_biasBackwardFp16.Value, stream, dBias, dOut, rows, n, scale);
+
+    private void BiasBackward<T>(Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>, int, int, int, float> kernel,
+        AcceleratorStream stream, ArrayView<float> dBias, ArrayView<T> dOut, int rows, int n, float scale) where T : unmanaged
     {
         Check.Positive(rows, nameof(rows));
         Check.Positive(n, nameof(n));
         Check.Length(dBias, n, nameof(dBias));
         Check.Length(dOut, (long)rows * n, nameof(dOut));
         var blocks = Launch.CeilDiv(n, _biasColumns);
-        _biasBackward(stream, new KernelConfig(blocks, _biasGroup), dBias, dOut, rows, n, _biasColumns, scale);
+        kernel(stream, new KernelConfig(blocks, _biasGroup), dBias, dOut, rows, n, _biasColumns, scale);
     }
 
-    private void Run(AcceleratorStream stream, ArrayView<float> c, ArrayView<float> a, ArrayView<float> b, ArrayView<float> bias,
-        int batch, int m, int n, int k, GemmLayout layout, bool accumulate, float alpha)
+    private void Run<TIn, TOut>(Kernels<TIn, TOut> kernels, AcceleratorStream stream, ArrayView<TOut> c, ArrayView<TIn> a, ArrayView<TIn> b,
+        ArrayView<TOut> bias, int batch, int m, int n, int k, GemmLayout layout, bool accumulate, float alpha)
+        where TIn : unmanaged where TOut : unmanaged
     {
         Check.Positive(batch, nameof(batch));
         Check.Positive(m, nameof(m));
@@ -199,7 +302,7 @@ public sealed class GemmOps
         if (Overlaps(c, a) || Overlaps(c, b))
             throw new ArgumentException("'c' must not alias 'a' or 'b'.", nameof(c));
 
-        if (_large is not null && FitsLargeTiles(m, n, k))
+        if (kernels.Large is not null && FitsLargeTiles(m, n, k))
         {
             // ThreadsX = ThreadsY = 32 makes GemmDims count 128 x 128 tiles; the kernels' geometry is fixed.
             var large = new GemmDims(m, n, k, (int)layout, batch, (long)m * k, (long)k * n, (long)m * n,
@@ -208,7 +311,7 @@ public sealed class GemmOps
             if (largeTiles > int.MaxValue)
                 throw new ArgumentException($"A product of {batch} x ({m}, {n}) has too many output tiles for one launch.");
             var maxLargeGroups = Math.Max(1L, (long)_accelerator.MaxNumThreads * 2 / GemmKernels.LargeTileThreads);
-            _large[(int)layout](stream, new KernelConfig((int)Math.Min(largeTiles, maxLargeGroups), GemmKernels.LargeTileThreads),
+            kernels.Large[(int)layout](stream, new KernelConfig((int)Math.Min(largeTiles, maxLargeGroups), GemmKernels.LargeTileThreads),
                 c, a, b, bias.Length != 0 ? bias : c, large);
             return;
         }
@@ -229,10 +332,10 @@ public sealed class GemmOps
             config = Launch.Elementwise(_accelerator, tiles);
         }
         // A view of length 0 cannot be passed to every backend: hand the kernel c, which it never reads as bias.
-        _gemm(stream, config, c, a, b, bias.Length != 0 ? bias : c, dims);
+        kernels.Gemm(stream, config, c, a, b, bias.Length != 0 ? bias : c, dims);
     }
 
-    private static void CheckMatrices(ArrayView<float> view, int batch, long elements, string name, string shape)
+    private static void CheckMatrices<T>(ArrayView<T> view, int batch, long elements, string name, string shape) where T : unmanaged
     {
         var expected = batch * elements;
         if (view.Length != expected)
@@ -241,7 +344,7 @@ public sealed class GemmOps
                 : $"'{name}' has {view.Length} elements, expected {expected} for {batch} matrices of shape {shape}.", name);
     }
 
-    private static bool Overlaps(ArrayView<float> x, ArrayView<float> y)
+    private static bool Overlaps<TX, TY>(ArrayView<TX> x, ArrayView<TY> y) where TX : unmanaged where TY : unmanaged
     {
         IContiguousArrayView xv = x, yv = y;
         if (x.Length == 0 || y.Length == 0 || !ReferenceEquals(xv.Buffer, yv.Buffer))

@@ -2,10 +2,15 @@
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Backends.Ops;
 
-/// <summary>Deterministic sums and sums of squares of whole arrays, and in-place scaling; kernels loaded once per accelerator.</summary>
+/// <summary>
+/// Deterministic sums and sums of squares of whole arrays, and in-place scaling; kernels loaded once per accelerator.
+/// The sums also take <see cref="Bf16"/> and <see cref="Half"/> inputs (kernels loaded on first use), widened and
+/// accumulated in FP32 into an FP32 result.
+/// </summary>
 public sealed class ReduceOps
 {
     private const int MaxPartials = 1024;
@@ -24,9 +29,36 @@ public sealed class ReduceOps
         _sumOfSquaresPartials = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>>(ReduceKernels.SumOfSquaresPartialsKernel);
         _finish = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(ReduceKernels.FinishSumKernel);
         _scale = _accelerator.LoadKernel<ArrayView<float>, float>(ReduceKernels.ScaleKernel);
+        _bf16 = new(() => (
+            _accelerator.LoadKernel<ArrayView<Bf16>, ArrayView<float>>(ReduceKernels.SumPartialsGenericKernel<Bf16, Bf16Storage>),
+            _accelerator.LoadKernel<ArrayView<Bf16>, ArrayView<float>>(ReduceKernels.SumOfSquaresPartialsGenericKernel<Bf16, Bf16Storage>)));
+        _fp16 = new(() => (
+            _accelerator.LoadKernel<ArrayView<Half>, ArrayView<float>>(ReduceKernels.SumPartialsGenericKernel<Half, Fp16Storage>),
+            _accelerator.LoadKernel<ArrayView<Half>, ArrayView<float>>(ReduceKernels.SumOfSquaresPartialsGenericKernel<Half, Fp16Storage>)));
     }
 
-    /// <summary>The length of the <c>partials</c> scratch buffer that <see cref="Sum"/> and <see cref="SumOfSquares"/> need on <paramref name="backend"/>.</summary>
+    private readonly Lazy<(Action<AcceleratorStream, KernelConfig, ArrayView<Bf16>, ArrayView<float>> Sum,
+        Action<AcceleratorStream, KernelConfig, ArrayView<Bf16>, ArrayView<float>> SumOfSquares)> _bf16;
+    private readonly Lazy<(Action<AcceleratorStream, KernelConfig, ArrayView<Half>, ArrayView<float>> Sum,
+        Action<AcceleratorStream, KernelConfig, ArrayView<Half>, ArrayView<float>> SumOfSquares)> _fp16;
+
+    /// <summary>The FP32 sum of squares of a BF16 input; as the FP32 overload.</summary>
+    public void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<Bf16> input, ArrayView<float> partials) =>
+        Reduce(s, _bf16.Value.SumOfSquares, result, input, partials);
+
+    /// <summary>The FP32 sum of squares of an FP16 input; as the FP32 overload.</summary>
+    public void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<Half> input, ArrayView<float> partials) =>
+        Reduce(s, _fp16.Value.SumOfSquares, result, input, partials);
+
+    /// <summary>The FP32 sum of a BF16 input; as the FP32 overload.</summary>
+    public void Sum(AcceleratorStream s, ArrayView<float> result, ArrayView<Bf16> input, ArrayView<float> partials) =>
+        Reduce(s, _bf16.Value.Sum, result, input, partials);
+
+    /// <summary>The FP32 sum of an FP16 input; as the FP32 overload.</summary>
+    public void Sum(AcceleratorStream s, ArrayView<float> result, ArrayView<Half> input, ArrayView<float> partials) =>
+        Reduce(s, _fp16.Value.Sum, result, input, partials);
+
+    /// <summary>The length of the <c>partials</c> scratch buffer that <c>Sum</c> and <c>SumOfSquares</c> need on <paramref name="backend"/>.</summary>
     public static int PartialsLength(Backend backend) => PartialsLengthOn(backend.Accelerator);
 
     /// <summary>The same length for a device described by its limits (no accelerator needed).</summary>
@@ -41,7 +73,7 @@ public sealed class ReduceOps
         Reduce(s, _sumOfSquaresPartials, result, input, partials);
 
     /// <summary>
-    /// <c>result[0] = sum of input[i]</c> (overwritten), deterministic as <see cref="SumOfSquares"/>, with
+    /// <c>result[0] = sum of input[i]</c> (overwritten), deterministic as <c>SumOfSquares</c>, with
     /// the same scratch rule.
     /// </summary>
     public void Sum(AcceleratorStream s, ArrayView<float> result, ArrayView<float> input, ArrayView<float> partials) =>
@@ -54,8 +86,8 @@ public sealed class ReduceOps
         _scale(s, Launch.Elementwise(_accelerator, x.Length), x, factor);
     }
 
-    private void Reduce(AcceleratorStream s, Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>> partialsKernel,
-        ArrayView<float> result, ArrayView<float> input, ArrayView<float> partials)
+    private void Reduce<T>(AcceleratorStream s, Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<float>> partialsKernel,
+        ArrayView<float> result, ArrayView<T> input, ArrayView<float> partials) where T : unmanaged
     {
         Check.AtLeast(result, 1, nameof(result));
         Check.AtLeast(partials, PartialsLengthOn(_accelerator), nameof(partials));

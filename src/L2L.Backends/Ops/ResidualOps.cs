@@ -2,10 +2,14 @@
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Backends.Ops;
 
-/// <summary>Residual add and gradient accumulation, loaded once per accelerator.</summary>
+/// <summary>
+/// Residual add and gradient accumulation, loaded once per accelerator. The <see cref="Bf16"/> and <see cref="Half"/>
+/// overloads (kernels loaded on first use) add in FP32 and round once into the output's type.
+/// </summary>
 public sealed class ResidualOps
 {
     private readonly Accelerator _accelerator;
@@ -20,6 +24,60 @@ public sealed class ResidualOps
         _add = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(ResidualKernels.ResidualForwardKernel);
         _accumulate = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>>(ResidualKernels.AccumulateKernel);
         _scaledAdd = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float>(ResidualKernels.ScaledAddKernel);
+        _bf16 = new(() => new Typed<Bf16, Bf16Storage>(_accelerator));
+        _fp16 = new(() => new Typed<Half, Fp16Storage>(_accelerator));
+    }
+
+    private readonly Lazy<Typed<Bf16, Bf16Storage>> _bf16;
+    private readonly Lazy<Typed<Half, Fp16Storage>> _fp16;
+
+    private sealed class Typed<T, S> where T : unmanaged where S : struct, IStorage<T>
+    {
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Add;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Accumulate;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>> AccumulateIntoFloat;
+
+        public Typed(Accelerator a)
+        {
+            Add = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(ResidualKernels.ResidualForwardGenericKernel<T, S>);
+            Accumulate = a.LoadKernel<ArrayView<T>, ArrayView<T>>(ResidualKernels.AccumulateGenericKernel<T, S, T, S>);
+            AccumulateIntoFloat = a.LoadKernel<ArrayView<float>, ArrayView<T>>(ResidualKernels.AccumulateGenericKernel<float, Fp32Storage, T, S>);
+        }
+    }
+
+    /// <summary><c>output = a + b</c> in BF16 storage (FP32 sum, rounded once), all of one length; <c>output</c> may alias an input.</summary>
+    public void Add(AcceleratorStream stream, ArrayView<Bf16> output, ArrayView<Bf16> a, ArrayView<Bf16> b) => Add(_bf16.Value, stream, output, a, b);
+
+    /// <summary><c>output = a + b</c> in FP16 storage (FP32 sum, rounded once), all of one length; <c>output</c> may alias an input.</summary>
+    public void Add(AcceleratorStream stream, ArrayView<Half> output, ArrayView<Half> a, ArrayView<Half> b) => Add(_fp16.Value, stream, output, a, b);
+
+    /// <summary><c>target += source</c> in BF16 storage (FP32 sum, rounded once).</summary>
+    public void Accumulate(AcceleratorStream stream, ArrayView<Bf16> target, ArrayView<Bf16> source) => Accumulate(_bf16.Value.Accumulate, stream, target, source);
+
+    /// <summary><c>target += source</c> in FP16 storage (FP32 sum, rounded once).</summary>
+    public void Accumulate(AcceleratorStream stream, ArrayView<Half> target, ArrayView<Half> source) => Accumulate(_fp16.Value.Accumulate, stream, target, source);
+
+    /// <summary><c>target += source</c>: an FP32 accumulator and a BF16 source (widened exactly).</summary>
+    public void Accumulate(AcceleratorStream stream, ArrayView<float> target, ArrayView<Bf16> source) => Accumulate(_bf16.Value.AccumulateIntoFloat, stream, target, source);
+
+    /// <summary><c>target += source</c>: an FP32 accumulator and an FP16 source (widened exactly).</summary>
+    public void Accumulate(AcceleratorStream stream, ArrayView<float> target, ArrayView<Half> source) => Accumulate(_fp16.Value.AccumulateIntoFloat, stream, target, source);
+
+    private void Add<T, S>(Typed<T, S> k, AcceleratorStream stream, ArrayView<T> output, ArrayView<T> a, ArrayView<T> b)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        Check.SameLength(output, a, nameof(a));
+        Check.SameLength(output, b, nameof(b));
+        if (output.Length == 0) return;
+        k.Add(stream, Launch.Elementwise(_accelerator, output.Length), output, a, b);
+    }
+
+    private void Accumulate<TT, TS>(Action<AcceleratorStream, KernelConfig, ArrayView<TT>, ArrayView<TS>> kernel, AcceleratorStream stream,
+        ArrayView<TT> target, ArrayView<TS> source) where TT : unmanaged where TS : unmanaged
+    {
+        Check.SameLength(target, source, nameof(source));
+        if (target.Length == 0) return;
+        kernel(stream, Launch.Elementwise(_accelerator, target.Length), target, source);
     }
 
     /// <summary><c>output = a + b</c>, all of one length; <c>output</c> may alias an input.</summary>

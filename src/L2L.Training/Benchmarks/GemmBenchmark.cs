@@ -28,7 +28,7 @@ public sealed record GemmBenchReport(MachineInfo Machine, string Device, string?
     public string ToJson() => BenchmarkJson.Serialize(this);
 }
 
-/// <summary>Times <see cref="GemmOps.Gemm"/> (FP32) on squares and on a GPT-2 layer's product shapes.</summary>
+/// <summary>Times the FP32 <c>GemmOps.Gemm</c> on squares and on a GPT-2 layer's product shapes.</summary>
 public static class GemmBenchmark
 {
     /// <summary>The three products of every linear layer of a model with C channels over N tokens: forward (NN), input gradient (NT), weight gradient (TN).</summary>

@@ -51,11 +51,19 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
 
     internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
     {
-        if (halfGrads) Kernel<HalfGrads>(s, c, start, end);
-        else Kernel<SingleGrads>(s, c, start, end);
+        if (s.CopyIsBf16)
+        {
+            if (halfGrads) Kernel<HalfGrads, Bf16Copy>(s, c, start, end);
+            else Kernel<SingleGrads, Bf16Copy>(s, c, start, end);
+        }
+        else
+        {
+            if (halfGrads) Kernel<HalfGrads, HalfCopy>(s, c, start, end);
+            else Kernel<SingleGrads, HalfCopy>(s, c, start, end);
+        }
     }
 
-    private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
+    private static void Kernel<TGrad, TCopy>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter
     {
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         float* param = s.Param, mom = s.M, vel = s.V;
@@ -98,7 +106,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
                 m1.Store(mom + i + w);
                 v0.Store(vel + i);
                 v1.Store(vel + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) TCopy.Store(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
@@ -116,7 +124,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
             param[i] = p;
             mom[i] = m;
             vel[i] = v;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = TCopy.Bits(p);
         }
     }
 

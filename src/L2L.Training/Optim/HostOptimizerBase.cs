@@ -6,7 +6,7 @@ using System.Runtime.CompilerServices;
 namespace L2L.Training.Optim;
 
 /// <summary>A pinned slice: pointers stay valid for the duration of one <c>Step</c> call.</summary>
-internal readonly unsafe struct Slice(float* param, void* grad, float* m, float* v, ushort* half, nint length)
+internal readonly unsafe struct Slice(float* param, void* grad, float* m, float* v, ushort* half, nint length, bool copyIsBf16 = false)
 {
     public readonly float* Param = param;
     public readonly void* Grad = grad;
@@ -14,6 +14,9 @@ internal readonly unsafe struct Slice(float* param, void* grad, float* m, float*
     public readonly float* V = v;
     public readonly ushort* Half = half;
     public readonly nint Length = length;
+
+    /// <summary>Whether <see cref="Half"/> (the 16-bit copy of the updated weights) receives BF16 bits rather than FP16.</summary>
+    public readonly bool CopyIsBf16 = copyIsBf16;
 }
 
 /// <summary>Reads gradients of one element type; a struct type argument, so the JIT specialises each kernel per dtype.</summary>
@@ -99,6 +102,32 @@ internal abstract unsafe class HostOptimizerBase : IHostOptimizer
         }
     }
 
+    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay)
+    {
+        Check(param.Length, grad.Length, state.Length, bf16.Length, step);
+        fixed (float* p = param)
+        fixed (float* g = grad)
+        fixed (float* s = state)
+        fixed (L2L.Kernels.Bf16* h = bf16)
+        {
+            var slice = MakeSlice(p, g, s, (ushort*)h, param.Length, copyIsBf16: true);
+            Update(slice, halfGrads: false, step, lr, decay);
+        }
+    }
+
+    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay)
+    {
+        Check(param.Length, grad.Length, state.Length, bf16.Length, step);
+        fixed (float* p = param)
+        fixed (Half* g = grad)
+        fixed (float* s = state)
+        fixed (L2L.Kernels.Bf16* h = bf16)
+        {
+            var slice = MakeSlice(p, g, s, (ushort*)h, param.Length, copyIsBf16: true);
+            Update(slice, halfGrads: true, step, lr, decay);
+        }
+    }
+
     /// <summary>Updates a pinned, checked slice.</summary>
     protected abstract void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay);
 
@@ -113,8 +142,10 @@ internal abstract unsafe class HostOptimizerBase : IHostOptimizer
     /// <summary>Bias correction <c>1 - beta^step</c> in double, from the closed form so any step can be resumed exactly.</summary>
     protected static double BiasCorrection(float beta, int step) => 1.0 - Math.Pow(beta, step);
 
-    private Slice MakeSlice(float* p, void* g, float* s, Half* h, int length) =>
-        new(p, g, s, StateFloatsPerParam == 2 ? s + length : null, (ushort*)h, length);
+    private Slice MakeSlice(float* p, void* g, float* s, Half* h, int length) => MakeSlice(p, g, s, (ushort*)h, length, copyIsBf16: false);
+
+    private Slice MakeSlice(float* p, void* g, float* s, ushort* copy, int length, bool copyIsBf16) =>
+        new(p, g, s, StateFloatsPerParam == 2 ? s + length : null, copy, length, copyIsBf16);
 
     private void Check(int paramLength, int gradLength, int stateLength, int halfLength, int step)
     {

@@ -3,7 +3,7 @@ namespace L2L.Training.Optim;
 
 /// <summary>
 /// One optimizer over many parameter tensors ("slices"); each slice is a contiguous float span owned by the caller,
-/// together with its gradient, its optimizer state and an optional FP16 copy of the updated weights.
+/// together with its gradient, its optimizer state and an optional FP16 or BF16 copy of the updated weights.
 /// </summary>
 /// <remarks>
 /// <para>Instances hold no per-slice state, so one instance serves a whole model. <see cref="Step(Span{float}, ReadOnlySpan{float}, Span{float}, Span{Half}, int, float, bool)"/>
@@ -43,4 +43,29 @@ public interface IHostOptimizer
     /// <param name="lr">The learning rate for this step.</param>
     /// <param name="decay">Whether weight decay applies to this slice.</param>
     void Step(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay);
+
+    /// <summary>
+    /// Updates one slice in place from FP32 gradients and writes the BF16 copy of the updated weights in the same pass
+    /// (a name of its own, so that an empty <c>[]</c> copy argument of <c>Step</c> stays unambiguous),
+    /// rounded to nearest even (bit-identical to the device's <see cref="L2L.Kernels.Bf16.FromSingle"/>). The FP32
+    /// result is the same as with an FP16 copy or none.
+    /// </summary>
+    /// <param name="param">FP32 master weights, updated in place.</param>
+    /// <param name="grad">FP32 gradients, same length as <paramref name="param"/>.</param>
+    /// <param name="state"><see cref="StateFloatsPerParam"/> times the slice length floats: <c>m</c> then <c>v</c>.</param>
+    /// <param name="bf16">Empty, or a span of the slice's length that receives <c>(bf16)param</c> after the update.</param>
+    /// <param name="step">The 1-based optimizer step count of this slice.</param>
+    /// <param name="lr">The learning rate for this step.</param>
+    /// <param name="decay">Whether weight decay applies to this slice.</param>
+    void StepWithBf16Copy(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay);
+
+    /// <summary>Updates one slice in place from FP16 gradients (widened in the same pass) and writes the BF16 copy of the updated weights.</summary>
+    /// <param name="param">FP32 master weights, updated in place.</param>
+    /// <param name="grad">FP16 gradients, same length as <paramref name="param"/>.</param>
+    /// <param name="state"><see cref="StateFloatsPerParam"/> times the slice length floats: <c>m</c> then <c>v</c>.</param>
+    /// <param name="bf16">Empty, or a span of the slice's length that receives <c>(bf16)param</c> after the update.</param>
+    /// <param name="step">The 1-based optimizer step count of this slice.</param>
+    /// <param name="lr">The learning rate for this step.</param>
+    /// <param name="decay">Whether weight decay applies to this slice.</param>
+    void StepWithBf16Copy(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay);
 }

@@ -174,6 +174,12 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
     /// <summary>Second pass: recomputes the update from the stored moments (bit-identical to the first pass) and applies <c>p += scale * u</c>.</summary>
     internal static void Apply(in Slice s, in Constants c, float scale, nint start, nint end)
     {
+        if (s.CopyIsBf16) Apply<Bf16Copy>(s, c, scale, start, end);
+        else Apply<HalfCopy>(s, c, scale, start, end);
+    }
+
+    private static void Apply<TCopy>(in Slice s, in Constants c, float scale, nint start, nint end) where TCopy : struct, ICopyWriter
+    {
         float* param = s.Param, mom = s.M, vel = s.V;
         var half = s.Half;
         var i = start;
@@ -194,7 +200,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
 
                 p0.Store(param + i);
                 p1.Store(param + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) TCopy.Store(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
@@ -205,7 +211,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
             p = p + scale * u;
 
             param[i] = p;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = TCopy.Bits(p);
         }
     }
 

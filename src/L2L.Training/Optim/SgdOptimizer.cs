@@ -34,11 +34,19 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
     internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
     {
-        if (halfGrads) Kernel<HalfGrads>(s, c, start, end);
-        else Kernel<SingleGrads>(s, c, start, end);
+        if (s.CopyIsBf16)
+        {
+            if (halfGrads) Kernel<HalfGrads, Bf16Copy>(s, c, start, end);
+            else Kernel<SingleGrads, Bf16Copy>(s, c, start, end);
+        }
+        else
+        {
+            if (halfGrads) Kernel<HalfGrads, HalfCopy>(s, c, start, end);
+            else Kernel<SingleGrads, HalfCopy>(s, c, start, end);
+        }
     }
 
-    private static void Kernel<TGrad>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader
+    private static void Kernel<TGrad, TCopy>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter
     {
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         var param = s.Param;
@@ -67,7 +75,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
 
                 p0.Store(param + i);
                 p1.Store(param + i + w);
-                if (half != null) HalfConvert.StoreHalf(half + i, p0, p1);
+                if (half != null) TCopy.Store(half + i, p0, p1);
             }
         }
         for (; i < end; i++)
@@ -79,7 +87,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
             p = p + c.NegLearningRate * g;
 
             param[i] = p;
-            if (half != null) half[i] = HalfConvert.ToHalfBits(p);
+            if (half != null) half[i] = TCopy.Bits(p);
         }
     }
 
