@@ -32,8 +32,10 @@ public enum StashPlacement
 /// <param name="SkippedSteps">Steps skipped so far in the run.</param>
 /// <param name="BlocksRun">Transformer blocks that ran this step (fewer than the model's under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward pass ran (blocks and embedding; fewer with frozen bottom layers).</param>
+/// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (null without one).</param>
 public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0,
-    double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0);
+    double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0,
+    IReadOnlyList<int>? StashBits = null);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

@@ -19,7 +19,8 @@ public static class RunSettings
         Schedule = "schedule", Warmup = "warmup", Steps = "steps", Shuffle = "shuffle", Seed = "seed",
         UpdateMode = "update_mode", ClipGradNorm = "clip_grad_norm", ClipMode = "clip_mode", LossScale = "loss_scale_mode",
         Dropout = "dropout", LayerDrop = "layer_drop", Freeze = "freeze", OptimizerState = "optimizer_state",
-        StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update";
+        StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update",
+        StashBitsBudget = "stash_bits_budget", StashAdaptEvery = "stash_adapt_every";
 
     /// <summary>The recorded form of an absent optional setting (no clipping, nothing frozen, the config's dropout).</summary>
     public const string None = "none", ConfigDropout = "config";
@@ -59,6 +60,8 @@ public static class RunSettings
             [StashCodec] = Lower(o.StashCodec),
             [StashGroup] = o.StashGroup.ToString(CultureInfo.InvariantCulture),
             [EmbeddingUpdate] = Lower(o.ResolvedEmbeddingUpdate),
+            [StashBitsBudget] = Number(o.StashBitsBudget),
+            [StashAdaptEvery] = o.StashAdaptEvery.ToString(CultureInfo.InvariantCulture),
         };
     }
 

@@ -26,10 +26,11 @@ namespace L2L.Training;
 /// <param name="LossScale">The loss scale after this step (1 without dynamic loss scaling).</param>
 /// <param name="BlocksRun">Transformer blocks run this step (fewer under layer drop).</param>
 /// <param name="BackwardLayers">Layers whose backward ran this step (fewer with frozen bottom layers).</param>
+/// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (logged as <c>stash_bits</c>).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
-    int BlocksRun = 0, int BackwardLayers = 0)
+    int BlocksRun = 0, int BackwardLayers = 0, IReadOnlyList<int>? StashBits = null)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -133,7 +134,7 @@ public sealed class Trainer : IDisposable
         return new StepMetrics(step + 1, result.Loss, _options.LearningRate.At(step), _inputs.Length / seconds, seconds,
             _backend.Memory.PeakBytes, _backend.Memory.PeakByCategory(), result.BusBytes, _backend.Memory.AllocationCount, result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
-            BackwardLayers: result.BackwardLayers);
+            BackwardLayers: result.BackwardLayers, StashBits: result.StashBits);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -213,6 +214,7 @@ public sealed class Trainer : IDisposable
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
     {
         if (m.ValLoss is { } val) fields["val_loss"] = val;
+        if (m.StashBits is { } bits) fields["stash_bits"] = bits;
         return fields;
     }
 
