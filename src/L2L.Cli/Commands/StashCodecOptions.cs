@@ -20,10 +20,13 @@ internal static class StashCodecOptions
         new Option<float>("--stash-bits-budget") { Description = "Adaptive stash codec: the most bits per stash level on average, in [2, 8] (the levels' bits sum to at most floor(L x budget)).", DefaultValueFactory = _ => StashCodecSettings.DefaultBitsBudget },
         new Option<int>("--stash-adapt-every") { Description = "Adaptive stash codec: re-estimate the bits per level every K steps (steps 0, K, 2K, ...; each estimate sets the bits of the steps after it).", DefaultValueFactory = _ => StashCodecSettings.DefaultAdaptEvery });
 
-    /// <summary>The budget is in [2, 8], the interval at least 1, and both apply only to the adaptive codec (<paramref name="codecOf"/> gives the codec the run will use).</summary>
-    public static IEnumerable<Rule> AdaptiveRules(Option<float> budget, Option<int> every, Func<ParseResult, string> codecOf)
+    /// <summary>
+    /// The budget is in [2, 8], the interval at least 1, and both apply only to the adaptive codec (<paramref name="codecOf"/>
+    /// gives the codec the run will use, or null while it is not known yet, e.g. before a resumed checkpoint is read).
+    /// </summary>
+    public static IEnumerable<Rule> AdaptiveRules(Option<float> budget, Option<int> every, Func<ParseResult, string?> codecOf)
     {
-        bool Adaptive(ParseResult p) => string.Equals(codecOf(p), "adaptive", StringComparison.OrdinalIgnoreCase);
+        bool Adaptive(ParseResult p) => codecOf(p) is not { } codec || string.Equals(codec, "adaptive", StringComparison.OrdinalIgnoreCase);
         yield return Rules.Custom("--stash-bits-budget is in [2, 8]", p => p.GetValue(budget) is var b && b >= 2f && b <= 8f ? null
             : $"{Rules.Typed(p, budget)} {p.GetValue(budget).ToString(System.Globalization.CultureInfo.InvariantCulture)} is out of range: each stash level takes 2, 4 or 8 bits, so the average budget must be in [2, 8] (e.g. 4)");
         yield return Rules.AtLeast(every, 1);
@@ -44,20 +47,22 @@ internal static class StashCodecOptions
     public static StashCodecSettings Settings(ParseResult parse, Option<string> codec, Option<int> group, Option<float> budget, Option<int> every) =>
         new(Enums.Parse<StashCodec>(parse.GetValue(codec)!, "--stash-codec"), parse.GetValue(group), BitsBudget: parse.GetValue(budget), AdaptEvery: parse.GetValue(every));
 
-    /// <summary>One line for the run header: the codec and the bytes one stashed activation takes.</summary>
-    public static string Describe(StashCodecSettings codec, TrainOptions options)
+    /// <summary>One line for the run header: the codec and the bytes one stashed activation takes (adaptive: continuing from the <paramref name="resumed"/> checkpoint metadata, if any).</summary>
+    public static string Describe(StashCodecSettings codec, TrainOptions options, IReadOnlyDictionary<string, string>? resumed = null)
     {
         var values = new MicroBatch(options.Config, options.MicroBatchSize, options.SeqLen).ActivationLength;
         if (codec.IsAdaptive)
-            return DescribeAdaptive(codec, options, values);
+            return DescribeAdaptive(codec, options, values, resumed);
         var bytes = codec.StashedBytes(values);
         return $"stash codec: {codec.Codec.ToString().ToLowerInvariant()}, groups of {codec.GroupSize}: {bytes:N0} bytes per stashed activation " +
                $"instead of {4 * values:N0} ({4.0 * values / bytes:F2}x smaller)";
     }
 
     // The adaptive codec: its budget and interval, the per-activation sizes it chooses between, and what it allocates.
-    private static string DescribeAdaptive(StashCodecSettings codec, TrainOptions options, long values)
+    private static string DescribeAdaptive(StashCodecSettings codec, TrainOptions options, long values, IReadOnlyDictionary<string, string>? resumed)
     {
+        var state = new AdaptiveBits(options.Config.Layers, codec.BitsBudget);
+        var continued = resumed is not null && state.Load(resumed);
         var levels = options.Config.Layers;
         var footprint = StashFootprint.Of(codec, options.Stash, levels, options.MicroBatches, values);
         var sizes = string.Join(" / ", AdaptiveBits.Widths.Reverse().Select(b => $"{codec.StashedBytes(values, b):N0}"));
@@ -67,6 +72,7 @@ internal static class StashCodecOptions
         var budget = codec.BitsBudget.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return $"stash codec: adaptive, groups of {codec.GroupSize}: 8, 4 or 2 bits per stash level ({sizes} bytes per stashed activation " +
                $"instead of {4 * values:N0}), at most {AdaptiveBits.BudgetBits(levels, codec.BitsBudget)} bits over {levels} levels (budget {budget} on average), " +
-               $"re-estimated at every step that is a multiple of {codec.AdaptEvery}; {where}; bits before the first estimate: [{string.Join(",", new AdaptiveBits(levels, codec.BitsBudget).Current)}]";
+               $"re-estimated at every step that is a multiple of {codec.AdaptEvery}; {where}; " +
+               (continued ? "bits of the first step, from the checkpoint" : "bits before the first estimate") + $": [{string.Join(",", state.Current)}]";
     }
 }

@@ -122,7 +122,7 @@ internal static class TrainCommand
             StashCodecOptions.CodecRule(stashCodec),
             Rules.AppliesOnlyTo(stashCodec, Relay, "--executor relay"),
             StashCodecOptions.GroupRule(stashGroup),
-            StashCodecOptions.AdaptiveRules(stashBudget, stashEvery, p => Effective(p, stashCodec, RunSettings.StashCodec)),
+            StashCodecOptions.AdaptiveRules(stashBudget, stashEvery, p => Rules.Given(p, resume) && inherited is null ? null : Effective(p, stashCodec, RunSettings.StashCodec)),
             Rules.AppliesOnlyTo(threads, Relay, "--executor relay"),
             Rules.Custom("--optimizer lamb needs --executor relay", p => Relay(p) || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
                 : $"{Rules.Typed(p, optimizer)} lamb runs on the host and needs --executor relay. Use --executor relay, or --optimizer adamw or sgd"),
@@ -279,7 +279,7 @@ internal static class TrainCommand
             var backend = lease.Backend;
             env.Ansi.MarkupLine($"[bold]l2l train[/] {Markup.Escape(Describe(options, source, backend))}");
             if (options.StashCodecSettings is { Enabled: true } codec)
-                env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
+                env.Out.WriteLine(StashCodecOptions.Describe(codec, options, state?.Metadata));
             using var trainer = new Trainer(backend, options, source, weights, state, labelSource);
             if (trainer.HostBytesPerParameter is { } hostBytes)
                 env.Out.WriteLine($"param server: {hostBytes:F2} host bytes per parameter (FP32 weights, optimizer state, " +
