@@ -12,9 +12,21 @@ namespace L2L.Training.Tests;
 
 public sealed class AdaptiveStashTrainingTests(BackendFixture fixture)
 {
-    private static TrainOptions Options(StashPlacement stash, int layers = 3, long steps = 5, float budget = 5f, int every = 2, int group = 32) =>
+    private static TrainOptions Options(StashPlacement stash, int layers = 3, long steps = 5, float budget = 5f, int every = 2, int group = 32, string? freeze = null) =>
         TrainingHarness.Options(TrainingHarness.Tiny(layers), ExecutorKind.Relay, stash, batch: 6, microBatches: 2, seq: 7, steps: steps)
-            with { StashCodec = StashCodec.Adaptive, StashGroup = group, StashBitsBudget = budget, StashAdaptEvery = every };
+            with { StashCodec = StashCodec.Adaptive, StashGroup = group, StashBitsBudget = budget, StashAdaptEvery = every, Freeze = freeze };
+
+    /// <summary>
+    /// Runs whose bits mix widths: 3 levels within 9 bits must mix 4 and 2; with block 0 and the embedding frozen, level 0's
+    /// stash is never read, so it measures 0 and gets 2 bits, and level 1 takes the rest of 10 bits, 8; the last at the default budget.
+    /// </summary>
+    public static TheoryData<int, float, string?> Mixed => new() { { 3, 3f, null }, { 2, 5f, "embedding,0" }, { 3, 4f, null } };
+
+    /// <summary>Every choice of 2, 4 or 8 bits for <paramref name="levels"/> levels within <paramref name="total"/> bits.</summary>
+    private static List<int[]> Choices(int levels, int total) =>
+        Enumerable.Range(0, (int)Math.Pow(3, levels))
+            .Select(i => Enumerable.Range(0, levels).Select(l => 2 << (i / (int)Math.Pow(3, l) % 3)).ToArray())
+            .Where(b => b.Sum() <= total).ToList();
 
     /// <summary>Bytes of one encoded activation of n values, straight from the format.</summary>
     private static long PackedBytes(long n, int bits, int group) => 4 * ((n * bits + 31) / 32) + 8 * ((n + group - 1) / group);
@@ -22,15 +34,20 @@ public sealed class AdaptiveStashTrainingTests(BackendFixture fixture)
     private static double[] Coefficients(Trainer trainer) =>
         trainer.State().Metadata[AdaptiveBits.CoefficientsKey].Split(',').Select(t => double.Parse(t, CultureInfo.InvariantCulture)).ToArray();
 
-    [Fact]
-    public void DeviceAndHostStashAreBitIdentical()
+    [Theory]
+    [MemberData(nameof(Mixed))]
+    public void DeviceAndHostStashAreBitIdentical(int layers, float budget, string? freeze)
     {
         var backend = fixture.Get(DeviceKind.Cpu);
-        var device = TrainingHarness.Run(backend, Options(StashPlacement.Device));
-        var host = TrainingHarness.Run(backend, Options(StashPlacement.Host));
+        var device = TrainingHarness.Run(backend, Options(StashPlacement.Device, layers, budget: budget, freeze: freeze));
+        var host = TrainingHarness.Run(backend, Options(StashPlacement.Host, layers, budget: budget, freeze: freeze));
         Assert.Equal(device.Losses, host.Losses);
         Assert.Equal(TrainingHarness.Flatten(device.Weights), TrainingHarness.Flatten(host.Weights));
         Assert.Equal(device.Metrics.Select(m => string.Join(",", m.StashBits!)), host.Metrics.Select(m => string.Join(",", m.StashBits!)));
+        if (freeze is not null)
+            Assert.All(device.Metrics.Skip(1), m => Assert.Equal([2, 8], m.StashBits!)); // after the first estimate
+        if (budget == 3f)
+            Assert.All(device.Metrics, m => Assert.Equal([2, 2, 4], m.StashBits!.Order()));
     }
 
     [Fact]
@@ -62,20 +79,19 @@ public sealed class AdaptiveStashTrainingTests(BackendFixture fixture)
         }
     }
 
-    [Fact]
-    public void MemoryIsAllocatedOnceAndMatchesTheFootprint()
+    [Theory]
+    [MemberData(nameof(Mixed))]
+    public void MemoryIsAllocatedOnceAndMatchesTheFootprint(int layers, float budget, string? freeze)
     {
         var backend = fixture.Get(DeviceKind.Cpu);
-        const int layers = 3, u = 2, group = 32;
-        const float budget = 5f;
+        const int u = 2, group = 32;
         var a = 3L * 7 * TrainingHarness.Tiny(layers).Channels; // micro-batch 3 x T 7 x C: 336 values
-        var device = TrainingHarness.Run(backend, Options(StashPlacement.Device, layers, steps: 5, budget: budget, group: group)).Metrics;
-        var host = TrainingHarness.Run(backend, Options(StashPlacement.Host, layers, steps: 5, budget: budget, group: group)).Metrics;
-        var none = TrainingHarness.Run(backend, Options(StashPlacement.Device, layers, steps: 1, group: group) with { StashCodec = StashCodec.None }).Metrics[^1];
+        var device = TrainingHarness.Run(backend, Options(StashPlacement.Device, layers, steps: 5, budget: budget, group: group, freeze: freeze)).Metrics;
+        var host = TrainingHarness.Run(backend, Options(StashPlacement.Host, layers, steps: 5, budget: budget, group: group, freeze: freeze)).Metrics;
+        var none = TrainingHarness.Run(backend, Options(StashPlacement.Device, layers, steps: 1, group: group, freeze: freeze) with { StashCodec = StashCodec.None }).Metrics[^1];
 
-        // Every choice within floor(3 x 5) = 15 bits, by brute force: the pool holds the largest, a slot the widest level.
-        var choices = (from b0 in AdaptiveBits.Widths from b1 in AdaptiveBits.Widths from b2 in AdaptiveBits.Widths
-                       where b0 + b1 + b2 <= 15 select new[] { b0, b1, b2 }).ToList();
+        // Every choice within floor(L x budget) bits, by brute force: the pool holds the largest, a slot the widest level.
+        var choices = Choices(layers, (int)(layers * budget));
         var pool = u * choices.Max(c => c.Sum(b => PackedBytes(a, b, group)));
         var slot = PackedBytes(a, choices.Max(c => c.Max()), group);
         Assert.Equal(pool, device[^1].DevicePeakBytesByCategory["stash"]);
@@ -98,12 +114,15 @@ public sealed class AdaptiveStashTrainingTests(BackendFixture fixture)
         Assert.All(device, m => Assert.Equal(device[0].DeviceAllocations, m.DeviceAllocations));
         Assert.All(host, m => Assert.Equal(host[0].DeviceAllocations, m.DeviceAllocations));
 
-        // The bus: each step moves every level's U encoded inputs out once and back once, at that step's bits.
+        // The bus: each step moves every level's U encoded inputs out once, at that step's bits, and back once for the
+        // levels the backward recomputes (not level 0 when block 0 is frozen).
+        var lowest = freeze is null ? 0 : 1;
         for (var i = 0; i < device.Count; i++)
         {
             var bits = host[i].StashBits!;
             Assert.Equal(bits, device[i].StashBits!);
-            Assert.Equal(2 * u * bits.Sum(b => PackedBytes(a, b, group)), host[i].BusBytes - device[i].BusBytes);
+            var expected = u * (bits.Sum(b => PackedBytes(a, b, group)) + bits.Skip(lowest).Sum(b => PackedBytes(a, b, group)));
+            Assert.Equal(expected, host[i].BusBytes - device[i].BusBytes);
         }
     }
 
