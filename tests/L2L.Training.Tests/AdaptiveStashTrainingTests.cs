@@ -154,6 +154,18 @@ public sealed class AdaptiveStashTrainingTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void AtFourBitsEverywhereItIsTheInt4RunBitForBit()
+    {
+        // The estimate kernels only read the stash and the boundary gradients: with the same bits, the same training.
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var adaptive = TrainingHarness.Run(backend, Options(StashPlacement.Host, layers: 2, steps: 4, budget: 4f, every: 1));
+        Assert.All(adaptive.Metrics, m => Assert.Equal([4, 4], m.StashBits!));
+        var int4 = TrainingHarness.Run(backend, Options(StashPlacement.Host, layers: 2, steps: 4) with { StashCodec = StashCodec.Int4 });
+        Assert.Equal(int4.Losses, adaptive.Losses);
+        Assert.Equal(TrainingHarness.Flatten(int4.Weights), TrainingHarness.Flatten(adaptive.Weights));
+    }
+
+    [Fact]
     public void ResumeContinuesWithTheSameBits()
     {
         // The choice state (next bits, coefficients) is in the checkpoint; the rounding is keyed by the step.
