@@ -140,6 +140,32 @@ public static class StashCodecKernels
         }
     }
 
+    /// <summary>
+    /// <c>energy[0] = Σ_g n_g · (max_g − min_g)²</c> over the groups of one encoded tensor of <paramref name="n"/> values
+    /// (n_g values in group g), read from its range words alone: the adaptive codec's measure of how much rounding at
+    /// any width perturbs the tensor (the added variance is this over <c>4·(2^b − 1)²</c> at most). One thread group:
+    /// each thread sums a fixed stride of groups, then a tree through shared memory, so the same tensor gives the same bits.
+    /// A range beyond FP32 gives +Inf.
+    /// </summary>
+    public static void StashRangeEnergyKernel(ArrayView<float> energy, ArrayView<uint> encoded, int n, int groupSize, int bits)
+    {
+        var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
+        int groups = GroupCount(n, groupSize);
+        int rangeOffset = PayloadWords(n, bits);
+        float sum = 0f;
+        for (int g = Group.IdxX; g < groups; g += Group.DimX)
+        {
+            float lo = Interop.IntAsFloat(encoded[rangeOffset + 2 * g]);
+            float hi = Interop.IntAsFloat(encoded[rangeOffset + 2 * g + 1]);
+            float range = hi - lo;
+            float count = XMath.Min(groupSize, n - g * groupSize);
+            sum += count * (range * range);
+        }
+        sum = GroupReduce.Sum(shared, sum);
+        if (Group.IdxX == 0)
+            energy[0] = sum;
+    }
+
     /// <summary>The codes of <paramref name="count"/> (at most 32 / b) consecutive values from <paramref name="first"/>, in one word.</summary>
     private static uint EncodeWord(ArrayView<float> input, int first, int count, int bits, ulong key, float lo, float hi)
     {

@@ -39,9 +39,10 @@ public enum StashPlacement
 /// label-count sums), never below 0.
 /// </param>
 /// <param name="BusBytesByKind">The step's bus bytes by kind; their total is <paramref name="BusBytes"/>.</param>
+/// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (null without one).</param>
 public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0,
     double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0,
-    double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0, Planning.BusTraffic BusBytesByKind = default);
+    double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0, Planning.BusTraffic BusBytesByKind = default, IReadOnlyList<int>? StashBits = null);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

@@ -124,7 +124,7 @@ public sealed class RelayExecutor : IExecutor
                 // Only encoded inputs are stashed (on the device, or on the host through two encoded slots). The forward
                 // must read exact inputs, so the running layer's activations of all U micro-batches stay on the device, in
                 // the boundary-gradient buffer, which the backward needs only later; the boundary gradients then stay there too.
-                _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a));
+                _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a, resume?.Metadata));
                 _deviceDx = F("boundary-grads");
             }
             else if (placement == StashPlacement.Device)
@@ -326,6 +326,7 @@ public sealed class RelayExecutor : IExecutor
         var n = active.Length;
         int Block(int j) => BlockIndex(active[j]);
         bool Trains(int layer) => !_selection.IsFrozen(layer);
+        _compressed?.BeginStep(s, step, n);
         _sumSquaresHost.Span.Clear(); // layers without gradients this step add nothing to the norm
 
         // Forward. The embedding and head layers stay on the device for the whole step (the head's decoder is tied to the token embedding).
@@ -436,6 +437,7 @@ public sealed class RelayExecutor : IExecutor
                 {
                     UploadBlockInputs(u);
                     var x = Restore(level, u, k);
+                    _compressed?.ObserveGradient(s, level, u, Dx(u, k), _partials.View);
                     _layers.BlockForward(s, _mb, layer, p, x, _blockOut.View, _act, _inputs);
                     _layers.BlockBackward(s, _mb, layer, p, g, x, Dx(u, k), _act, _scratch, _inputs, trains);
                 },
@@ -525,13 +527,14 @@ public sealed class RelayExecutor : IExecutor
             gradNorm = _control.GlobalNorm(sums);
         }
         _eps.CompleteStep();
+        _compressed?.EndStep(s);
 
         var loss = _loss.Span[0] / (double)labelled;
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         var bus = Traffic - busBefore;
         return new StepResult(loss, bus.Total, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
-            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus);
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus, StashBits: _compressed?.StepBits);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
@@ -601,7 +604,16 @@ public sealed class RelayExecutor : IExecutor
 
     /// <inheritdoc/>
     public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) =>
-        _eps.SnapshotState(metadata, i => _residentOptimizer!.State(_backend.ComputeStream, _layout.Layers[i]));
+        _eps.SnapshotState(WithStashState(metadata), i => _residentOptimizer!.State(_backend.ComputeStream, _layout.Layers[i]));
+
+    // The adaptive stash codec's choice state travels in the checkpoint's metadata, so a resumed run continues with the same bits.
+    private IReadOnlyDictionary<string, string>? WithStashState(IReadOnlyDictionary<string, string>? metadata)
+    {
+        if (_compressed is null) return metadata;
+        var all = metadata is null ? new Dictionary<string, string>() : new Dictionary<string, string>(metadata);
+        _compressed.SaveState(all);
+        return all;
+    }
 
     /// <summary>Copies the device-resident layers' current weights into the param server, for a snapshot.</summary>
     private void StoreResidentWeights()

@@ -19,7 +19,8 @@ public static class RunSettings
         Schedule = "schedule", Warmup = "warmup", Steps = "steps", Shuffle = "shuffle", Seed = "seed",
         UpdateMode = "update_mode", ClipGradNorm = "clip_grad_norm", ClipMode = "clip_mode", LossScale = "loss_scale_mode",
         Dropout = "dropout", LayerDrop = "layer_drop", Freeze = "freeze", OptimizerState = "optimizer_state",
-        StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update", UnitScaling = "unit_scaling";
+        StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update", UnitScaling = "unit_scaling",
+        StashBitsBudget = "stash_bits_budget", StashAdaptEvery = "stash_adapt_every";
 
     /// <summary>The recorded form of an absent optional setting (no clipping, nothing frozen, the config's dropout).</summary>
     public const string None = "none", ConfigDropout = "config";
@@ -60,6 +61,8 @@ public static class RunSettings
             [StashGroup] = o.StashGroup.ToString(CultureInfo.InvariantCulture),
             [EmbeddingUpdate] = Lower(o.ResolvedEmbeddingUpdate),
             [UnitScaling] = o.Config is Model.GptConfig { UnitScaling: true } ? "true" : "false",
+            [StashBitsBudget] = Number(o.StashBitsBudget),
+            [StashAdaptEvery] = o.StashAdaptEvery.ToString(CultureInfo.InvariantCulture),
         };
     }
 

@@ -34,8 +34,13 @@ public sealed record TrainOptions
     /// <summary>Values per quantisation group of the stash codec (a multiple of 16).</summary>
     public int StashGroup { get; init; } = StashCodecSettings.DefaultGroupSize;
 
+    /// <summary>Adaptive stash codec: the average bits per stash level may not exceed this (in [2, 8]).</summary>
+    public float StashBitsBudget { get; init; } = StashCodecSettings.DefaultBitsBudget;
+    /// <summary>Adaptive stash codec: re-estimate the bits at every step that is a multiple of this.</summary>
+    public int StashAdaptEvery { get; init; } = StashCodecSettings.DefaultAdaptEvery;
+
     /// <summary>The stash codec these options describe, keyed by <see cref="Seed"/>.</summary>
-    public StashCodecSettings StashCodecSettings => new(StashCodec, StashGroup, (ulong)(uint)Seed);
+    public StashCodecSettings StashCodecSettings => new(StashCodec, StashGroup, (ulong)(uint)Seed, StashBitsBudget, StashAdaptEvery);
     /// <summary>Seed for initialisation and shuffling.</summary>
     public int Seed { get; init; } = 1337;
     /// <summary>Take windows in a seeded random order instead of in sequence.</summary>

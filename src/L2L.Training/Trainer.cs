@@ -32,12 +32,13 @@ namespace L2L.Training;
 /// <param name="CollectiveSeconds">Time this rank spent in cross-rank collectives this step (0 with one rank).</param>
 /// <param name="CollectiveHiddenSeconds">The part of <paramref name="CollectiveSeconds"/> that overlapped device work (did not lengthen the step).</param>
 /// <param name="BusBytesByKind">The step's bus bytes by kind (weights, grads, stash, boundary_grads, io); their total is <paramref name="BusBytes"/>.</param>
+/// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (logged as <c>stash_bits</c>).</param>
 /// <param name="HostBytes">The run's host bytes: pinned host buffers (param server and executor) and the param server's optimizer state.</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
     int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0,
-    Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0)
+    Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0, IReadOnlyList<int>? StashBits = null)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -190,7 +191,7 @@ public sealed class Trainer : IDisposable
             peak.PeakBytes, peak.PeakByCategory(), result.BusBytes, Devices.Max(d => d.Memory.AllocationCount), result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
             BackwardLayers: result.BackwardLayers, WorldSize: _options.WorldSize, Devices: _options.Devices,
-            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes);
+            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes, StashBits: result.StashBits);
     }
 
     /// <summary>
@@ -300,6 +301,7 @@ public sealed class Trainer : IDisposable
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
     {
         if (m.ValLoss is { } val) fields["val_loss"] = val;
+        if (m.StashBits is { } bits) fields["stash_bits"] = bits;
         return fields;
     }
 

@@ -92,7 +92,7 @@ public sealed class ResumeNewSettingsTests(BackendFixture fixture)
         var before = ws.Snapshot();
         var result = ws.Run(fixture, "train --resume @/ck --override clip-norm");
         Rejected.Check(result, 1, "--override 'clip-norm' is not a setting a checkpoint records. Use one of:", before, ws);
-        foreach (var name in new[] { "update-mode", "clip-grad-norm", "clip-mode", "loss-scale", "dropout", "layer-drop", "freeze", "optimizer-state", "stash-codec", "stash-group", "embedding-update" })
+        foreach (var name in new[] { "update-mode", "clip-grad-norm", "clip-mode", "loss-scale", "dropout", "layer-drop", "freeze", "optimizer-state", "stash-codec", "stash-group", "embedding-update", "stash-bits-budget", "stash-adapt-every" })
             Assert.Contains(name, result.Error);
     }
 
@@ -121,7 +121,8 @@ public sealed class ResumeNewSettingsTests(BackendFixture fixture)
         var layout = new ModelLayout(config);
         var state = Checkpoint.LoadTrainingState(dir, layout);
         string[] newer = [RunSettings.UpdateMode, RunSettings.ClipGradNorm, RunSettings.ClipMode, RunSettings.LossScale, RunSettings.Dropout, RunSettings.LayerDrop,
-            RunSettings.Freeze, RunSettings.OptimizerState, RunSettings.StashCodec, RunSettings.StashGroup, RunSettings.EmbeddingUpdate];
+            RunSettings.Freeze, RunSettings.OptimizerState, RunSettings.StashCodec, RunSettings.StashGroup, RunSettings.EmbeddingUpdate,
+            RunSettings.StashBitsBudget, RunSettings.StashAdaptEvery];
         var old = state.Metadata.Where(kv => !newer.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
         Checkpoint.Save(dir, layout, weights, state with { Metadata = old });
         Assert.DoesNotContain(RunSettings.ClipGradNorm, Recorded(dir).Keys);

@@ -33,6 +33,9 @@ public sealed class ValidationTests(BackendFixture fixture)
         { Train, "--val-data @/data.bin --val-every 0", "--val-every 0 is out of range. Use a value of at least 1." },
         { Train, "--val-data @/data.bin --val-batches 0", "--val-batches 0 is out of range" },
         { Train, "--save-every -1 --save @/new", "--save-every -1 is out of range" },
+        { Train, "--stash-codec adaptive --stash-bits-budget 9", "--stash-bits-budget 9 is out of range: each stash level takes 2, 4 or 8 bits, so the average budget must be in [2, 8]" },
+        { Train, "--stash-codec adaptive --stash-bits-budget 1.5", "--stash-bits-budget 1.5 is out of range" },
+        { Train, "--stash-codec adaptive --stash-adapt-every 0", "--stash-adapt-every 0 is out of range. Use a value of at least 1." },
         { Eval, "--batches 0", "--batches 0 is out of range. Use a value of at least 1." },
         { Eval, "--batch 0", "--batch 0 is out of range" },
         { Eval, "--seq 17", "--seq 17 is longer than the checkpoint's n_positions (16)" },
@@ -57,6 +60,9 @@ public sealed class ValidationTests(BackendFixture fixture)
     public static TheoryData<string, string, string> Combinations => new()
     {
         { Train, "--executor conventional --stash host", "--stash applies only to --executor relay" },
+        { Train, "--executor conventional --stash-codec adaptive", "--stash-codec applies only to --executor relay" },
+        { Train, "--stash-codec int8 --stash-bits-budget 3", "--stash-bits-budget applies only to --stash-codec adaptive" },
+        { Train, "--stash-adapt-every 5", "--stash-adapt-every applies only to --stash-codec adaptive" },
         { Train, "--executor conventional --optimizer-threads 2", "--optimizer-threads applies only to --executor relay" },
         { Train, "--optimizer sgd --beta1 0.8", "--beta1 applies only to --optimizer adamw or lamb" },
         { Train, "--optimizer sgd --eps 1e-6", "--eps applies only to --optimizer adamw or lamb" },

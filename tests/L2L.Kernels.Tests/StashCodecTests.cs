@@ -299,4 +299,51 @@ public sealed class StashCodecTests(BackendFixture fixture)
         Assert.True(Math.Abs(mean - 0.5) < 5 * Math.Sqrt(1.0 / 12 / n), $"mean {mean}");
         Assert.True(Math.Abs(sumSq / n - mean * mean - 1.0 / 12) < 5 * Math.Sqrt(1.0 / 180 / n), $"variance {sumSq / n - mean * mean}");
     }
+
+    /// <summary>Σ_g n_g·(max − min)² from the encoded range words, against a double-precision sum over the input's groups.</summary>
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void RangeEnergyMatchesTheReference(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<StashCodecOps>();
+        using var energy = backend.Zeros<float>(1);
+        foreach (var bits in Bits)
+        foreach (var groupSize in new[] { 16, 48, 256 })
+        foreach (var n in Lengths.Append(5000))
+        {
+            var x = TestData.Normal(n * 7 + bits, n, 2.0, -0.5);
+            // Make one group constant: it adds nothing.
+            for (var i = 0; i < Math.Min(groupSize, n); i++) x[i] = 3.25f;
+            var (encoded, _) = RoundTrip(backend, x, groupSize, bits, 99, StashEncodeLayout.Auto);
+            using var device = backend.Upload(encoded);
+            ops.RangeEnergy(backend.ComputeStream, energy.View, device.View, n, groupSize, bits);
+            var got = backend.Download(energy)[0];
+            double expected = 0;
+            for (var start = 0; start < n; start += groupSize)
+            {
+                var group = x.Skip(start).Take(Math.Min(groupSize, n - start)).ToArray();
+                double range = (double)group.Max() - group.Min();
+                expected += group.Length * range * range;
+            }
+            Assert.True(Math.Abs(got - expected) <= 1e-5 * expected + 1e-30, $"b={bits} G={groupSize} n={n}: {got} vs {expected}");
+            if (n <= groupSize) Assert.Equal(0f, got);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices))]
+    public void RangeEnergyOfAnOverflowingRangeIsInfinite(DeviceKind kind)
+    {
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<StashCodecOps>();
+        using var energy = backend.Zeros<float>(1);
+        var x = new float[40];
+        x[3] = float.MaxValue;
+        x[7] = -float.MaxValue;
+        var (encoded, _) = RoundTrip(backend, x, 16, 4, 1, StashEncodeLayout.Auto);
+        using var device = backend.Upload(encoded);
+        ops.RangeEnergy(backend.ComputeStream, energy.View, device.View, x.Length, 16, 4);
+        Assert.Equal(float.PositiveInfinity, backend.Download(energy)[0]);
+    }
 }

@@ -22,6 +22,7 @@ public sealed class StashCodecOps
     private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<uint>, ArrayView<float>, int, int, ulong, int> _encode;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<uint>, int, int> _decode;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<uint>, int, int, int> _rangeEnergy;
 
     /// <summary>Loads the kernels on <paramref name="backend"/>'s accelerator.</summary>
     public StashCodecOps(Backend backend)
@@ -29,6 +30,7 @@ public sealed class StashCodecOps
         _accelerator = backend.Accelerator;
         _encode = _accelerator.LoadKernel<ArrayView<uint>, ArrayView<float>, int, int, ulong, int>(StashCodecKernels.StashEncodeKernel);
         _decode = _accelerator.LoadKernel<ArrayView<float>, ArrayView<uint>, int, int>(StashCodecKernels.StashDecodeKernel);
+        _rangeEnergy = _accelerator.LoadKernel<ArrayView<float>, ArrayView<uint>, int, int, int>(StashCodecKernels.StashRangeEnergyKernel);
     }
 
     /// <summary>
@@ -77,5 +79,16 @@ public sealed class StashCodecOps
         if (output.Length == 0) return;
         var words = StashCodecKernels.PayloadWords((int)output.Length, bits);
         _decode(s, Launch.Elementwise(_accelerator, words), output, encoded, groupSize, bits);
+    }
+
+    /// <summary>
+    /// <c>energy[0] = Σ_g n_g · (max_g − min_g)²</c> of an encoded tensor of <paramref name="n"/> values
+    /// (<see cref="StashCodecKernels.StashRangeEnergyKernel"/>): one thread group, a fixed order of additions.
+    /// </summary>
+    public void RangeEnergy(AcceleratorStream s, ArrayView<float> energy, ArrayView<uint> encoded, long n, int groupSize, int bits)
+    {
+        Check.Length(encoded, EncodedWords(n, groupSize, bits), nameof(encoded));
+        Check.AtLeast(energy, 1, nameof(energy));
+        _rangeEnergy(s, new KernelConfig(1, Launch.GroupSize(_accelerator)), energy, encoded, (int)n, groupSize, bits);
     }
 }

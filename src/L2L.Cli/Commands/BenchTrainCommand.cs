@@ -25,6 +25,7 @@ internal static class BenchTrainCommand
         var output = new Option<string?>("--out") { Description = "Also write the JSON report to this file (e.g. bench/results/train-<machine>.json)." };
         var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var parallel = new DataParallelOptions { Environment = variables ?? Environment.GetEnvironmentVariable };
+        var (stashBudget, stashEvery) = StashCodecOptions.CreateAdaptive();
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, budget, json, output })
             command.Options.Add(o);
@@ -32,10 +33,13 @@ internal static class BenchTrainCommand
         command.Options.Add(stashGroup);
         foreach (var o in parallel.All)
             command.Options.Add(o);
+        command.Options.Add(stashBudget);
+        command.Options.Add(stashEvery);
         var rules = new RuleTable
         {
             StashCodecOptions.CodecRule(stashCodec),
             StashCodecOptions.GroupRule(stashGroup),
+            StashCodecOptions.AdaptiveRules(stashBudget, stashEvery, p => p.GetValue(stashCodec)!),
             Rules.OneOf(model, ModelConfigs.PresetNames, "model preset"),
             Rules.InputFile(config, "give the path of a Hugging Face config.json (GPT-2 or BERT)"),
             Rules.Custom("--micro-batch-size lists positive integers", p => p.GetValue(microBatchSize)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
@@ -64,7 +68,7 @@ internal static class BenchTrainCommand
             var quiet = parse.GetValue(json);
             var report = TrainBenchmark.Run(backend, name, cfg, ms, parse.GetValue(seq), us,
                 parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine, parse.GetValue(budget),
-                StashCodecOptions.Settings(parse, stashCodec, stashGroup));
+                StashCodecOptions.Settings(parse, stashCodec, stashGroup, stashBudget, stashEvery));
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
         });

@@ -36,6 +36,7 @@ internal static class TrainCommand
         var executor = new Option<string>("--executor") { Description = "relay (L2L) or conventional (all on the device).", DefaultValueFactory = _ => "relay" };
         var stash = new Option<string>("--stash") { Description = "Relay stash placement: device, or host (constant device memory).", DefaultValueFactory = _ => "device" };
         var (stashCodec, stashGroup) = StashCodecOptions.Create();
+        var (stashBudget, stashEvery) = StashCodecOptions.CreateAdaptive();
         var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
         var seed = new Option<int>("--seed") { Description = "Seed for initialisation and shuffling.", DefaultValueFactory = _ => 1337 };
         var shuffle = new Option<bool>("--shuffle") { Description = "Take windows in a seeded random order." };
@@ -76,6 +77,8 @@ internal static class TrainCommand
         foreach (var o in parallel.All)
             command.Options.Add(o);
         command.Options.Add(planOption);
+        command.Options.Add(stashBudget);
+        command.Options.Add(stashEvery);
 
         // What a checkpoint records (RunSettings) and which option sets it: inherited on --resume, changed only with --override.
         (string, Option)[] recorded =
@@ -89,6 +92,7 @@ internal static class TrainCommand
             (RunSettings.Freeze, freeze), (RunSettings.OptimizerState, optimizerState), (RunSettings.StashCodec, stashCodec),
             (RunSettings.StashGroup, stashGroup), (RunSettings.EmbeddingUpdate, embeddingUpdate),
             (RunSettings.UnitScaling, unitScaling),
+            (RunSettings.StashBitsBudget, stashBudget), (RunSettings.StashAdaptEvery, stashEvery),
         ];
         // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
         IReadOnlyDictionary<string, string>? inherited = null;
@@ -129,6 +133,7 @@ internal static class TrainCommand
             StashCodecOptions.CodecRule(stashCodec),
             Rules.AppliesOnlyTo(stashCodec, Relay, "--executor relay"),
             StashCodecOptions.GroupRule(stashGroup),
+            StashCodecOptions.AdaptiveRules(stashBudget, stashEvery, p => Rules.Given(p, resume) && inherited is null ? null : Effective(p, stashCodec, RunSettings.StashCodec)),
             Rules.AppliesOnlyTo(threads, Relay, "--executor relay"),
             Rules.Custom("--optimizer lamb needs --executor relay", p => Relay(p) || !string.Equals(Effective(p, optimizer, RunSettings.Optimizer), "lamb", StringComparison.OrdinalIgnoreCase) ? null
                 : $"{Rules.Typed(p, optimizer)} lamb runs on the host and needs --executor relay. Use --executor relay, or --optimizer adamw or sgd"),
@@ -280,6 +285,8 @@ internal static class TrainCommand
                 Stash = Enums.Parse<StashPlacement>(settings.Value(stash, t => t), "--stash"),
                 StashCodec = Enums.Parse<L2L.Training.Stash.StashCodec>(settings.Value(stashCodec, t => t), "--stash-codec"),
                 StashGroup = settings.Value(stashGroup, Integer),
+                StashBitsBudget = settings.Value(stashBudget, Number),
+                StashAdaptEvery = settings.Value(stashEvery, Integer),
                 Seed = settings.Value(seed, Integer),
                 Shuffle = settings.Value(shuffle, bool.Parse),
                 OptimizerThreads = parse.GetValue(threads),
@@ -302,12 +309,14 @@ internal static class TrainCommand
                 // The step target matters only to a decaying schedule; the stash settings, update mode, optimizer-state
                 // precision and embedding update only to the relay; the clip mode only with a clip norm; the codec's group
                 // only with a codec. An untyped update mode follows from clipping and loss scaling, which are checked themselves.
-                string[] relayOnly = [RunSettings.Stash, RunSettings.UpdateMode, RunSettings.OptimizerState, RunSettings.StashCodec, RunSettings.StashGroup, RunSettings.EmbeddingUpdate];
+                string[] relayOnly = [RunSettings.Stash, RunSettings.UpdateMode, RunSettings.OptimizerState, RunSettings.StashCodec, RunSettings.StashGroup, RunSettings.EmbeddingUpdate,
+                    RunSettings.StashBitsBudget, RunSettings.StashAdaptEvery];
                 var notes = settings.Check(RunSettings.Describe(options), resumeDir!, key =>
                     (key == RunSettings.Steps && options.Schedule == ScheduleKind.Constant) ||
                     (relayOnly.Contains(key) && options.Executor == ExecutorKind.Conventional) ||
                     (key == RunSettings.ClipMode && options.ClipGradNorm is null) ||
                     (key == RunSettings.StashGroup && options.StashCodec == L2L.Training.Stash.StashCodec.None) ||
+                    (key is RunSettings.StashBitsBudget or RunSettings.StashAdaptEvery && options.StashCodec != L2L.Training.Stash.StashCodec.Adaptive) ||
                     (key == RunSettings.UpdateMode && !Rules.Given(parse, updateMode)),
                     new Dictionary<string, string> { [RunSettings.EmbeddingUpdate] = "this moves the embedding and head update between device and host, which changes results only by rounding" });
                 var stateFloats = options.Optimizer.Kind == OptimizerKind.Sgd ? 0 : 2;
@@ -370,7 +379,7 @@ internal static class TrainCommand
                 if (planHeader is not null)
                     env.Out.WriteLine(planHeader);
                 if (options.StashCodecSettings is { Enabled: true } codec)
-                    env.Out.WriteLine(StashCodecOptions.Describe(codec, options));
+                    env.Out.WriteLine(StashCodecOptions.Describe(codec, options, state?.Metadata));
                 var setup = options.IsParallel ? new L2L.Training.Parallel.ParallelSetup(leases.Backends, collectives, options.ShardOptimizer) : null;
                 using var trainer = new Trainer(backend, options, source, weights, state, labelSource, setup);
                 if (trainer.HostBytesPerParameter is { } hostBytes)
@@ -524,5 +533,5 @@ internal static class TrainCommand
 
     private static string Line(StepMetrics m) =>
         $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
-        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "");
+        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "") + (m.StashBits is { } bits ? $" stash bits [{string.Join(",", bits)}]" : "");
 }

@@ -21,6 +21,9 @@ public sealed class RuleTable : IEnumerable<Rule>
     /// <summary>Adds a rule.</summary>
     public void Add(Rule rule) => _rules.Add(rule);
 
+    /// <summary>Adds a group of rules that belong together (e.g. one option family's), in order.</summary>
+    public void Add(IEnumerable<Rule> rules) => _rules.AddRange(rules);
+
     /// <summary>Throws a <see cref="CliException"/> with the first failing rule's message.</summary>
     public void Check(ParseResult parse)
     {

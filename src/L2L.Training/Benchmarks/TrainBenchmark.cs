@@ -130,6 +130,8 @@ public static class TrainBenchmark
                     Stash = stash ?? StashPlacement.Device,
                     StashCodec = executor == ExecutorKind.Relay ? codec.Codec : Stash.StashCodec.None,
                     StashGroup = codec.GroupSize,
+                    StashBitsBudget = codec.BitsBudget,
+                    StashAdaptEvery = codec.AdaptEvery,
                 };
                 var name = executor.ToString().ToLowerInvariant();
                 var stashName = stash?.ToString().ToLowerInvariant();
@@ -164,7 +166,8 @@ public static class TrainBenchmark
         }
         return new TrainBenchReport(MachineInfo.Current(), backend.Description, modelName, config.ParameterCount,
             ModelFlopsPerToken(config, seq), ModelFlopFormula, microBatchSizes, seq, steps, results,
-            codec.Enabled ? $"{codec.Codec.ToString().ToLowerInvariant()} (groups of {codec.GroupSize})" : "none");
+            codec.Enabled ? $"{codec.Codec.ToString().ToLowerInvariant()} (groups of {codec.GroupSize}" +
+                (codec.IsAdaptive ? $", budget {codec.BitsBudget.ToString(System.Globalization.CultureInfo.InvariantCulture)} bits, every {codec.AdaptEvery} steps)" : ")") : "none");
     }
 
     private static double Median(IEnumerable<double> values)

@@ -181,7 +181,7 @@ internal sealed class ParallelRelayExecutor : IExecutor
         return new StepResult(loss, results.Sum(r => r.BusBytes), results.Max(r => r.CopyWaitSeconds), results.Max(r => r.UpdateWaitSeconds),
             Math.Sqrt(sums[1]), false, 1f, 0, results[0].BlocksRun, results[0].BackwardLayers,
             _setup.WorldSize > 1 ? collective : 0, _setup.WorldSize > 1 ? Math.Max(0, collective - blocked) : 0,
-            results.Aggregate(default(Planning.BusTraffic), (sum, r) => sum + r.BusBytesByKind));
+            results.Aggregate(default(Planning.BusTraffic), (sum, r) => sum + r.BusBytesByKind), results[0].StashBits);
     }
 
     /// <inheritdoc/>

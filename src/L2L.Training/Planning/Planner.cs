@@ -111,7 +111,7 @@ public static class Planner
             if (s.Codec.Enabled)
             {
                 // Every encoded input out once and back once; the exact forward inputs and the boundary gradients stay on the device.
-                stash = 2 * l * u * CompressedStash.Describe(s.Codec, s.Stash, (int)l, (int)u, a).EncodedBytes;
+                stash = CompressedStash.Describe(s.Codec, s.Stash, (int)l, (int)u, a).StepBusBytes;
             }
             else
             {
