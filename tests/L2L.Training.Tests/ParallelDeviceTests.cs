@@ -114,6 +114,12 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
         var global = Assert.Throws<ArgumentException>(() => fourParts.MicroBatchesPerRank(6));
         Assert.Contains("6 micro-batches do not split across 2 rank(s) x 2 device(s)", global.Message);
         Assert.Equal(4, fourParts.MicroBatchesPerRank(8));
+        // Rank 0 of 2 takes sequences 0, 2, 4 of six; five sequences do not split.
+        var share = new int[6];
+        fourParts.TakeRankShare([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5], share, seqLen: 2);
+        Assert.Equal([0, 0, 2, 2, 4, 4], share);
+        var uneven = Assert.Throws<ArgumentException>(() => fourParts.TakeRankShare(new int[10], new int[5], seqLen: 2));
+        Assert.Contains("multiple of 2", uneven.Message);
         // Sharding needs more than one rank.
         var shard = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(One with { ShardOptimizer = true }, 1, StashPlacement.Device));
         Assert.Contains("at least 2 ranks", shard.Message);

@@ -59,11 +59,8 @@ public static class ParallelHarness
         for (var k = 0; k < steps; k++)
         {
             loader.Fill(first + k, globalInputs, globalTargets);
-            for (var j = 0; j < globalBatch / ranks; j++)
-            {
-                globalInputs.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(inputs.AsSpan(j * seq));
-                globalTargets.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(targets.AsSpan(j * seq));
-            }
+            setup.TakeRankShare(globalInputs, inputs, seq);
+            setup.TakeRankShare(globalTargets, targets, seq);
             process.Refresh();
             var cpu = process.TotalProcessorTime;
             var start = System.Diagnostics.Stopwatch.GetTimestamp();
