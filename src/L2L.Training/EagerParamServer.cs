@@ -260,12 +260,18 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public long OptimizerStateBytes { get; }
 
-    private void ParallelUpdate(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi)
+    private void ParallelUpdate(int layer, long step, long optimizerStep, float factor, Span<float> grads, long lo, long hi)
     {
         if (_parallel is { ShardOptimizer: true })
+        {
+            if (factor != 1f)
+                Scale(grads, factor);
             UpdateShard(layer, step, optimizerStep, grads, lo, hi);
+        }
         else
-            Update(layer, step, optimizerStep, 1f, grads);
+        {
+            Update(layer, step, optimizerStep, factor, grads);
+        }
     }
 
     /// <summary>Applies the optimizer to this rank's shard [lo, hi) of a layer, from the shard's reduced gradients.</summary>
@@ -443,8 +449,8 @@ public sealed class EagerParamServer : IDisposable
         if (_reducer is not null)
         {
             CheckReplica();
-            if (gradientFactor != 1f)
-                throw new InvalidOperationException("Data-parallel updates take no gradient factor (clipping and loss scaling are refused with data parallel).");
+            // The factor a replica passes comes from its own gradients' norm; per-layer clipping is applied by the
+            // reducer from the reduced gradients instead (global clipping and loss scaling are refused).
             _reducer.Arrive(_replica, layer, step, optimizerStep ?? step + 1);
             return;
         }

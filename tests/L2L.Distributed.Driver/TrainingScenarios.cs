@@ -62,11 +62,21 @@ internal sealed class TrainingScenarios(MpiCollectives mpi, Action<string> say)
         var weightExcess = ParallelHarness.Excess(ParallelHarness.Flat(full.Weights), ParallelHarness.Flat(sharded.Weights), Atol, Rtol);
         var stateExcess = ParallelHarness.Excess(ParallelHarness.Flat(full.State.LayerStates), ParallelHarness.Flat(sharded.State.LayerStates), Atol, Rtol);
         var identical = full.Losses.SequenceEqual(sharded.Losses) && Hash(full.Weights) == Hash(sharded.Weights);
+        // Per-layer clipping needs each layer's norm over every rank's shard.
+        var clippedFull = ParallelHarness.Train(new ParallelSetup([backend], mpi), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedSharded = ParallelHarness.Train(new ParallelSetup([backend], mpi, ShardOptimizer: true), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedAlone = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedExcess = Math.Max(
+            ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(clippedFull.Weights), Atol, Rtol),
+            ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(clippedSharded.Weights), Atol, Rtol));
+        var clipMoved = ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(full.Weights), 1e-3, 0) > 0;
         say($"state-bytes={sharded.StateBytes} predicted-state-bytes={predictedState} unsharded-state-bytes={full.StateBytes} " +
             $"host-bytes={sharded.HostBytes} predicted-host-bytes={predictedHost} unsharded-host-bytes={full.HostBytes} " +
             $"host-bytes-per-parameter={F(sharded.HostBytes / (double)layout.TotalLength)} unsharded-host-bytes-per-parameter={F(full.HostBytes / (double)layout.TotalLength)}");
         say($"loss-within-tolerance={lossExcess <= 0} weights-within-tolerance={weightExcess <= 0} state-within-tolerance={stateExcess <= 0} bit-identical={identical} weights-hash={Hash(sharded.Weights):x16}");
-        return lossExcess <= 0 && weightExcess <= 0 && stateExcess <= 0 && sharded.StateBytes == predictedState && sharded.HostBytes == predictedHost;
+        say($"layer-clipped-within-tolerance={clippedExcess <= 0} clipping-changed-the-weights={clipMoved}");
+        return lossExcess <= 0 && weightExcess <= 0 && stateExcess <= 0 && sharded.StateBytes == predictedState && sharded.HostBytes == predictedHost
+            && clippedExcess <= 0 && clipMoved;
     }
 
     /// <summary>A snapshot of a sharded 2-rank run resumes identically on 2 ranks and, within tolerance, in one process.</summary>

@@ -47,6 +47,8 @@ public sealed class ParallelTrainingTests
             // Two ranks: each holds half of the optimizer state (the tiny model's layers split evenly).
             Assert.Equal(long.Parse(fields["unsharded-state-bytes"]), 2 * long.Parse(fields["state-bytes"]));
             Assert.Contains(lines, l => l.Contains("loss-within-tolerance=True weights-within-tolerance=True state-within-tolerance=True", StringComparison.Ordinal));
+            // Per-layer clipping, sharded and not, equals one process's (each layer's norm summed over the ranks' shards).
+            Assert.Contains("layer-clipped-within-tolerance=True clipping-changed-the-weights=True", lines.Single(l => l.Contains("layer-clipped", StringComparison.Ordinal)));
             Assert.Contains($"rank {r}/2: PASS", lines);
         }
     }

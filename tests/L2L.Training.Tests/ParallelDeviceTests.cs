@@ -60,6 +60,20 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
     }
 
     [Fact]
+    public void PerLayerClippingUsesTheNormOfTheReducedGradients()
+    {
+        // A max norm of 0.05 clips most layers at every step (their norms are ~0.1-1), so a norm taken from one device's
+        // half of the gradients would clip by a different factor and move the weights far outside the tolerance.
+        var one = ParallelHarness.Train(One, Steps, StashPlacement.Device, layerClip: 0.05f);
+        var two = ParallelHarness.Train(Two, Steps, StashPlacement.Device, layerClip: 0.05f);
+        var free = ParallelHarness.Train(One, Steps, StashPlacement.Device);
+        TensorAssert.Close(one.Losses, two.Losses, Atol, Rtol, "clipped losses, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(two.Weights), Atol, Rtol, "clipped weights, 2 devices vs 1");
+        var moved = TrainingHarness.Flatten(free.Weights).Zip(TrainingHarness.Flatten(one.Weights)).Max(p => Math.Abs(p.First - p.Second));
+        Assert.True(moved > 1e-3, $"clipping should change the weights (max difference {moved})");
+    }
+
+    [Fact]
     public void OneDeviceOfOneRankIsThePlainRelayBitForBit()
     {
         var backend = fixture.Get(DeviceKind.Cpu);
@@ -137,7 +151,7 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
             new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), parallel: Two);
         var clip = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device,
             control: new Update.GradientControl(1f, Update.ClipMode.Global, Update.LossScaleMode.None, layout.Layers.Count)));
-        Assert.Contains("clip", clip.Message);
+        Assert.Contains("--clip-mode layer", clip.Message);
         var mismatch = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(One, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device));
         Assert.Contains("same setup", mismatch.Message);
     }

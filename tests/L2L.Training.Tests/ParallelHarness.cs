@@ -28,10 +28,11 @@ public static class ParallelHarness
     /// <summary>
     /// Trains <paramref name="steps"/> AdamW steps (from <paramref name="resume"/> if given) on a global batch of
     /// <paramref name="globalBatch"/> sequences in <paramref name="globalMicroBatches"/> micro-batches; rank r takes
-    /// sequences r, r+R, … of each global batch. <paramref name="init"/> replaces the seeded initial weights (to resume).
+    /// sequences r, r+R, … of each global batch. <paramref name="init"/> replaces the seeded initial weights (to resume); <paramref name="layerClip"/> clips each layer's gradient norm.
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
-        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null)
+        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null,
+        float? layerClip = null)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -45,7 +46,9 @@ public static class ParallelHarness
         using var eps = init is not null
             ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, parallel: setup)
             : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, parallel: setup);
-        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume);
+        var control = layerClip is null ? null
+            : new Update.GradientControl(layerClip, Update.ClipMode.Layer, Update.LossScaleMode.None, layout.Layers.Count, resume);
+        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume, control);
         var globalInputs = new int[globalBatch * seq];
         var globalTargets = new int[globalBatch * seq];
         var inputs = new int[globalBatch / ranks * seq];

@@ -19,8 +19,8 @@ namespace L2L.Training.Parallel;
 /// </summary>
 internal sealed unsafe class GradientReducer : IDisposable
 {
-    /// <summary>Updates elements [lo, hi) of a layer from gradients of that range (the server's optimizer).</summary>
-    internal delegate void LayerUpdate(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi);
+    /// <summary>Updates elements [lo, hi) of a layer from gradients of that range, first multiplied by <paramref name="factor"/> unless 1 (the server's optimizer).</summary>
+    internal delegate void LayerUpdate(int layer, long step, long optimizerStep, float factor, Span<float> grads, long lo, long hi);
 
     private readonly ParallelSetup _setup;
     private readonly ModelLayout _layout;
@@ -76,6 +76,12 @@ internal sealed unsafe class GradientReducer : IDisposable
         _thread = new Thread(Run) { IsBackground = true, Name = "l2l-collectives" };
         _thread.Start();
     }
+
+    /// <summary>
+    /// Per-layer clipping: the factor for a layer's reduced gradients from their sum of squares (over every device and
+    /// rank); null: no clipping.
+    /// </summary>
+    public Func<float, float>? LayerClip { get; set; }
 
     /// <summary>Pinned host bytes of the staging buffers and the shard scratch.</summary>
     public long HostBytes { get; }
@@ -278,12 +284,13 @@ internal sealed unsafe class GradientReducer : IDisposable
                     { var t0 = Stopwatch.GetTimestamp(); _setup.Collectives.AllReduceSum(Pointer(sum), n); CollectiveEnded(t0); }
                 reduced.SetResult();
                 _sumSquares[layer] = SumOfSquares(sum.Slice(0, (int)n));
+                var factor = LayerClip?.Invoke((float)_sumSquares[layer]) ?? 1f;
                 ownerReleased = true;
                 _ = Task.Run(() =>
                 {
                     try
                     {
-                        _update(layer, step, optimizerStep, sum.Slice(0, (int)n), 0, n);
+                        _update(layer, step, optimizerStep, factor, sum.Slice(0, (int)n), 0, n);
                         done.SetResult();
                     }
                     catch (Exception e) { done.SetException(e); }
@@ -298,8 +305,20 @@ internal sealed unsafe class GradientReducer : IDisposable
             Release(0, layer);
             ownerReleased = true;
             _sumSquares[layer] = SumOfSquares(shard[..(int)(hi - lo)]);
+            var shardFactor = 1f;
+            if (LayerClip is { } clip)
+            {
+                // The layer's norm needs every rank's shard: the ranks' sums of squares, added in rank order.
+                double* mine = stackalloc double[1];
+                double* all = stackalloc double[R];
+                mine[0] = _sumSquares[layer];
+                { var t0 = Stopwatch.GetTimestamp(); _setup.Collectives.AllGather((float*)mine, (float*)all, 2); CollectiveEnded(t0); }
+                var total = 0.0;
+                for (var q = 0; q < R; q++) total += all[q];
+                shardFactor = clip((float)total);
+            }
             if (hi > lo)
-                _update(layer, step, optimizerStep, shard[..(int)(hi - lo)], lo, hi);
+                _update(layer, step, optimizerStep, shardFactor, shard[..(int)(hi - lo)], lo, hi);
             var weights = _weights(layer).Span;
             var gather = _gather!.Slice(0, (int)(R * s));
             weights[(int)lo..(int)hi].CopyTo(gather.Slice((int)(_setup.Rank * s), (int)s));
