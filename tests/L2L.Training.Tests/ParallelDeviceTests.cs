@@ -74,6 +74,20 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
     }
 
     [Fact]
+    public void DevicesDrawTheDropoutMasksOneDeviceDraws()
+    {
+        // Masks are keyed by the micro-batch's index in the rank's batch, so device 1's first micro-batch (index 2)
+        // draws what one device draws for its third: with other masks the losses would differ by far more than rounding.
+        var rates = new DropoutRates(0.1f, 0f, 0.1f);
+        var one = ParallelHarness.Train(One, Steps, StashPlacement.Device, dropout: rates);
+        var two = ParallelHarness.Train(Two, Steps, StashPlacement.Device, dropout: rates);
+        var without = ParallelHarness.Train(One, Steps, StashPlacement.Device);
+        TensorAssert.Close(one.Losses, two.Losses, Atol, Rtol, "losses with dropout, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(two.Weights), Atol, Rtol, "weights with dropout, 2 devices vs 1");
+        Assert.NotEqual(without.Losses[0], one.Losses[0]); // dropout is really on
+    }
+
+    [Fact]
     public void OneDeviceOfOneRankIsThePlainRelayBitForBit()
     {
         var backend = fixture.Get(DeviceKind.Cpu);

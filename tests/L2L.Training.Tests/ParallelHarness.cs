@@ -32,7 +32,7 @@ public static class ParallelHarness
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
         int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null,
-        float? layerClip = null)
+        float? layerClip = null, DropoutRates? dropout = null)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -48,7 +48,7 @@ public static class ParallelHarness
             : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, parallel: setup);
         var control = layerClip is null ? null
             : new Update.GradientControl(layerClip, Update.ClipMode.Layer, Update.LossScaleMode.None, layout.Layers.Count, resume);
-        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume, control);
+        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume, control, dropout: dropout, seed: 5);
         var globalInputs = new int[globalBatch * seq];
         var globalTargets = new int[globalBatch * seq];
         var inputs = new int[globalBatch / ranks * seq];
