@@ -43,7 +43,14 @@ internal sealed class TrainingScenarios(MpiCollectives mpi, Action<string> say)
         say($"devices={devices} placement={placement} losses={string.Join(",", dist.Losses.Select(F))} single-losses={string.Join(",", single.Losses.Select(F))}");
         say($"loss-within-tolerance={lossExcess <= 0} weights-within-tolerance={weightExcess <= 0} weights-hash={Hash(dist.Weights):x16} " +
             $"collective-seconds={F(dist.Results.Sum(r => r.CollectiveSeconds))} hidden-seconds={F(dist.Results.Sum(r => r.CollectiveHiddenSeconds))}");
-        return lossExcess <= 0 && weightExcess <= 0 && dist.Losses[^1] < dist.Losses[0] && dist.Results.All(r => r.CollectiveSeconds > 0);
+        // Global clipping (deferred updates): the norm of the gradients reduced over every rank sets each step's factor.
+        var clippedDist = ParallelHarness.Train(new ParallelSetup([backend], mpi), Steps, placement, globalClip: 0.2f);
+        var clippedSingle = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, placement, globalClip: 0.2f);
+        var clippedExcess = ParallelHarness.Excess(ParallelHarness.Flat(clippedSingle.Weights), ParallelHarness.Flat(clippedDist.Weights), Atol, Rtol);
+        var normExcess = ParallelHarness.Excess(clippedSingle.Results.Select(r => r.GradNorm).ToArray(), clippedDist.Results.Select(r => r.GradNorm).ToArray(), 0, Rtol);
+        say($"globally-clipped-within-tolerance={clippedExcess <= 0 && normExcess <= 0}");
+        return lossExcess <= 0 && weightExcess <= 0 && dist.Losses[^1] < dist.Losses[0] && dist.Results.All(r => r.CollectiveSeconds > 0)
+            && clippedExcess <= 0 && normExcess <= 0;
     }
 
     /// <summary>The sharded param server equals the unsharded one, and holds the predicted share of the optimizer state.</summary>

@@ -24,6 +24,7 @@ public sealed class ParallelTrainingTests
             string[] lines = result.LinesOf(r);
             string line = Assert.Single(lines, l => l.Contains("weights-hash=", StringComparison.Ordinal));
             Assert.Contains("loss-within-tolerance=True weights-within-tolerance=True", line);
+            Assert.Contains(lines, l => l.Contains("globally-clipped-within-tolerance=True", StringComparison.Ordinal));
             // Every rank ends with the same bits: the all-reduce hands each the same rank-order sum.
             string mine = line[(line.IndexOf("weights-hash=", StringComparison.Ordinal) + 13)..].Split(' ')[0];
             hash ??= mine;

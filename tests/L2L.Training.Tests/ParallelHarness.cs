@@ -32,7 +32,7 @@ public static class ParallelHarness
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
         int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null,
-        float? layerClip = null, DropoutRates? dropout = null)
+        float? layerClip = null, DropoutRates? dropout = null, float? globalClip = null)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -43,11 +43,13 @@ public static class ParallelHarness
         var loader = new BatchLoader(new SyntheticCorpus(config.VocabSize, 1 << 14, seed: 7), globalBatch, seq);
         var settings = new OptimizerSettings(optimizer, optimizer == OptimizerKind.Sgd ? 0.1f : 3e-3f, WeightDecay: 0.1f);
         var schedule = new LearningRateSchedule(ScheduleKind.Constant, settings.LearningRate);
+        var mode = globalClip is null ? Update.UpdateMode.Eager : Update.UpdateMode.Deferred;
         using var eps = init is not null
-            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, parallel: setup)
-            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, parallel: setup);
-        var control = layerClip is null ? null
-            : new Update.GradientControl(layerClip, Update.ClipMode.Layer, Update.LossScaleMode.None, layout.Layers.Count, resume);
+            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, mode: mode, parallel: setup)
+            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, mode: mode, parallel: setup);
+        var control = layerClip is null && globalClip is null ? null
+            : new Update.GradientControl(layerClip ?? globalClip, layerClip is null ? Update.ClipMode.Global : Update.ClipMode.Layer,
+                Update.LossScaleMode.None, layout.Layers.Count, resume);
         using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume, control, dropout: dropout, seed: 5);
         var globalInputs = new int[globalBatch * seq];
         var globalTargets = new int[globalBatch * seq];
