@@ -165,6 +165,42 @@ public sealed class L2LTrainTests
     }
 
     [Fact]
+    public void BenchTrainOnTwoCpuAccelerators_ReportsTheScalingEfficiency()
+    {
+        using var job = new L2LJob();
+        var dir = job.NewDirectory("bench");
+        var result = job.RunAlone(dir, $"bench train --config {job.Config} --seq 8 --devices cpu*2 --micro-batches 1 --steps 2 --warmup 1 --json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var report = System.Text.Json.JsonDocument.Parse(result.Out);
+        Assert.Equal(2, report.RootElement.GetProperty("devices").GetArrayLength());
+        var row = Assert.Single(report.RootElement.GetProperty("results").EnumerateArray());
+        var single = row.GetProperty("single_tokens_per_second").GetDouble();
+        var both = row.GetProperty("tokens_per_second").GetDouble();
+        Assert.True(single > 0 && both > 0, result.Out);
+        Assert.Equal(both / (2 * single), row.GetProperty("scaling_efficiency").GetDouble(), 9);
+        Assert.Equal(2, row.GetProperty("devices").GetInt32());
+    }
+
+    [Fact]
+    public void BenchTrainUnderMpirun_RankZeroReportsTwoRanks()
+    {
+        var mpi = MpiRun.Get("openmpi");
+        mpi.SkipIfMissing();
+        using var job = new L2LJob();
+        string rank0 = job.NewDirectory("rank0"), rank1 = job.NewDirectory("rank1");
+        var result = job.RunRanks(mpi, [rank0, rank1], $"bench train --config {job.Config} --seq 8 --device cpu --micro-batches 1 --steps 2 --warmup 1 --json --out scaling.json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var report = System.Text.Json.JsonDocument.Parse(result.Out); // one report: rank 1 prints nothing
+        Assert.Equal(2, report.RootElement.GetProperty("ranks").GetInt32());
+        var row = Assert.Single(report.RootElement.GetProperty("results").EnumerateArray());
+        Assert.True(row.GetProperty("single_tokens_per_second").GetDouble() > 0, result.Out);
+        Assert.Equal(row.GetProperty("tokens_per_second").GetDouble() / (2 * row.GetProperty("single_tokens_per_second").GetDouble()),
+            row.GetProperty("scaling_efficiency").GetDouble(), 9);
+        Assert.Equal(["scaling.json"], L2LJob.Files(rank0));
+        Assert.Empty(L2LJob.Files(rank1));
+    }
+
+    [Fact]
     public void ARankKilledMidRun_EndsEveryRankAndLeavesTheLastCheckpointIntact()
     {
         var mpi = MpiRun.Get("openmpi");
