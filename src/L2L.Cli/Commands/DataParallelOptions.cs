@@ -68,20 +68,16 @@ internal sealed record DeviceList(IReadOnlyList<DeviceSpec> Specs, IReadOnlyList
     public int Count => Specs.Count;
 
     /// <summary>
-    /// The specs this rank opens: relative GPU specs move up by <paramref name="localRank"/> × <see cref="Count"/>, and an
-    /// automatic one becomes the kind auto picks, so ranks sharing a machine take different devices; the CPU accelerator never moves.
+    /// The specs this rank opens: a relative GPU spec moves up by <paramref name="localRank"/> × the number of relative
+    /// specs of its kind, and an automatic one becomes the kind auto picks, so ranks sharing a machine take different
+    /// devices; the CPU accelerator never moves.
     /// </summary>
     public IReadOnlyList<DeviceSpec> ForLocalRank(int localRank)
     {
         if (localRank == 0) return Specs;
-        var result = new DeviceSpec[Count];
-        for (var i = 0; i < Count; i++)
-        {
-            var spec = Specs[i];
-            if (Relative[i] && spec.Kind == DeviceKind.Auto) spec = new DeviceSpec(DeviceCatalog.AutoKind(DeviceCatalog.List()), 0);
-            result[i] = Relative[i] && spec.Kind != DeviceKind.Cpu ? spec with { Index = spec.Index + localRank * Count } : spec;
-        }
-        return result;
+        var resolved = Specs.Select((s, i) => Relative[i] && s.Kind == DeviceKind.Auto ? new DeviceSpec(DeviceCatalog.AutoKind(DeviceCatalog.List()), 0) : s).ToArray();
+        var perRank = resolved.Where((s, i) => Relative[i]).GroupBy(s => s.Kind).ToDictionary(g => g.Key, g => g.Count());
+        return resolved.Select((s, i) => Relative[i] && s.Kind != DeviceKind.Cpu ? s with { Index = s.Index + localRank * perRank[s.Kind] } : s).ToArray();
     }
 
     /// <summary>For the run header, e.g. "cpu:0, cpu:0".</summary>
