@@ -37,7 +37,7 @@ public sealed class ParallelValidationTests(BackendFixture fixture)
         { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --update-mode deferred", "--update-mode deferred needs every gradient of the step before any update" },
         { $"{Train} --batch 2 --device cpu --distributed cluster", "--distributed cluster is not a known distributed mode. Use one of: auto, none, mpi" },
         { $"{Train} --batch 2 --device cpu --distributed mpi", "--distributed mpi, but no MPI launcher started this process" },
-        { $"{Train} --batch 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's weights and optimizer state across MPI ranks, but this is one process" },
+        { $"{Train} --batch 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's optimizer state across MPI ranks, but this is one process" },
         { "bench train --steps 1 --devices cpu*0", "--devices: 'cpu*0' has a bad count" },
         { "bench train --steps 1 --devices cpu*2 --device cpu", "--device and --devices cannot be used together" },
         { "bench train --device cpu --steps 1 --shard-optimizer", "--shard-optimizer splits the param server's weights" },

@@ -132,7 +132,7 @@ public sealed class L2LTrainTests
     }
 
     [Theory]
-    [InlineData("--micro-batches 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's weights and optimizer state across MPI ranks, but this is one process")]
+    [InlineData("--micro-batches 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's optimizer state across MPI ranks, but this is one process")]
     [InlineData("--micro-batches 2 --device cpu --distributed mpi", "--distributed mpi, but no MPI launcher started this process")]
     [InlineData("--micro-batches 1 --devices cpu*2", "--micro-batches 1 gives each rank 1 micro-batch, which does not split across its 2 devices")]
     public void BadInputInOneProcess_IsOneErrorLineAndWritesNothing(string change, string expected)

@@ -142,7 +142,7 @@ internal sealed class DataParallelOptions
     {
         Devices = new Option<string?>("--devices") { Description = "Train data parallel on several accelerators in this process, e.g. cuda:0,cuda:1, cuda*2 or cpu*2 (two CPU accelerators); the micro-batches of each step are shared out among them." };
         Distributed = new Option<string>("--distributed") { Description = "auto (an MPI rank when started by mpirun/mpiexec, else one process), none, or mpi (insist on an MPI launcher).", DefaultValueFactory = _ => "auto" };
-        ShardOptimizer = new Option<bool>("--shard-optimizer") { Description = "With several MPI ranks: each rank keeps the FP32 weights and optimizer state of 1/R of every layer (ZeRO-style)." };
+        ShardOptimizer = new Option<bool>("--shard-optimizer") { Description = "With several MPI ranks: each rank keeps the optimizer state of 1/R of every layer and updates that part (ZeRO-style; the full weights stay on every rank)." };
     }
 
     /// <summary>--devices LIST.</summary>
@@ -208,7 +208,7 @@ internal sealed class DataParallelOptions
             var plan = Plan(p);
             if (plan.Distributed && plan.WorldSizeHint is not 1) return null;
             var why = plan.Distributed ? "the MPI launcher started 1 rank" : "this is one process (no MPI launcher started it)";
-            return $"{Validation.Rules.Typed(p, ShardOptimizer)} splits the param server's weights and optimizer state across MPI ranks, but {why}. " +
+            return $"{Validation.Rules.Typed(p, ShardOptimizer)} splits the param server's optimizer state across MPI ranks, but {why}. " +
                 "Start the run with mpirun -np N (N of 2 or more), or drop --shard-optimizer";
         });
         if (relay is not null)
