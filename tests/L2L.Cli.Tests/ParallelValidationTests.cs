@@ -40,7 +40,7 @@ public sealed class ParallelValidationTests(BackendFixture fixture)
         { $"{Train} --batch 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's optimizer state across MPI ranks, but this is one process" },
         { "bench train --steps 1 --devices cpu*0", "--devices: 'cpu*0' has a bad count" },
         { "bench train --steps 1 --devices cpu*2 --device cpu", "--device and --devices cannot be used together" },
-        { "bench train --device cpu --steps 1 --shard-optimizer", "--shard-optimizer splits the param server's weights" },
+        { "bench train --device cpu --steps 1 --shard-optimizer", "--shard-optimizer splits the param server's optimizer state" },
         { "bench train --device cpu --steps 1 --distributed mpi", "--distributed mpi, but no MPI launcher started this process" },
     };
 
