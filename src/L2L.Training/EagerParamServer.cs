@@ -174,7 +174,8 @@ public sealed class EagerParamServer : IDisposable
                 _gradSlots[k] = backend.AllocatePinned<float>(slotLength);
             _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
             if (_parallel is not null)
-                _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i]);
+                _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i],
+                    deferred: mode == L2L.Training.Update.UpdateMode.Deferred);
         }
         catch
         {
@@ -197,8 +198,8 @@ public sealed class EagerParamServer : IDisposable
         var what = $"{parallel.DeviceCount} device(s) x {parallel.WorldSize} rank(s)";
         if (deviceUpdated is { Count: > 0 })
             throw new ArgumentException($"Data parallel ({what}) updates every layer on the host, from every device's gradients; use --embedding-update host.");
-        if (mode == L2L.Training.Update.UpdateMode.Deferred)
-            throw new ArgumentException($"Data parallel ({what}) updates each layer as soon as its gradients are reduced; gradient clipping, dynamic loss scaling and --update-mode deferred are not supported with it; leave them off.");
+        if (mode == L2L.Training.Update.UpdateMode.Deferred && parallel.ShardOptimizer)
+            throw new ArgumentException($"Deferred updates (global gradient clipping) keep every layer's reduced gradients until the step's norm is known, which the sharded optimizer does not; leave --shard-optimizer off with --update-mode deferred or global clipping.");
         if (parallel.ShardOptimizer && statePrecision == StatePrecision.Bf16)
             throw new ArgumentException("Sharding the optimizer state keeps it in FP32; use --optimizer-state fp32 with --shard-optimizer.");
         if (parallel.ShardOptimizer && optimizer == OptimizerKind.Lamb)
@@ -260,12 +261,18 @@ public sealed class EagerParamServer : IDisposable
     /// </summary>
     public long OptimizerStateBytes { get; }
 
-    private void ParallelUpdate(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi)
+    private void ParallelUpdate(int layer, long step, long optimizerStep, float factor, Span<float> grads, long lo, long hi)
     {
         if (_parallel is { ShardOptimizer: true })
+        {
+            if (factor != 1f)
+                Scale(grads, factor);
             UpdateShard(layer, step, optimizerStep, grads, lo, hi);
+        }
         else
-            Update(layer, step, optimizerStep, 1f, grads);
+        {
+            Update(layer, step, optimizerStep, factor, grads);
+        }
     }
 
     /// <summary>Applies the optimizer to this rank's shard [lo, hi) of a layer, from the shard's reduced gradients.</summary>
@@ -443,8 +450,8 @@ public sealed class EagerParamServer : IDisposable
         if (_reducer is not null)
         {
             CheckReplica();
-            if (gradientFactor != 1f)
-                throw new InvalidOperationException("Data-parallel updates take no gradient factor (clipping and loss scaling are refused with data parallel).");
+            // The factor a replica passes comes from its own gradients' norm; per-layer clipping is applied by the
+            // reducer from the reduced gradients instead (global clipping and loss scaling are refused).
             _reducer.Arrive(_replica, layer, step, optimizerStep ?? step + 1);
             return;
         }
@@ -467,7 +474,12 @@ public sealed class EagerParamServer : IDisposable
     public void BeginUpdatesInOrder(IReadOnlyList<int> layers, long step, Func<int, long> optimizerStep, Func<int, float> gradientFactor)
     {
         if (_reducer is not null)
-            throw new InvalidOperationException("Deferred updates are refused with data parallel.");
+        {
+            CheckReplica();
+            // The factors a replica passes come from its own gradients; the reducer takes the factor from the reduced ones.
+            _reducer.ArriveAll(_replica, layers, step, layers.Select(optimizerStep).ToArray());
+            return;
+        }
         var done = new TaskCompletionSource[layers.Count];
         for (var k = 0; k < layers.Count; k++)
         {

@@ -43,7 +43,14 @@ internal sealed class TrainingScenarios(MpiCollectives mpi, Action<string> say)
         say($"devices={devices} placement={placement} losses={string.Join(",", dist.Losses.Select(F))} single-losses={string.Join(",", single.Losses.Select(F))}");
         say($"loss-within-tolerance={lossExcess <= 0} weights-within-tolerance={weightExcess <= 0} weights-hash={Hash(dist.Weights):x16} " +
             $"collective-seconds={F(dist.Results.Sum(r => r.CollectiveSeconds))} hidden-seconds={F(dist.Results.Sum(r => r.CollectiveHiddenSeconds))}");
-        return lossExcess <= 0 && weightExcess <= 0 && dist.Losses[^1] < dist.Losses[0] && dist.Results.All(r => r.CollectiveSeconds > 0);
+        // Global clipping (deferred updates): the norm of the gradients reduced over every rank sets each step's factor.
+        var clippedDist = ParallelHarness.Train(new ParallelSetup([backend], mpi), Steps, placement, globalClip: 0.2f);
+        var clippedSingle = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, placement, globalClip: 0.2f);
+        var clippedExcess = ParallelHarness.Excess(ParallelHarness.Flat(clippedSingle.Weights), ParallelHarness.Flat(clippedDist.Weights), Atol, Rtol);
+        var normExcess = ParallelHarness.Excess(clippedSingle.Results.Select(r => r.GradNorm).ToArray(), clippedDist.Results.Select(r => r.GradNorm).ToArray(), 0, Rtol);
+        say($"globally-clipped-within-tolerance={clippedExcess <= 0 && normExcess <= 0}");
+        return lossExcess <= 0 && weightExcess <= 0 && dist.Losses[^1] < dist.Losses[0] && dist.Results.All(r => r.CollectiveSeconds > 0)
+            && clippedExcess <= 0 && normExcess <= 0;
     }
 
     /// <summary>The sharded param server equals the unsharded one, and holds the predicted share of the optimizer state.</summary>
@@ -62,11 +69,21 @@ internal sealed class TrainingScenarios(MpiCollectives mpi, Action<string> say)
         var weightExcess = ParallelHarness.Excess(ParallelHarness.Flat(full.Weights), ParallelHarness.Flat(sharded.Weights), Atol, Rtol);
         var stateExcess = ParallelHarness.Excess(ParallelHarness.Flat(full.State.LayerStates), ParallelHarness.Flat(sharded.State.LayerStates), Atol, Rtol);
         var identical = full.Losses.SequenceEqual(sharded.Losses) && Hash(full.Weights) == Hash(sharded.Weights);
+        // Per-layer clipping needs each layer's norm over every rank's shard.
+        var clippedFull = ParallelHarness.Train(new ParallelSetup([backend], mpi), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedSharded = ParallelHarness.Train(new ParallelSetup([backend], mpi, ShardOptimizer: true), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedAlone = ParallelHarness.Train(new ParallelSetup([backend], new SingleProcessCollectives()), Steps, StashPlacement.Device, layerClip: 0.05f);
+        var clippedExcess = Math.Max(
+            ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(clippedFull.Weights), Atol, Rtol),
+            ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(clippedSharded.Weights), Atol, Rtol));
+        var clipMoved = ParallelHarness.Excess(ParallelHarness.Flat(clippedAlone.Weights), ParallelHarness.Flat(full.Weights), 1e-3, 0) > 0;
         say($"state-bytes={sharded.StateBytes} predicted-state-bytes={predictedState} unsharded-state-bytes={full.StateBytes} " +
             $"host-bytes={sharded.HostBytes} predicted-host-bytes={predictedHost} unsharded-host-bytes={full.HostBytes} " +
             $"host-bytes-per-parameter={F(sharded.HostBytes / (double)layout.TotalLength)} unsharded-host-bytes-per-parameter={F(full.HostBytes / (double)layout.TotalLength)}");
         say($"loss-within-tolerance={lossExcess <= 0} weights-within-tolerance={weightExcess <= 0} state-within-tolerance={stateExcess <= 0} bit-identical={identical} weights-hash={Hash(sharded.Weights):x16}");
-        return lossExcess <= 0 && weightExcess <= 0 && stateExcess <= 0 && sharded.StateBytes == predictedState && sharded.HostBytes == predictedHost;
+        say($"layer-clipped-within-tolerance={clippedExcess <= 0} clipping-changed-the-weights={clipMoved}");
+        return lossExcess <= 0 && weightExcess <= 0 && stateExcess <= 0 && sharded.StateBytes == predictedState && sharded.HostBytes == predictedHost
+            && clippedExcess <= 0 && clipMoved;
     }
 
     /// <summary>A snapshot of a sharded 2-rank run resumes identically on 2 ranks and, within tolerance, in one process.</summary>

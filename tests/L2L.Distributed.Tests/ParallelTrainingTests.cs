@@ -24,6 +24,7 @@ public sealed class ParallelTrainingTests
             string[] lines = result.LinesOf(r);
             string line = Assert.Single(lines, l => l.Contains("weights-hash=", StringComparison.Ordinal));
             Assert.Contains("loss-within-tolerance=True weights-within-tolerance=True", line);
+            Assert.Contains(lines, l => l.Contains("globally-clipped-within-tolerance=True", StringComparison.Ordinal));
             // Every rank ends with the same bits: the all-reduce hands each the same rank-order sum.
             string mine = line[(line.IndexOf("weights-hash=", StringComparison.Ordinal) + 13)..].Split(' ')[0];
             hash ??= mine;
@@ -47,6 +48,8 @@ public sealed class ParallelTrainingTests
             // Two ranks: each holds half of the optimizer state (the tiny model's layers split evenly).
             Assert.Equal(long.Parse(fields["unsharded-state-bytes"]), 2 * long.Parse(fields["state-bytes"]));
             Assert.Contains(lines, l => l.Contains("loss-within-tolerance=True weights-within-tolerance=True state-within-tolerance=True", StringComparison.Ordinal));
+            // Per-layer clipping, sharded and not, equals one process's (each layer's norm summed over the ranks' shards).
+            Assert.Contains("layer-clipped-within-tolerance=True clipping-changed-the-weights=True", lines.Single(l => l.Contains("layer-clipped", StringComparison.Ordinal)));
             Assert.Contains($"rank {r}/2: PASS", lines);
         }
     }

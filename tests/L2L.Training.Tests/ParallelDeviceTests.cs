@@ -60,6 +60,44 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
     }
 
     [Fact]
+    public void ClippingUsesTheNormOfTheReducedGradients()
+    {
+        // A max norm of 0.05 clips most layers at every step (their norms are ~0.1-1), so a norm taken from one device's
+        // half of the gradients would clip by a different factor and move the weights far outside the tolerance.
+        var one = ParallelHarness.Train(One, Steps, StashPlacement.Device, layerClip: 0.05f);
+        var two = ParallelHarness.Train(Two, Steps, StashPlacement.Device, layerClip: 0.05f);
+        var free = ParallelHarness.Train(One, Steps, StashPlacement.Device);
+        // Global clipping (deferred updates): the step's factor from the norm of all the reduced gradients.
+        var globalOne = ParallelHarness.Train(One, Steps, StashPlacement.Host, globalClip: 0.2f);
+        var globalTwo = ParallelHarness.Train(Two, Steps, StashPlacement.Host, globalClip: 0.2f);
+        TensorAssert.Close(globalOne.Losses, globalTwo.Losses, Atol, Rtol, "globally clipped losses, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(globalOne.Weights)), TrainingHarness.Flatten(globalTwo.Weights), Atol, Rtol, "globally clipped weights, 2 devices vs 1");
+        for (var k = 0; k < Steps; k++)
+            Assert.Equal(globalOne.Results[k].GradNorm, globalTwo.Results[k].GradNorm, 1e-4 * globalOne.Results[k].GradNorm);
+        Assert.True(globalOne.Results[0].GradNorm > 0.4, $"the clip should bind (norm {globalOne.Results[0].GradNorm})");
+        var globalMoved = TrainingHarness.Flatten(free.Weights).Zip(TrainingHarness.Flatten(globalOne.Weights)).Max(p => Math.Abs(p.First - p.Second));
+        Assert.True(globalMoved > 1e-3, $"global clipping should change the weights (max difference {globalMoved})");
+        TensorAssert.Close(one.Losses, two.Losses, Atol, Rtol, "clipped losses, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(two.Weights), Atol, Rtol, "clipped weights, 2 devices vs 1");
+        var moved = TrainingHarness.Flatten(free.Weights).Zip(TrainingHarness.Flatten(one.Weights)).Max(p => Math.Abs(p.First - p.Second));
+        Assert.True(moved > 1e-3, $"clipping should change the weights (max difference {moved})");
+    }
+
+    [Fact]
+    public void DevicesDrawTheDropoutMasksOneDeviceDraws()
+    {
+        // Masks are keyed by the micro-batch's index in the rank's batch, so device 1's first micro-batch (index 2)
+        // draws what one device draws for its third: with other masks the losses would differ by far more than rounding.
+        var rates = new DropoutRates(0.1f, 0f, 0.1f);
+        var one = ParallelHarness.Train(One, Steps, StashPlacement.Device, dropout: rates);
+        var two = ParallelHarness.Train(Two, Steps, StashPlacement.Device, dropout: rates);
+        var without = ParallelHarness.Train(One, Steps, StashPlacement.Device);
+        TensorAssert.Close(one.Losses, two.Losses, Atol, Rtol, "losses with dropout, 2 devices vs 1");
+        TensorAssert.Close(TestData.ToDouble(TrainingHarness.Flatten(one.Weights)), TrainingHarness.Flatten(two.Weights), Atol, Rtol, "weights with dropout, 2 devices vs 1");
+        Assert.NotEqual(without.Losses[0], one.Losses[0]); // dropout is really on
+    }
+
+    [Fact]
     public void OneDeviceOfOneRankIsThePlainRelayBitForBit()
     {
         var backend = fixture.Get(DeviceKind.Cpu);
@@ -114,6 +152,12 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
         var global = Assert.Throws<ArgumentException>(() => fourParts.MicroBatchesPerRank(6));
         Assert.Contains("6 micro-batches do not split across 2 rank(s) x 2 device(s)", global.Message);
         Assert.Equal(4, fourParts.MicroBatchesPerRank(8));
+        // Rank 0 of 2 takes sequences 0, 2, 4 of six; five sequences do not split.
+        var share = new int[6];
+        fourParts.TakeRankShare([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5], share, seqLen: 2);
+        Assert.Equal([0, 0, 2, 2, 4, 4], share);
+        var uneven = Assert.Throws<ArgumentException>(() => fourParts.TakeRankShare(new int[10], new int[5], seqLen: 2));
+        Assert.Contains("multiple of 2", uneven.Message);
         // Sharding needs more than one rank.
         var shard = Assert.Throws<ArgumentException>(() => ParallelHarness.Train(One with { ShardOptimizer = true }, 1, StashPlacement.Device));
         Assert.Contains("at least 2 ranks", shard.Message);
@@ -125,13 +169,13 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
             new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), deviceUpdated: [layout.Embedding.Index, layout.Head.Index], parallel: Two));
         Assert.Contains("--embedding-update host", resident.Message);
         var deferred = Assert.Throws<ArgumentException>(() => new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
-            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), mode: Update.UpdateMode.Deferred, parallel: Two));
-        Assert.Contains("deferred", deferred.Message);
+            new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), mode: Update.UpdateMode.Deferred, parallel: new ParallelSetup(Two.Devices, new TwoRankStandIn(), ShardOptimizer: true)));
+        Assert.Contains("leave --shard-optimizer off", deferred.Message);
         using var eps = new EagerParamServer(Two.Devices[0], layout, Models.LayerInitializer(layout, 1), settings,
             new LearningRateSchedule(ScheduleKind.Constant, 3e-3f), parallel: Two);
-        var clip = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device,
-            control: new Update.GradientControl(1f, Update.ClipMode.Global, Update.LossScaleMode.None, layout.Layers.Count)));
-        Assert.Contains("clip", clip.Message);
+        var scaling = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(Two, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device,
+            control: new Update.GradientControl(null, Update.ClipMode.Global, Update.LossScaleMode.Dynamic, layout.Layers.Count)));
+        Assert.Contains("--loss-scale none", scaling.Message);
         var mismatch = Assert.Throws<ArgumentException>(() => ParallelRelay.Create(One, eps, new MicroBatch(config, 2, 8), 4, StashPlacement.Device));
         Assert.Contains("same setup", mismatch.Message);
     }

@@ -28,10 +28,11 @@ public static class ParallelHarness
     /// <summary>
     /// Trains <paramref name="steps"/> AdamW steps (from <paramref name="resume"/> if given) on a global batch of
     /// <paramref name="globalBatch"/> sequences in <paramref name="globalMicroBatches"/> micro-batches; rank r takes
-    /// sequences r, r+R, … of each global batch. <paramref name="init"/> replaces the seeded initial weights (to resume).
+    /// sequences r, r+R, … of each global batch. <paramref name="init"/> replaces the seeded initial weights (to resume); <paramref name="layerClip"/> clips each layer's gradient norm.
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
-        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null)
+        int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null,
+        float? layerClip = null, DropoutRates? dropout = null, float? globalClip = null)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -42,10 +43,14 @@ public static class ParallelHarness
         var loader = new BatchLoader(new SyntheticCorpus(config.VocabSize, 1 << 14, seed: 7), globalBatch, seq);
         var settings = new OptimizerSettings(optimizer, optimizer == OptimizerKind.Sgd ? 0.1f : 3e-3f, WeightDecay: 0.1f);
         var schedule = new LearningRateSchedule(ScheduleKind.Constant, settings.LearningRate);
+        var mode = globalClip is null ? Update.UpdateMode.Eager : Update.UpdateMode.Deferred;
         using var eps = init is not null
-            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, parallel: setup)
-            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, parallel: setup);
-        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume);
+            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, mode: mode, parallel: setup)
+            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, mode: mode, parallel: setup);
+        var control = layerClip is null && globalClip is null ? null
+            : new Update.GradientControl(layerClip ?? globalClip, layerClip is null ? Update.ClipMode.Global : Update.ClipMode.Layer,
+                Update.LossScaleMode.None, layout.Layers.Count, resume);
+        using var executor = ParallelRelay.Create(setup, eps, mb, globalMicroBatches / ranks, placement, resume, control, dropout: dropout, seed: 5);
         var globalInputs = new int[globalBatch * seq];
         var globalTargets = new int[globalBatch * seq];
         var inputs = new int[globalBatch / ranks * seq];
@@ -59,11 +64,8 @@ public static class ParallelHarness
         for (var k = 0; k < steps; k++)
         {
             loader.Fill(first + k, globalInputs, globalTargets);
-            for (var j = 0; j < globalBatch / ranks; j++)
-            {
-                globalInputs.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(inputs.AsSpan(j * seq));
-                globalTargets.AsSpan((j * ranks + setup.Rank) * seq, seq).CopyTo(targets.AsSpan(j * seq));
-            }
+            setup.TakeRankShare(globalInputs, inputs, seq);
+            setup.TakeRankShare(globalTargets, targets, seq);
             process.Refresh();
             var cpu = process.TotalProcessorTime;
             var start = System.Diagnostics.Stopwatch.GetTimestamp();

@@ -19,8 +19,8 @@ namespace L2L.Training.Parallel;
 /// </summary>
 internal sealed unsafe class GradientReducer : IDisposable
 {
-    /// <summary>Updates elements [lo, hi) of a layer from gradients of that range (the server's optimizer).</summary>
-    internal delegate void LayerUpdate(int layer, long step, long optimizerStep, Span<float> grads, long lo, long hi);
+    /// <summary>Updates elements [lo, hi) of a layer from gradients of that range, first multiplied by <paramref name="factor"/> unless 1 (the server's optimizer).</summary>
+    internal delegate void LayerUpdate(int layer, long step, long optimizerStep, float factor, Span<float> grads, long lo, long hi);
 
     private readonly ParallelSetup _setup;
     private readonly ModelLayout _layout;
@@ -38,7 +38,8 @@ internal sealed unsafe class GradientReducer : IDisposable
     private long _collectiveTicks;
     private volatile Exception? _failure;
 
-    public GradientReducer(ParallelSetup setup, ModelLayout layout, int gradientSlots, int threads, LayerUpdate update, Func<int, PinnedHostBuffer<float>> weights)
+    public GradientReducer(ParallelSetup setup, ModelLayout layout, int gradientSlots, int threads, LayerUpdate update, Func<int, PinnedHostBuffer<float>> weights,
+        bool deferred = false)
     {
         _setup = setup;
         _layout = layout;
@@ -53,7 +54,8 @@ internal sealed unsafe class GradientReducer : IDisposable
         var r = setup.WorldSize;
         // Sharding reduce-scatters a layer from its staging buffer, so each is padded to R whole shards.
         long Staged(long n) => setup.ShardOptimizer ? r * ShardLayout.ShardLength(n, r) : n;
-        var slotLength = layout.Blocks.Select(b => Staged(b.Length)).DefaultIfEmpty(0).Max();
+        // Deferred updates keep every layer's gradients until the step's norm is known: a buffer per layer, no ring.
+        var slotLength = deferred ? 0 : layout.Blocks.Select(b => Staged(b.Length)).DefaultIfEmpty(0).Max();
         _replicas = new Staging[setup.DeviceCount];
         try
         {
@@ -76,6 +78,18 @@ internal sealed unsafe class GradientReducer : IDisposable
         _thread = new Thread(Run) { IsBackground = true, Name = "l2l-collectives" };
         _thread.Start();
     }
+
+    /// <summary>
+    /// Per-layer clipping: the factor for a layer's reduced gradients from their sum of squares (over every device and
+    /// rank); null: no clipping.
+    /// </summary>
+    public Func<float, float>? LayerClip { get; set; }
+
+    /// <summary>
+    /// Deferred updates (global clipping): the step's gradient factor from every layer's sum of squares of its reduced
+    /// gradients (indexed by layer; 0 for layers without gradients this step).
+    /// </summary>
+    public Func<float[], float>? GlobalFactor { get; set; }
 
     /// <summary>Pinned host bytes of the staging buffers and the shard scratch.</summary>
     public long HostBytes { get; }
@@ -129,6 +143,89 @@ internal sealed unsafe class GradientReducer : IDisposable
             _done[layer] = done.Task;
             _reduced[layer] = reduced.Task;
             _jobs.Add(() => Reduce(layer, step, optimizerStep, done, reduced));
+        }
+    }
+
+    /// <summary>
+    /// Deferred updates: replica <paramref name="replica"/>'s gradients of every layer in <paramref name="layers"/>
+    /// (forward order) have landed. The last replica queues one job that reduces them all in that order, takes the
+    /// step's factor from their norms (<see cref="GlobalFactor"/>), then updates them in that order.
+    /// </summary>
+    public void ArriveAll(int replica, IReadOnlyList<int> layers, long step, long[] optimizerSteps)
+    {
+        lock (_gate)
+        {
+            if (_failure is { } failure)
+                throw new InvalidOperationException("Another device's replica failed; this step cannot complete.", failure);
+            if (++_allArrivals < _replicas.Length)
+                return;
+            _allArrivals = 0;
+            var done = new TaskCompletionSource[layers.Count];
+            var reduced = new TaskCompletionSource[layers.Count];
+            for (var k = 0; k < layers.Count; k++)
+            {
+                done[k] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                reduced[k] = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _done[layers[k]] = done[k].Task;
+                _reduced[layers[k]] = reduced[k].Task;
+            }
+            var order = layers.ToArray();
+            _jobs.Add(() => ReduceDeferred(order, step, optimizerSteps, done, reduced));
+        }
+    }
+
+    private int _allArrivals;
+
+    /// <summary>A deferred step on the collective thread: every layer summed and all-reduced, then the factor, then the updates in order.</summary>
+    private void ReduceDeferred(int[] layers, long step, long[] optimizerSteps, TaskCompletionSource[] done, TaskCompletionSource[] reduced)
+    {
+        try
+        {
+            for (var k = 0; k < layers.Length; k++)
+            {
+                var layer = layers[k];
+                var n = _layout.Layers[layer].Length;
+                var sum = _replicas[0].Buffer(layer);
+                if (_replicas.Length > 1)
+                {
+                    var sources = new nint[_replicas.Length];
+                    for (var d = 0; d < sources.Length; d++)
+                        sources[d] = (nint)Pointer(_replicas[d].Buffer(layer));
+                    OrderedSum.Sum((float*)sources[0], sources, n, maxThreads: _threads);
+                }
+                if (R > 1)
+                {
+                    var t0 = Stopwatch.GetTimestamp();
+                    _setup.Collectives.AllReduceSum(Pointer(sum), n);
+                    CollectiveEnded(t0);
+                }
+                _sumSquares[layer] = SumOfSquares(sum.Slice(0, (int)n));
+                reduced[k].SetResult();
+            }
+            var factor = GlobalFactor?.Invoke(_sumSquares.Select(x => (float)x).ToArray()) ?? 1f;
+            _ = Task.Run(() =>
+            {
+                for (var k = 0; k < layers.Length; k++)
+                {
+                    try
+                    {
+                        var n = _layout.Layers[layers[k]].Length;
+                        _update(layers[k], step, optimizerSteps[k], factor, _replicas[0].Buffer(layers[k]).Slice(0, (int)n), 0, n);
+                        done[k].SetResult();
+                    }
+                    catch (Exception e)
+                    {
+                        // A failed layer fails its own wait and every later one's: none of them was updated.
+                        for (var j = k; j < layers.Length; j++) done[j].TrySetException(e);
+                        return;
+                    }
+                }
+            });
+        }
+        catch (Exception e)
+        {
+            foreach (var r in reduced) r.TrySetException(e);
+            foreach (var d in done) d.TrySetException(e);
         }
     }
 
@@ -278,12 +375,13 @@ internal sealed unsafe class GradientReducer : IDisposable
                     { var t0 = Stopwatch.GetTimestamp(); _setup.Collectives.AllReduceSum(Pointer(sum), n); CollectiveEnded(t0); }
                 reduced.SetResult();
                 _sumSquares[layer] = SumOfSquares(sum.Slice(0, (int)n));
+                var factor = LayerClip?.Invoke((float)_sumSquares[layer]) ?? 1f;
                 ownerReleased = true;
                 _ = Task.Run(() =>
                 {
                     try
                     {
-                        _update(layer, step, optimizerStep, sum.Slice(0, (int)n), 0, n);
+                        _update(layer, step, optimizerStep, factor, sum.Slice(0, (int)n), 0, n);
                         done.SetResult();
                     }
                     catch (Exception e) { done.SetException(e); }
@@ -298,8 +396,20 @@ internal sealed unsafe class GradientReducer : IDisposable
             Release(0, layer);
             ownerReleased = true;
             _sumSquares[layer] = SumOfSquares(shard[..(int)(hi - lo)]);
+            var shardFactor = 1f;
+            if (LayerClip is { } clip)
+            {
+                // The layer's norm needs every rank's shard: the ranks' sums of squares, added in rank order.
+                double* mine = stackalloc double[1];
+                double* all = stackalloc double[R];
+                mine[0] = _sumSquares[layer];
+                { var t0 = Stopwatch.GetTimestamp(); _setup.Collectives.AllGather((float*)mine, (float*)all, 2); CollectiveEnded(t0); }
+                var total = 0.0;
+                for (var q = 0; q < R; q++) total += all[q];
+                shardFactor = clip((float)total);
+            }
             if (hi > lo)
-                _update(layer, step, optimizerStep, shard[..(int)(hi - lo)], lo, hi);
+                _update(layer, step, optimizerStep, shardFactor, shard[..(int)(hi - lo)], lo, hi);
             var weights = _weights(layer).Span;
             var gather = _gather!.Slice(0, (int)(R * s));
             weights[(int)lo..(int)hi].CopyTo(gather.Slice((int)(_setup.Rank * s), (int)s));

@@ -24,7 +24,7 @@ public static class ParallelRelay
     /// <param name="microBatchesPerRank">U per rank; a multiple of the device count.</param>
     /// <param name="placement">Where each replica keeps its stash.</param>
     /// <param name="resume">The checkpoint state (the layer update counts of <paramref name="control"/>).</param>
-    /// <param name="control">Clipping and loss scaling; with more than one device or rank both must be off.</param>
+    /// <param name="control">Clipping and loss scaling; with more than one device or rank, clipping (per layer, or global with a deferred-mode server) applies to the reduced gradients, and loss scaling is refused.</param>
     /// <param name="fault">A test hook that poisons one layer's gradient at one step (on the first device).</param>
     /// <param name="dropout">Dropout rates.</param>
     /// <param name="seed">The run's seed, for the dropout masks.</param>
@@ -46,8 +46,6 @@ public static class ParallelRelay
         }
         if (eps.Parallel is not { } built || built.DeviceCount != setup.DeviceCount || built.WorldSize != setup.WorldSize || built.ShardOptimizer != setup.ShardOptimizer)
             throw new ArgumentException($"The param server was not built for this data-parallel setup ({setup.DeviceCount} device(s) x {setup.WorldSize} rank(s)); pass the same setup to both.");
-        if (control is { ClipGradNorm: not null })
-            throw new ArgumentException("Gradient clipping needs the norm of every device's and rank's gradients before any update; it is not supported with data parallel yet. Leave --clip-grad-norm off.");
         if (control is { Scaler: not null })
             throw new ArgumentException("Dynamic loss scaling is not supported with data parallel yet; use --loss-scale none.");
         return new ParallelRelayExecutor(setup, eps, mb, microBatchesPerRank, placement, resume, control, fault, dropout, seed, selection, codec);
@@ -79,6 +77,13 @@ internal sealed class ParallelRelayExecutor : IExecutor
         _mb = mb;
         var d = setup.DeviceCount;
         _perDevice = microBatchesPerRank / d;
+        // Per-layer clipping: each layer's factor from the norm of its gradients reduced over every device and rank.
+        if (control is { ClipGradNorm: not null, ClipMode: ClipMode.Layer })
+            _reducer.LayerClip = sumOfSquares => control.LayerFactor(sumOfSquares, 1f);
+        // Global clipping (deferred updates): the step's factor from the norm of every layer's reduced gradients.
+        // Decide has no side effects without a loss scaler, which is refused.
+        if (control is { ClipGradNorm: not null, ClipMode: ClipMode.Global })
+            _reducer.GlobalFactor = sums => control.Decide(sums).Factor;
         _views = new EagerParamServer[d];
         _replicas = new RelayExecutor[d];
         var layers = eps.Layout.Layers.Count;

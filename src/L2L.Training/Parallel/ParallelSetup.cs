@@ -36,6 +36,24 @@ public sealed record ParallelSetup(IReadOnlyList<Backend> Devices, IHostCollecti
     }
 
     /// <summary>
+    /// Copies this rank's share of a global minibatch of (B, T) tokens: sequences Rank, Rank + R, Rank + 2R, … of
+    /// <paramref name="global"/>, in that order, into <paramref name="share"/> (B / R sequences), so the ranks together
+    /// train on exactly the batch one process would.
+    /// </summary>
+    /// <exception cref="ArgumentException">B is not a multiple of the world size, or the lengths do not fit.</exception>
+    public void TakeRankShare(ReadOnlySpan<int> global, Span<int> share, int seqLen)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(seqLen, 1);
+        var sequences = global.Length / seqLen;
+        if (global.Length % seqLen != 0 || sequences % WorldSize != 0)
+            throw new ArgumentException($"A minibatch of {global.Length} tokens is not a whole number of sequences of {seqLen} per rank for {WorldSize} rank(s); use a batch that is a multiple of {WorldSize}.");
+        if (share.Length != global.Length / WorldSize)
+            throw new ArgumentException($"A rank's share of {global.Length} tokens over {WorldSize} rank(s) is {global.Length / WorldSize} tokens, not {share.Length}.");
+        for (var j = 0; j < sequences / WorldSize; j++)
+            global.Slice((j * WorldSize + Rank) * seqLen, seqLen).CopyTo(share.Slice(j * seqLen, seqLen));
+    }
+
+    /// <summary>
     /// Checks the setup and <paramref name="microBatchesPerRank"/> (U per rank) against it: at least one device, U a
     /// positive multiple of the device count, sharding only with more than one rank.
     /// </summary>
