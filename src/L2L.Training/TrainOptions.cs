@@ -133,8 +133,10 @@ public sealed record TrainOptions
             throw new ArgumentException("--shard-optimizer splits the param server across MPI ranks and needs at least two.");
         if (IsParallel && Executor != ExecutorKind.Relay)
             throw new ArgumentException("--executor conventional runs on one device in one process; data parallel training needs --executor relay.");
-        if (IsParallel && (ClipGradNorm is not null || LossScale == Update.LossScaleMode.Dynamic || ResolvedUpdateMode == Update.UpdateMode.Deferred))
-            throw new ArgumentException("Data parallel training updates each layer as soon as its gradients are summed: --clip-grad-norm, --loss-scale dynamic and --update-mode deferred need one device.");
+        if (IsParallel && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("--loss-scale dynamic is not implemented for data parallel training: use --loss-scale none, or one device.");
+        if (ShardOptimizer && ResolvedUpdateMode == Update.UpdateMode.Deferred)
+            throw new ArgumentException("Deferred updates (global clipping's default) keep every layer's reduced gradients, which --shard-optimizer does not: drop one of them, or use --clip-mode layer.");
         if (ShardOptimizer && (OptimizerState == Optim.StatePrecision.Bf16 || Optimizer.Kind == OptimizerKind.Lamb))
             throw new ArgumentException("--shard-optimizer keeps FP32 state and splits every tensor: use --optimizer-state fp32 and --optimizer adamw or sgd with it.");
         if (IsParallel && EmbeddingUpdate == Update.UpdateLocation.Device)

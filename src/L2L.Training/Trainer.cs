@@ -178,9 +178,8 @@ public sealed class Trainer : IDisposable
         _loader.Fill(step, _inputs, _targets);
         if (_options.WorldSize > 1)
         {
-            var rank = _parallel!.Rank;
-            TakeShare(_inputs, _rankInputs, _options.SeqLen, rank, _options.WorldSize);
-            TakeShare(_targets, _rankTargets, _options.SeqLen, rank, _options.WorldSize);
+            _parallel!.TakeRankShare(_inputs, _rankInputs, _options.SeqLen);
+            _parallel.TakeRankShare(_targets, _rankTargets, _options.SeqLen);
         }
         var clock = Stopwatch.StartNew();
         var result = _executor.Step(step, _rankInputs, _rankTargets);
@@ -192,21 +191,6 @@ public sealed class Trainer : IDisposable
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
             BackwardLayers: result.BackwardLayers, WorldSize: _options.WorldSize, Devices: _options.Devices,
             CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes, StashBits: result.StashBits);
-    }
-
-    /// <summary>
-    /// Copies rank <paramref name="rank"/>'s share of a (B, T) minibatch into <paramref name="share"/>: sequences
-    /// rank, rank + R, rank + 2R, … in that order (B/R of them), so R ranks together cover the whole minibatch.
-    /// </summary>
-    public static void TakeShare(ReadOnlySpan<int> minibatch, Span<int> share, int seqLen, int rank, int worldSize)
-    {
-        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
-        if ((uint)rank >= (uint)worldSize) throw new ArgumentOutOfRangeException(nameof(rank), $"Rank {rank} is not in a world of {worldSize}.");
-        var sequences = minibatch.Length / seqLen;
-        if (sequences * seqLen != minibatch.Length || sequences % worldSize != 0 || share.Length != minibatch.Length / worldSize)
-            throw new ArgumentException($"A minibatch of {sequences} sequences of {seqLen} does not split into {worldSize} shares of {share.Length / Math.Max(seqLen, 1)}.");
-        for (int s = rank, i = 0; s < sequences; s += worldSize, i++)
-            minibatch.Slice(s * seqLen, seqLen).CopyTo(share.Slice(i * seqLen, seqLen));
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>

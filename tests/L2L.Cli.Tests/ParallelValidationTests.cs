@@ -32,15 +32,13 @@ public sealed class ParallelValidationTests(BackendFixture fixture)
         { $"{Train} --batch 6 --micro-batches 3 --devices cpu*2", "--micro-batches 3 gives each rank 3 micro-batches, which do not split across its 2 devices: every device runs the same number. Use a --micro-batches that is a multiple of 2" },
         { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --executor conventional", "--executor conventional runs on one device in one process, but this run has 1 MPI rank x 2 devices" },
         { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --embedding-update device", "--embedding-update device keeps the embedding and head on one device" },
-        { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --clip-grad-norm 1", "--clip-grad-norm needs every gradient of the step before any update, but data parallel training updates each layer as soon as its gradients from every device and rank are summed. Drop --clip-grad-norm, or train on one device" },
-        { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --loss-scale dynamic", "--loss-scale dynamic needs every gradient of the step before any update" },
-        { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --update-mode deferred", "--update-mode deferred needs every gradient of the step before any update" },
+        { $"{Train} --batch 4 --micro-batches 2 --devices cpu*2 --loss-scale dynamic", "--loss-scale dynamic is not implemented for data parallel training (several devices or MPI ranks). Use --loss-scale none, or train on one device" },
         { $"{Train} --batch 2 --device cpu --distributed cluster", "--distributed cluster is not a known distributed mode. Use one of: auto, none, mpi" },
         { $"{Train} --batch 2 --device cpu --distributed mpi", "--distributed mpi, but no MPI launcher started this process" },
-        { $"{Train} --batch 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's weights and optimizer state across MPI ranks, but this is one process" },
+        { $"{Train} --batch 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's optimizer state across MPI ranks, but this is one process" },
         { "bench train --steps 1 --devices cpu*0", "--devices: 'cpu*0' has a bad count" },
         { "bench train --steps 1 --devices cpu*2 --device cpu", "--device and --devices cannot be used together" },
-        { "bench train --device cpu --steps 1 --shard-optimizer", "--shard-optimizer splits the param server's weights" },
+        { "bench train --device cpu --steps 1 --shard-optimizer", "--shard-optimizer splits the param server's optimizer state" },
         { "bench train --device cpu --steps 1 --distributed mpi", "--distributed mpi, but no MPI launcher started this process" },
     };
 
@@ -53,7 +51,9 @@ public sealed class ParallelValidationTests(BackendFixture fixture)
         { $"{Train} --batch 2 --micro-batches 2 --device cpu --shard-optimizer --executor conventional", "--shard-optimizer applies only to --executor relay" },
         { $"{Train} --batch 2 --micro-batches 2 --device cpu --shard-optimizer --optimizer-state bf16", "--shard-optimizer keeps each rank's share of the optimizer state in FP32. Use --optimizer-state fp32 with it" },
         { $"{Train} --batch 2 --micro-batches 2 --device cpu --shard-optimizer --optimizer lamb", "lamb's trust ratio needs each whole tensor" },
-        { $"{Train} --batch 2 --micro-batches 2 --device cpu --clip-grad-norm 1 --clip-mode layer", "--clip-grad-norm needs every gradient of the step" },
+        { $"{Train} --batch 2 --micro-batches 2 --device cpu --shard-optimizer --clip-grad-norm 1", "--clip-grad-norm (global) keeps every layer's reduced gradients until the end of backward, which --shard-optimizer does not. Drop --shard-optimizer, or use --clip-mode layer" },
+        { $"{Train} --batch 2 --micro-batches 2 --device cpu --shard-optimizer --update-mode deferred", "--update-mode deferred keeps every layer's reduced gradients" },
+        { $"{Train} --batch 2 --micro-batches 2 --device cpu --loss-scale dynamic", "--loss-scale dynamic is not implemented for data parallel training" },
     };
 
     [Theory, MemberData(nameof(OneProcess))]

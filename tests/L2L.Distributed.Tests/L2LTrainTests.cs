@@ -132,7 +132,7 @@ public sealed class L2LTrainTests
     }
 
     [Theory]
-    [InlineData("--micro-batches 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's weights and optimizer state across MPI ranks, but this is one process")]
+    [InlineData("--micro-batches 2 --device cpu --shard-optimizer", "--shard-optimizer splits the param server's optimizer state across MPI ranks, but this is one process")]
     [InlineData("--micro-batches 2 --device cpu --distributed mpi", "--distributed mpi, but no MPI launcher started this process")]
     [InlineData("--micro-batches 1 --devices cpu*2", "--micro-batches 1 gives each rank 1 micro-batch, which does not split across its 2 devices")]
     public void BadInputInOneProcess_IsOneErrorLineAndWritesNothing(string change, string expected)
@@ -162,6 +162,42 @@ public sealed class L2LTrainTests
         AssertSameWeights(Path.Combine(one, "ck"), Path.Combine(two, "ck"));
         Assert.All(L2LJob.Field(Path.Combine(two, "m.jsonl"), "devices"), v => Assert.Equal("2", v));
         Assert.All(L2LJob.Field(Path.Combine(two, "m.jsonl"), "collective_seconds"), v => Assert.True(double.Parse(v, System.Globalization.CultureInfo.InvariantCulture) >= 0));
+    }
+
+    [Fact]
+    public void BenchTrainOnTwoCpuAccelerators_ReportsTheScalingEfficiency()
+    {
+        using var job = new L2LJob();
+        var dir = job.NewDirectory("bench");
+        var result = job.RunAlone(dir, $"bench train --config {job.Config} --seq 8 --devices cpu*2 --micro-batches 1 --steps 2 --warmup 1 --json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var report = System.Text.Json.JsonDocument.Parse(result.Out);
+        Assert.Equal(2, report.RootElement.GetProperty("devices").GetArrayLength());
+        var row = Assert.Single(report.RootElement.GetProperty("results").EnumerateArray());
+        var single = row.GetProperty("single_tokens_per_second").GetDouble();
+        var both = row.GetProperty("tokens_per_second").GetDouble();
+        Assert.True(single > 0 && both > 0, result.Out);
+        Assert.Equal(both / (2 * single), row.GetProperty("scaling_efficiency").GetDouble(), 9);
+        Assert.Equal(2, row.GetProperty("devices").GetInt32());
+    }
+
+    [Fact]
+    public void BenchTrainUnderMpirun_RankZeroReportsTwoRanks()
+    {
+        var mpi = MpiRun.Get("openmpi");
+        mpi.SkipIfMissing();
+        using var job = new L2LJob();
+        string rank0 = job.NewDirectory("rank0"), rank1 = job.NewDirectory("rank1");
+        var result = job.RunRanks(mpi, [rank0, rank1], $"bench train --config {job.Config} --seq 8 --device cpu --micro-batches 1 --steps 2 --warmup 1 --json --out scaling.json");
+        Assert.True(result.ExitCode == 0, result.ToString());
+        using var report = System.Text.Json.JsonDocument.Parse(result.Out); // one report: rank 1 prints nothing
+        Assert.Equal(2, report.RootElement.GetProperty("ranks").GetInt32());
+        var row = Assert.Single(report.RootElement.GetProperty("results").EnumerateArray());
+        Assert.True(row.GetProperty("single_tokens_per_second").GetDouble() > 0, result.Out);
+        Assert.Equal(row.GetProperty("tokens_per_second").GetDouble() / (2 * row.GetProperty("single_tokens_per_second").GetDouble()),
+            row.GetProperty("scaling_efficiency").GetDouble(), 9);
+        Assert.Equal(["scaling.json"], L2LJob.Files(rank0));
+        Assert.Empty(L2LJob.Files(rank1));
     }
 
     [Fact]

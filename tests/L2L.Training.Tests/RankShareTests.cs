@@ -1,5 +1,6 @@
 // How a rank takes its share of the global minibatch: sequences r, r+R, …, so the ranks together cover it once.
-using L2L.Training;
+using L2L.Training.Distributed;
+using L2L.Training.Parallel;
 using Xunit;
 
 namespace L2L.Training.Tests;
@@ -22,7 +23,7 @@ public sealed class RankShareTests
         for (var rank = 0; rank < worldSize; rank++)
         {
             var share = new int[batch / worldSize * seqLen];
-            Trainer.TakeShare(minibatch, share, seqLen, rank, worldSize);
+            new ParallelSetup([], new World(rank, worldSize)).TakeRankShare(minibatch, share, seqLen);
             for (var k = 0; k < batch / worldSize; k++)
             {
                 var sequence = rank + k * worldSize;
@@ -34,11 +35,25 @@ public sealed class RankShareTests
     }
 
     [Fact]
-    public void AShareOfTheWrongSizeOrRankIsRefused()
+    public void AShareOfTheWrongSizeIsRefused()
     {
         var minibatch = new int[6 * 2];
-        Assert.Throws<ArgumentException>(() => Trainer.TakeShare(minibatch, new int[4], 2, 0, 4)); // 6 sequences do not split into 4
-        Assert.Throws<ArgumentException>(() => Trainer.TakeShare(minibatch, new int[5], 2, 0, 2));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Trainer.TakeShare(minibatch, new int[6], 2, 2, 2));
+        Assert.Throws<ArgumentException>(() => new ParallelSetup([], new World(0, 4)).TakeRankShare(minibatch, new int[4], 2)); // 6 sequences do not split into 4
+        Assert.Throws<ArgumentException>(() => new ParallelSetup([], new World(0, 2)).TakeRankShare(minibatch, new int[5], 2));
+    }
+
+    // Only the rank and the world size matter here: no collective is called.
+    private sealed unsafe class World(int rank, int size) : IHostCollectives
+    {
+        public int Rank => rank;
+        public int WorldSize => size;
+        public string Description => $"rank {rank} of {size} (no transport)";
+        public void Barrier() => throw new NotSupportedException();
+        public void AllReduceSum(float* buffer, long count) => throw new NotSupportedException();
+        public void ReduceScatterBlockSum(float* send, float* block, long blockCount) => throw new NotSupportedException();
+        public void AllGather(float* block, float* all, long blockCount) => throw new NotSupportedException();
+        public void Broadcast(byte* buffer, long count, int root) => throw new NotSupportedException();
+        public void Abort(int exitCode, string message) => throw new NotSupportedException();
+        public void Dispose() { }
     }
 }

@@ -89,7 +89,7 @@ internal static class BenchTrainCommand
             try
             {
                 foreach (var spec in specs) leases.Add(Backend.Create(spec));
-                var setup = new L2L.Training.Parallel.ParallelSetup(leases, collectives);
+                var setup = new L2L.Training.Parallel.ParallelSetup(leases, collectives, parse.GetValue(parallel.ShardOptimizer));
                 var report = ScalingBenchmark.Run(setup, name, cfg, ms, seqLen, us, measured, unmeasured, StashPlacement.Device, single, log);
                 if (plan.Writes) BenchOutput.Write(report.ToJson(), parse.GetValue(json), parse.GetValue(output));
                 return 0;

@@ -68,20 +68,16 @@ internal sealed record DeviceList(IReadOnlyList<DeviceSpec> Specs, IReadOnlyList
     public int Count => Specs.Count;
 
     /// <summary>
-    /// The specs this rank opens: relative GPU specs move up by <paramref name="localRank"/> × <see cref="Count"/>, and an
-    /// automatic one becomes the kind auto picks, so ranks sharing a machine take different devices; the CPU accelerator never moves.
+    /// The specs this rank opens: a relative GPU spec moves up by <paramref name="localRank"/> × the number of relative
+    /// specs of its kind, and an automatic one becomes the kind auto picks, so ranks sharing a machine take different
+    /// devices; the CPU accelerator never moves.
     /// </summary>
     public IReadOnlyList<DeviceSpec> ForLocalRank(int localRank)
     {
         if (localRank == 0) return Specs;
-        var result = new DeviceSpec[Count];
-        for (var i = 0; i < Count; i++)
-        {
-            var spec = Specs[i];
-            if (Relative[i] && spec.Kind == DeviceKind.Auto) spec = new DeviceSpec(DeviceCatalog.AutoKind(DeviceCatalog.List()), 0);
-            result[i] = Relative[i] && spec.Kind != DeviceKind.Cpu ? spec with { Index = spec.Index + localRank * Count } : spec;
-        }
-        return result;
+        var resolved = Specs.Select((s, i) => Relative[i] && s.Kind == DeviceKind.Auto ? new DeviceSpec(DeviceCatalog.AutoKind(DeviceCatalog.List()), 0) : s).ToArray();
+        var perRank = resolved.Where((s, i) => Relative[i]).GroupBy(s => s.Kind).ToDictionary(g => g.Key, g => g.Count());
+        return resolved.Select((s, i) => Relative[i] && s.Kind != DeviceKind.Cpu ? s with { Index = s.Index + localRank * perRank[s.Kind] } : s).ToArray();
     }
 
     /// <summary>For the run header, e.g. "cpu:0, cpu:0".</summary>
@@ -146,7 +142,7 @@ internal sealed class DataParallelOptions
     {
         Devices = new Option<string?>("--devices") { Description = "Train data parallel on several accelerators in this process, e.g. cuda:0,cuda:1, cuda*2 or cpu*2 (two CPU accelerators); the micro-batches of each step are shared out among them." };
         Distributed = new Option<string>("--distributed") { Description = "auto (an MPI rank when started by mpirun/mpiexec, else one process), none, or mpi (insist on an MPI launcher).", DefaultValueFactory = _ => "auto" };
-        ShardOptimizer = new Option<bool>("--shard-optimizer") { Description = "With several MPI ranks: each rank keeps the FP32 weights and optimizer state of 1/R of every layer (ZeRO-style)." };
+        ShardOptimizer = new Option<bool>("--shard-optimizer") { Description = "With several MPI ranks: each rank keeps the optimizer state of 1/R of every layer and updates that part (ZeRO-style; the full weights stay on every rank)." };
     }
 
     /// <summary>--devices LIST.</summary>
@@ -212,7 +208,7 @@ internal sealed class DataParallelOptions
             var plan = Plan(p);
             if (plan.Distributed && plan.WorldSizeHint is not 1) return null;
             var why = plan.Distributed ? "the MPI launcher started 1 rank" : "this is one process (no MPI launcher started it)";
-            return $"{Validation.Rules.Typed(p, ShardOptimizer)} splits the param server's weights and optimizer state across MPI ranks, but {why}. " +
+            return $"{Validation.Rules.Typed(p, ShardOptimizer)} splits the param server's optimizer state across MPI ranks, but {why}. " +
                 "Start the run with mpirun -np N (N of 2 or more), or drop --shard-optimizer";
         });
         if (relay is not null)

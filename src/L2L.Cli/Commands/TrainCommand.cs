@@ -192,17 +192,21 @@ internal static class TrainCommand
         rules.Add(Rules.Custom("--embedding-update device needs one device in one process", p =>
             !string.Equals(p.GetValue(embeddingUpdate), "device", StringComparison.OrdinalIgnoreCase) || (p.GetValue(parallel.Devices) is null && parallel.Plan(p).WorldSizeHint is 1) ? null
                 : "--embedding-update device keeps the embedding and head on one device, but with several devices or MPI ranks every layer is updated on the host. Use --embedding-update host or auto"));
-        // Data parallel updates each layer as soon as every device's and rank's gradients of it are summed: nothing may wait for the whole step.
-        rules.Add(Rules.Custom("data parallel refuses what needs the whole step's gradients", p =>
+        // Data parallel: dynamic loss scaling is not implemented, and the sharded optimizer cannot hold a whole step's
+        // reduced gradients, which deferred updates (global clipping's default) need.
+        rules.Add(Rules.Custom("data parallel refuses dynamic loss scaling, and deferred updates when sharded", p =>
         {
             if (!parallel.IsSpread(p)) return null;
-            var clipped = Rules.Given(p, clipNorm) || (inherited is not null && inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None);
-            var what = clipped ? "--clip-grad-norm" : string.Equals(Effective(p, lossScale, RunSettings.LossScale), "dynamic", StringComparison.OrdinalIgnoreCase) ? "--loss-scale dynamic"
-                : string.Equals(p.GetValue(updateMode), "deferred", StringComparison.OrdinalIgnoreCase) ? "--update-mode deferred" : null;
-            var fromCheckpoint = clipped && !Rules.Given(p, clipNorm) || what == "--loss-scale dynamic" && !Rules.Given(p, lossScale);
+            if (string.Equals(Effective(p, lossScale, RunSettings.LossScale), "dynamic", StringComparison.OrdinalIgnoreCase))
+                return Rules.Given(p, lossScale)
+                    ? "--loss-scale dynamic is not implemented for data parallel training (several devices or MPI ranks). Use --loss-scale none, or train on one device"
+                    : "--resume's checkpoint uses dynamic loss scaling, which is not implemented for data parallel training (several devices or MPI ranks). Resume it on one device";
+            if (!p.GetValue(parallel.ShardOptimizer)) return null;
+            var globalClip = (Rules.Given(p, clipNorm) || (inherited is not null && inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None))
+                && string.Equals(Effective(p, clipMode, RunSettings.ClipMode), "global", StringComparison.OrdinalIgnoreCase);
+            var what = string.Equals(p.GetValue(updateMode), "deferred", StringComparison.OrdinalIgnoreCase) ? "--update-mode deferred" : globalClip ? "--clip-grad-norm (global)" : null;
             return what is null ? null
-                : $"{what}{(fromCheckpoint ? " (recorded in the resumed checkpoint)" : "")} needs every gradient of the step before any update, but data parallel training updates each layer " +
-                  $"as soon as its gradients from every device and rank are summed. {(fromCheckpoint ? "Resume that checkpoint on one device" : $"Drop {what}, or train on one device")}";
+                : $"{what} keeps every layer's reduced gradients until the end of backward, which --shard-optimizer does not. Drop --shard-optimizer, or use --clip-mode layer";
         }));
         rules.Add(Rules.Custom("--shard-optimizer keeps fp32 adamw or sgd state", p =>
         {
@@ -293,8 +297,8 @@ internal static class TrainCommand
                 DeviceBudgetBytes = parse.GetValue(budget),
                 // An inherited device update gives way to auto when the optimizer (changed with --override) has no device kernel, or the run is data parallel.
                 EmbeddingUpdate = settings.Value(embeddingUpdate, t => t == "device" && (devices.Count > 1 || plan.WorldSizeHint != 1 || !L2L.Training.Update.DeviceLayerOptimizer.Supports(ParseOptimizer(settings.Value(optimizer, o => o)))) ? "auto" : t) is { } where && where != "auto" ? Enums.Parse<L2L.Training.Update.UpdateLocation>(where, "--embedding-update") : null,
-                // Data parallel updates eagerly: an untyped (inherited) deferred mode gives way, a typed one was refused by the rules.
-                UpdateMode = parallel.IsSpread(parse) && !Rules.Given(parse, updateMode) ? null : UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
+                // The sharded optimizer updates eagerly: an untyped (inherited) deferred mode gives way, a typed one was refused by the rules.
+                UpdateMode = parse.GetValue(parallel.ShardOptimizer) && !Rules.Given(parse, updateMode) ? null : UpdateModeFor(settings.Value(updateMode, t => t), clipping, scaling),
                 ClipGradNorm = clipping.Norm,
                 Dropout = settings.Value(dropout, t => t == RunSettings.ConfigDropout ? null : Number(t)),
                 LayerDrop = settings.Value(layerDrop, Number),

@@ -203,8 +203,9 @@ public sealed record ScalingBenchResult(int MicroBatchSize, int MicroBatchesPerD
 /// <param name="Stash">The relay's stash placement.</param>
 /// <param name="Results">One per micro-batch size and count.</param>
 /// <param name="Definition">How the efficiency is formed.</param>
+/// <param name="ShardOptimizer">Whether the ranks sharded the optimizer state.</param>
 public sealed record ScalingBenchReport(MachineInfo Machine, IReadOnlyList<string> Devices, int Ranks, string Model, long Parameters, int Seq, int Steps,
-    string Stash, IReadOnlyList<ScalingBenchResult> Results, string Definition = ScalingBenchmark.Definition)
+    string Stash, IReadOnlyList<ScalingBenchResult> Results, string Definition = ScalingBenchmark.Definition, bool ShardOptimizer = false)
 {
     /// <summary>Indented JSON.</summary>
     public string ToJson() => BenchmarkJson.Serialize(this);
@@ -220,7 +221,8 @@ public static class ScalingBenchmark
     public const string Definition = "scaling efficiency = tokens/s with N devices ÷ (N × tokens/s with 1), N = devices per rank × ranks, same micro-batches per device";
 
     /// <summary>The options of one configuration: <paramref name="perDevice"/> micro-batches of <paramref name="microBatchSize"/> on each of devices × ranks.</summary>
-    public static TrainOptions Options(IModelConfig config, int microBatchSize, int perDevice, int seq, int steps, int devices, int ranks, StashPlacement stash) => new()
+    public static TrainOptions Options(IModelConfig config, int microBatchSize, int perDevice, int seq, int steps, int devices, int ranks, StashPlacement stash,
+        bool shardOptimizer = false) => new()
     {
         Config = config,
         Steps = steps,
@@ -232,6 +234,7 @@ public static class ScalingBenchmark
         Stash = stash,
         Devices = devices,
         WorldSize = ranks,
+        ShardOptimizer = shardOptimizer,
     };
 
     /// <summary>Median metrics of the measured steps of one run: tokens/s, collective seconds, hidden collective seconds.</summary>
@@ -264,7 +267,7 @@ public static class ScalingBenchmark
         return result;
     }
 
-    /// <summary>Runs every size × count on all of <paramref name="parallel"/>'s devices and ranks, against the single-device figures.</summary>
+    /// <summary>Runs every size × count on all of <paramref name="parallel"/>'s devices and ranks (sharded as it says), against the single-device figures.</summary>
     public static ScalingBenchReport Run(Parallel.ParallelSetup parallel, string modelName, IModelConfig config, IReadOnlyList<int> microBatchSizes, int seq,
         IReadOnlyList<int> perDevice, int steps, int warmup, StashPlacement stash, IReadOnlyDictionary<(int, int), double> single, Action<string>? log = null)
     {
@@ -273,7 +276,7 @@ public static class ScalingBenchmark
         foreach (var m in microBatchSizes)
         foreach (var u in perDevice)
         {
-            var options = Options(config, m, u, seq, warmup + steps, d, r, stash);
+            var options = Options(config, m, u, seq, warmup + steps, d, r, stash, parallel.ShardOptimizer);
             var one = single.TryGetValue((m, u), out var t) ? t : 0;
             try
             {
@@ -289,7 +292,7 @@ public static class ScalingBenchmark
             }
         }
         return new ScalingBenchReport(MachineInfo.Current(), parallel.Devices.Select(b => b.Description).ToList(), r, modelName, config.ParameterCount, seq, steps,
-            stash.ToString().ToLowerInvariant(), results);
+            stash.ToString().ToLowerInvariant(), results, ShardOptimizer: parallel.ShardOptimizer);
     }
 
     private static double Median(IEnumerable<double> values)
