@@ -17,22 +17,10 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
 {
     private static readonly int[] Lengths = [1, 3, 7, 22, 127];
 
-    public static TheoryData<DeviceKind, Store16> Cases
-    {
-        get
-        {
-            var data = new TheoryData<DeviceKind, Store16>();
-            foreach (var d in TestSupport.Devices.All)
-                foreach (var f in Sixteen.Formats)
-                    data.Add(d.Data, f.Data);
-            return data;
-        }
-    }
-
     private static double Fp32Rtol(DeviceKind kind) => kind == DeviceKind.Cpu ? 1e-5 : 1e-3;
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void GeluForwardAndBackwardMatchReference(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -66,7 +54,7 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void GeluInPlaceAndExtremeInputs(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -91,7 +79,7 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void ResidualAddAndAccumulateMatchReference(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -118,7 +106,7 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void ResidualOverflowAndRange(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -147,7 +135,7 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void DropoutUsesTheFp32MaskAndRoundsOnce(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);

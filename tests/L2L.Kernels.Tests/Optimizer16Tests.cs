@@ -9,23 +9,11 @@ namespace L2L.Kernels.Tests;
 
 public sealed class Optimizer16Tests(BackendFixture fixture)
 {
-    public static TheoryData<DeviceKind, Store16> Cases
-    {
-        get
-        {
-            var data = new TheoryData<DeviceKind, Store16>();
-            foreach (var d in TestSupport.Devices.All)
-                foreach (var f in Sixteen.Formats)
-                    data.Add(d.Data, f.Data);
-            return data;
-        }
-    }
-
     private static ushort ExpectedBits(Store16 format, float x) =>
         format == Store16.Bf16 ? Bf16.RoundBits(x) : BitConverter.HalfToUInt16Bits((System.Half)x);
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void StepsWriteTheWorkingCopyAndLeaveTheFp32UpdateUnchanged(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);

@@ -20,22 +20,10 @@ public sealed class Rows16Tests(BackendFixture fixture)
 {
     private static readonly (int N, int C)[] Shapes = [(1, 1), (3, 7), (7, 22), (22, 127), (127, 3)];
 
-    public static TheoryData<DeviceKind, Store16> Cases
-    {
-        get
-        {
-            var data = new TheoryData<DeviceKind, Store16>();
-            foreach (var d in TestSupport.Devices.All)
-                foreach (var f in Sixteen.Formats)
-                    data.Add(d.Data, f.Data);
-            return data;
-        }
-    }
-
     private static double Rtol(DeviceKind kind) => kind == DeviceKind.Cpu ? 1e-5 : 1e-3;
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void LayerNormForwardAndBackwardMatchReference(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -92,7 +80,7 @@ public sealed class Rows16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void CrossEntropyMatchesReferenceWithFp32Losses(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -132,7 +120,7 @@ public sealed class Rows16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void CrossEntropyOfExtremeLogits(DeviceKind kind, Store16 format)
     {
         // Logits near the top of each format's range (FP16: 65504; BF16: 3e38, the FP32 range) and a tie row: the max
@@ -155,7 +143,7 @@ public sealed class Rows16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void EmbeddingForwardAndFp32BackwardMatchReference(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);
@@ -208,7 +196,7 @@ public sealed class Rows16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void SumsOfSixteenBitInputsAccumulateInFp32(DeviceKind kind, Store16 format)
     {
         // FP32 sums of n 16-bit values: within (n - 1) 2^-24 sum |x| of the exact sum, far tighter than a 16-bit

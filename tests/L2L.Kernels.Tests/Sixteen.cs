@@ -33,6 +33,19 @@ public static class Sixteen
     /// <summary>Both formats, for theories.</summary>
     public static TheoryData<Store16> Formats => new(Store16.Bf16, Store16.Fp16);
 
+    /// <summary>Every backend with both formats, for theories.</summary>
+    public static TheoryData<DeviceKind, Store16> Cases
+    {
+        get
+        {
+            var data = new TheoryData<DeviceKind, Store16>();
+            foreach (var d in TestSupport.Devices.All)
+                foreach (var f in Formats)
+                    data.Add(d.Data, f.Data);
+            return data;
+        }
+    }
+
     /// <summary>Unit roundoff: half the spacing of the significands, 2^-8 for BF16 and 2^-11 for FP16.</summary>
     public static double UnitRoundoff(Store16 s) => s == Store16.Bf16 ? Math.Pow(2, -8) : Math.Pow(2, -11);
 

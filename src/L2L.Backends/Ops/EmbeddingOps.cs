@@ -79,13 +79,7 @@ public sealed class EmbeddingOps
     private void Backward<T>(Typed<T> k, AcceleratorStream s, ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<T> dOutput,
         ArrayView<int> plan, int segments, int b, int t, int c, float tokenScale, float positionScale) where T : unmanaged
     {
-        Check.Positive(b, nameof(b));
-        Check.Positive(t, nameof(t));
-        var rows = b * t;
-        Check.Length(plan, EmbeddingScatterPlan.Length(rows), nameof(plan));
-        CheckShapes(dOutput, plan.SubView(0, rows), dWte, dWpe, b, t, c, nameof(dOutput), nameof(dWte), nameof(dWpe));
-        if (segments < 1 || segments > rows)
-            throw new ArgumentOutOfRangeException(nameof(segments), segments, $"A plan for {rows} rows has between 1 and {rows} segments.");
+        var rows = CheckBackward(dWte, dWpe, dOutput, plan, segments, b, t, c);
         k.BackwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c, tokenScale);
         k.BackwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c, positionScale);
     }
@@ -112,6 +106,15 @@ public sealed class EmbeddingOps
     public void Backward(AcceleratorStream s, ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<float> dOutput,
         ArrayView<int> plan, int segments, int b, int t, int c, float tokenScale = 1f, float positionScale = 1f)
     {
+        var rows = CheckBackward(dWte, dWpe, dOutput, plan, segments, b, t, c);
+        _backwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c, tokenScale);
+        _backwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c, positionScale);
+    }
+
+    /// <summary>Checks a backward's shapes and plan; returns the row count B*T.</summary>
+    private static int CheckBackward<T>(ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<T> dOutput, ArrayView<int> plan,
+        int segments, int b, int t, int c) where T : unmanaged
+    {
         Check.Positive(b, nameof(b));
         Check.Positive(t, nameof(t));
         var rows = b * t;
@@ -119,8 +122,7 @@ public sealed class EmbeddingOps
         CheckShapes(dOutput, plan.SubView(0, rows), dWte, dWpe, b, t, c, nameof(dOutput), nameof(dWte), nameof(dWpe));
         if (segments < 1 || segments > rows)
             throw new ArgumentOutOfRangeException(nameof(segments), segments, $"A plan for {rows} rows has between 1 and {rows} segments.");
-        _backwardToken(s, Launch.Elementwise(_accelerator, (long)segments * c), dWte, dOutput, plan, rows, segments, c, tokenScale);
-        _backwardPosition(s, Launch.Elementwise(_accelerator, (long)t * c), dWpe, dOutput, b, t, c, positionScale);
+        return rows;
     }
 
     private static void CheckShapes<TRows, TTable>(ArrayView<TRows> rows, ArrayView<int> tokens, ArrayView<TTable> wte, ArrayView<TTable> wpe,

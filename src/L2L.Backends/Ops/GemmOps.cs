@@ -195,33 +195,21 @@ public sealed class GemmOps
     /// the matrices' elements. <paramref name="c"/> must not alias <paramref name="a"/> or <paramref name="b"/>.
     /// </summary>
     public void Gemm(AcceleratorStream stream, ArrayView<float> c, ArrayView<float> a, ArrayView<float> b,
-        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f)
-    {
-        if (bias.Length != 0)
-            Check.Length(bias, n, nameof(bias));
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f) =>
         Run(_fp32, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
-    }
 
     /// <summary>
     /// The product of the FP32 overload with BF16 A, B, C and bias: widened on load, FP32 accumulation, C rounded once
     /// to nearest even (with <paramref name="accumulate"/>, the old C is widened and added before that rounding).
     /// </summary>
     public void Gemm(AcceleratorStream stream, ArrayView<Bf16> c, ArrayView<Bf16> a, ArrayView<Bf16> b,
-        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Bf16> bias = default, float alpha = 1f)
-    {
-        if (bias.Length != 0)
-            Check.Length(bias, n, nameof(bias));
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Bf16> bias = default, float alpha = 1f) =>
         Run(_bf16.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
-    }
 
     /// <summary>The product with FP16 A, B, C and bias; as the BF16 overload (FP16 overflows to infinity beyond 65504).</summary>
     public void Gemm(AcceleratorStream stream, ArrayView<Half> c, ArrayView<Half> a, ArrayView<Half> b,
-        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Half> bias = default, float alpha = 1f)
-    {
-        if (bias.Length != 0)
-            Check.Length(bias, n, nameof(bias));
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<Half> bias = default, float alpha = 1f) =>
         Run(_fp16.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
-    }
 
     /// <summary>
     /// The product with BF16 A and B into an FP32 C (and FP32 bias): the weight-gradient form
@@ -229,21 +217,13 @@ public sealed class GemmOps
     /// parameter gradients in FP32 across micro-batches.
     /// </summary>
     public void Gemm(AcceleratorStream stream, ArrayView<float> c, ArrayView<Bf16> a, ArrayView<Bf16> b,
-        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f)
-    {
-        if (bias.Length != 0)
-            Check.Length(bias, n, nameof(bias));
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f) =>
         Run(_bf16ToFp32.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
-    }
 
     /// <summary>The product with FP16 A and B into an FP32 C (and FP32 bias); as the BF16-into-FP32 overload.</summary>
     public void Gemm(AcceleratorStream stream, ArrayView<float> c, ArrayView<Half> a, ArrayView<Half> b,
-        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f)
-    {
-        if (bias.Length != 0)
-            Check.Length(bias, n, nameof(bias));
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f) =>
         Run(_fp16ToFp32.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
-    }
 
     /// <summary>
     /// The FP32 <c>Gemm</c> without bias over <paramref name="batch"/> contiguous matrices: A_i at <c>i * m * k</c>,
@@ -287,6 +267,8 @@ public sealed class GemmOps
         Check.Positive(batch, nameof(batch));
         Check.Positive(m, nameof(m));
         Check.Positive(n, nameof(n));
+        if (bias.Length != 0)
+            Check.Length(bias, n, nameof(bias));
         Check.Positive(k, nameof(k));
         if (!Enum.IsDefined(layout))
             throw new ArgumentOutOfRangeException(nameof(layout), layout, "Unknown GEMM layout.");
