@@ -177,12 +177,7 @@ public sealed class AttentionOps
         ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
         int b, int t, int c, int nh, bool causal, AttentionPath path) where T : unmanaged
     {
-        var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
-        Check.Length(dQkv, qkv.Length, nameof(dQkv));
-        Check.Length(dOutput, (long)b * t * c, nameof(dOutput));
-        Check.Length(output, (long)b * t * c, nameof(output));
-        var rows = LseLength(b, t, nh);
-        Check.Length(lse, rows, nameof(lse));
+        var (d, rows) = ValidateBackward(dQkv, dOutput, qkv, output, lse, keyLengths, keyMask, b, t, c, nh, causal);
         var resolved = Resolve(path, d.HeadSize);
         Check.AtLeast(scratch, SixteenBitBackwardScratchLength(b, t, c, nh, resolved), nameof(scratch));
         var delta = scratch.SubView(0, rows);
@@ -248,12 +243,7 @@ public sealed class AttentionOps
         ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
         int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto)
     {
-        var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
-        Check.Length(dQkv, qkv.Length, nameof(dQkv));
-        Check.Length(dOutput, (long)b * t * c, nameof(dOutput));
-        Check.Length(output, (long)b * t * c, nameof(output));
-        var rows = LseLength(b, t, nh);
-        Check.Length(lse, rows, nameof(lse));
+        var (d, rows) = ValidateBackward(dQkv, dOutput, qkv, output, lse, keyLengths, keyMask, b, t, c, nh, causal);
         Check.AtLeast(scratch, BackwardScratchLength(b, t, c, nh), nameof(scratch));
         var delta = scratch.SubView(0, rows);
         _delta(s, RowLaunch(rows), delta, dOutput, output, d);
@@ -277,6 +267,20 @@ public sealed class AttentionOps
     public void Backward(AcceleratorStream s, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,
         ArrayView<float> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, int b, int t, int c, int nh, bool causal)
         => Backward(s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, ArrayView<int>.Empty, b, t, c, nh, causal);
+
+    /// <summary>Checks a backward's shapes (as <see cref="Validate"/>, plus the gradients, the output and <c>lse</c>); returns the dims and the row count B·NH·T.</summary>
+    private static (AttentionDims Dims, long Rows) ValidateBackward<T>(ArrayView<T> dQkv, ArrayView<T> dOutput, ArrayView<T> qkv,
+        ArrayView<T> output, ArrayView<float> lse, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal) where T : unmanaged
+    {
+        var d = Validate(qkv, keyLengths, keyMask, b, t, c, nh, causal);
+        Check.Length(dQkv, qkv.Length, nameof(dQkv));
+        Check.Length(dOutput, (long)b * t * c, nameof(dOutput));
+        Check.Length(output, (long)b * t * c, nameof(output));
+        var rows = LseLength(b, t, nh);
+        Check.Length(lse, rows, nameof(lse));
+        return (d, rows);
+    }
 
     private static AttentionDims Validate<T>(ArrayView<T> qkv, ArrayView<int> keyLengths, ArrayView<int> keyMask,
         int b, int t, int c, int nh, bool causal) where T : unmanaged

@@ -52,15 +52,9 @@ public static class Bf16Convert
         return Vector.ConditionalSelect(isNaN, upper | new Vector<uint>(0x0040u), rounded);
     }
 
-    /// <summary>Scalar mirror of <see cref="ToBits(Vector{float})"/>.</summary>
+    /// <summary>Scalar mirror of <see cref="ToBits(Vector{float})"/>: the device kernels' own rounding.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ushort ToBits(float value)
-    {
-        var bits = BitConverter.SingleToUInt32Bits(value);
-        if ((bits & AbsMask) > SingleInfinityBits)
-            return (ushort)((bits >> 16) | 0x0040u);
-        return (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-    }
+    internal static ushort ToBits(float value) => L2L.Kernels.Bf16.RoundBits(value);
 }
 
 /// <summary>
