@@ -10,26 +10,25 @@ using L2L.Training.Update;
 
 namespace L2L.Training;
 
-/// <summary>
-/// Ordinary training, the reference for relay's results and the baseline for its memory and
-/// speed: every layer's weights, gradients and optimizer state live on the device; each
-/// micro-batch runs forward through all layers keeping every activation, then backward, with
-/// gradients accumulated over the U micro-batches; the optimizer runs on the device once per step.
-/// Device memory grows with depth.
-/// </summary>
-public sealed class ConventionalExecutor : IExecutor
+/// <summary>The conventional executor over storage type <typeparamref name="T"/>; see <see cref="ConventionalExecutor"/>.</summary>
+internal sealed class ConventionalCore<T> : IConventionalCore where T : unmanaged
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly IModelLayers _layers;
+    private readonly IModelLayers<T> _layers;
+    private readonly Precision _precision;
+    private readonly CastOps _cast;
     private readonly DeviceLayerOptimizer _optimizer;
     private readonly OptimizerSettings _settings;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
     private readonly ResourceList _owned = new();
-    private readonly DeviceBuffer<float>[] _params, _grads;
+    private readonly DeviceBuffer<T>[] _params;
+    private readonly DeviceBuffer<float>[] _grads;
+    // 16-bit: the FP32 master weights the optimizer updates (it writes the working copies in _params); empty in FP32.
+    private readonly DeviceBuffer<float>[] _masters = [];
     private readonly IBlockActivations[] _acts;
-    private readonly DeviceBuffer<float> _blockInputs, _headInput, _dStream;
+    private readonly DeviceBuffer<T> _blockInputs, _headInput, _dStream;
     private readonly IModelScratch _scratch;
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
@@ -56,11 +55,11 @@ public sealed class ConventionalExecutor : IExecutor
     /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
     /// <param name="seed">The run's seed, for the dropout masks.</param>
     /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
-    public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
-        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
-        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0,
-        LayerSelection? selection = null)
+    public ConventionalCore(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
+        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume,
+        GradientControl? control, GradientFault? fault, DropoutRates? dropout, long seed, LayerSelection? selection)
     {
+        _precision = Precisions.Of<T>();
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
         if (optimizer.Kind == OptimizerKind.Lamb)
@@ -76,6 +75,7 @@ public sealed class ConventionalExecutor : IExecutor
         _dropout = dropout ?? DropoutRates.None;
         _seed = seed;
         _reduce = backend.Get<ReduceOps>();
+        _cast = backend.Get<CastOps>();
         _sumSquaresHost = new float[layout.Layers.Count];
         if (resume is not null)
         {
@@ -85,32 +85,43 @@ public sealed class ConventionalExecutor : IExecutor
         }
         try
         {
-            _layers = Models.CreateLayers(backend, layout);
+            _layers = Models.CreateLayers<T>(backend, layout);
             // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
             var planned = new Planning.PlanSettings(layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Conventional,
                 StashPlacement.Device, new Stash.StashCodecSettings(), optimizer.Kind, UpdateLocation.Device, UpdateMode.Eager, StatePrecision.Fp32,
-                DeviceShape.Of(backend.Accelerator));
+                DeviceShape.Of(backend.Accelerator), Precision: _precision);
             var device = Planning.Planner.ConventionalDevice(planned, layout);
             DeviceBuffer<float> F(string name) => Track(backend.Allocate<float>(device.Named(name)));
+            DeviceBuffer<T> S(string name) => Track(backend.Allocate<T>(device.Named(name)));
             var count = layout.Layers.Count;
-            _params = new DeviceBuffer<float>[count];
+            _params = new DeviceBuffer<T>[count];
             _grads = new DeviceBuffer<float>[count];
+            if (_precision.Is16Bit()) _masters = new DeviceBuffer<float>[count];
             var s = backend.ComputeStream;
             for (var i = 0; i < count; i++)
             {
                 var layer = layout.Layers[i];
-                _params[i] = F(layer.Name);
-                _params[i].View.CopyFromCPU(s, weights[i]);
+                _params[i] = S(layer.Name);
                 _grads[i] = F(layer.Name + ".grads");
+                if (_precision.Is16Bit())
+                {
+                    _masters[i] = F(layer.Name + ".master");
+                    _masters[i].View.CopyFromCPU(s, weights[i]);
+                    StorageCasts.Narrow(_cast, s, _params[i].View, _masters[i].View);
+                }
+                else
+                {
+                    _params[i].View.Cast<float>().CopyFromCPU(s, weights[i]);
+                }
             }
             _optimizer = Track(new DeviceLayerOptimizer(backend, optimizer, schedule, layout.Layers, resume));
             var blocks = layout.Blocks.Count;
             _acts = new IBlockActivations[blocks];
             for (var l = 0; l < blocks; l++)
                 _acts[l] = Track(_layers.CreateActivations(backend, microBatch, MemoryCategory.Stash, $"{layout.Blocks[l].Name}.activations"));
-            _blockInputs = F("block-inputs");
-            _headInput = F("head-input");
-            _dStream = F("residual-grads");
+            _blockInputs = S("block-inputs");
+            _headInput = S("head-input");
+            _dStream = S("residual-grads");
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = Track(backend.AllocatePinned<float>(Planning.Planner.ConventionalHost(planned).Named("host.loss").Length));
@@ -125,12 +136,12 @@ public sealed class ConventionalExecutor : IExecutor
         }
     }
 
-    private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
+    private R Track<R>(R resource) where R : IDisposable => _owned.Add(resource);
 
     /// <inheritdoc/>
     public long StepsDone { get; private set; }
 
-    private ArrayView<float> BlockInput(int l) => _blockInputs.Slice(l * _mb.ActivationLength, _mb.ActivationLength);
+    private ArrayView<T> BlockInput(int l) => _blockInputs.Slice(l * _mb.ActivationLength, _mb.ActivationLength);
 
     /// <inheritdoc/>
     public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default)
@@ -151,14 +162,23 @@ public sealed class ConventionalExecutor : IExecutor
         _sumSquares.View.CopyToCPU(s, _sumSquaresHost);
         s.Synchronize();
         var decision = _control.Decide(_sumSquaresHost);
-        if (!decision.Skip)
+        // Without a dynamic scale, a layer whose gradients overflowed is not updated (and is reported); under global
+        // clipping the norm itself is then not finite, so no layer is.
+        HashSet<int> overflowed = _control.Scaler is not null ? []
+            : updated.Where(l => GradientControl.LayerOverflowed(_sumSquaresHost[l.Index])).Select(l => l.Index).ToHashSet();
+        var skipAll = decision.Skip || (overflowed.Count > 0 && _control.ClipGradNorm is not null && _control.ClipMode == ClipMode.Global);
+        if (!skipAll)
         {
             foreach (var layer in updated)
             {
+                if (overflowed.Contains(layer.Index)) continue;
                 var factor = _control.LayerFactor(_sumSquaresHost[layer.Index], decision.Factor);
                 if (factor != 1f)
                     _reduce.Scale(s, _grads[layer.Index].View, factor);
-                _optimizer.Step(s, layer, _params[layer.Index].View, _grads[layer.Index].View, step, _control.NextOptimizerStep(layer.Index));
+                if (_masters.Length > 0)
+                    _optimizer.Step(s, layer, _masters[layer.Index].View, _grads[layer.Index].View, _params[layer.Index].View, step, _control.NextOptimizerStep(layer.Index));
+                else
+                    _optimizer.Step(s, layer, _params[layer.Index].View.Cast<float>(), _grads[layer.Index].View, step, _control.NextOptimizerStep(layer.Index));
             }
         }
         _loss.CopyFromDeviceAsync(s, _scratch.LossTotal.View);
@@ -169,8 +189,9 @@ public sealed class ConventionalExecutor : IExecutor
             throw new NonFiniteLossException(step, loss);
         // The inputs went up, the sums of squares and the loss came back.
         var bus = new Planning.BusTraffic(0, _sumSquares.Bytes, 0, 0, _inputs.UploadedBytes - uploadedBefore + sizeof(float));
-        return new StepResult(loss, bus.Total, GradNorm: decision.GradNorm, Skipped: decision.Skip,
-            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers, BusBytesByKind: bus);
+        return new StepResult(loss, bus.Total, GradNorm: decision.GradNorm, Skipped: skipAll,
+            LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers, BusBytesByKind: bus,
+            OverflowedLayers: overflowed.Count > 0 ? overflowed.Order().Select(i => _layout.Layers[i].Name).ToArray() : null);
     }
 
     /// <summary>
@@ -251,7 +272,7 @@ public sealed class ConventionalExecutor : IExecutor
         for (var i = 0; i < _params.Length; i++)
         {
             result[i] = new float[_params[i].Length];
-            _params[i].View.CopyToCPU(s, result[i]);
+            (_masters.Length > 0 ? _masters[i].View : _params[i].View.Cast<float>()).CopyToCPU(s, result[i]);
         }
         s.Synchronize();
         return result;
@@ -273,4 +294,78 @@ public sealed class ConventionalExecutor : IExecutor
         try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
         _owned.Dispose();
     }
+}
+
+/// <summary>What <see cref="ConventionalExecutor"/> needs of its typed core.</summary>
+internal interface IConventionalCore : IExecutor
+{
+    (double Loss, float[][] Gradients) LossAndGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes, long step);
+}
+
+/// <summary>
+/// Ordinary training, the reference for relay's results and the baseline for its memory and
+/// speed: every layer's weights, gradients and optimizer state live on the device; each
+/// micro-batch runs forward through all layers keeping every activation, then backward, with
+/// gradients accumulated over the U micro-batches; the optimizer runs on the device once per step.
+/// Device memory grows with depth.
+/// </summary>
+/// <remarks>
+/// In bf16 or fp16 every layer's weights are a 16-bit working copy that the layers read, next to its FP32 master and
+/// optimizer state (all on the device); the optimizer updates the master and writes the copy in the same pass.
+/// Activations, the stash of block inputs and the residual stream's gradient are 16-bit; parameter gradients FP32.
+/// </remarks>
+public sealed class ConventionalExecutor : IExecutor
+{
+    private readonly IConventionalCore _core;
+
+    /// <summary>Uploads the model and allocates everything the executor will use.</summary>
+    /// <param name="backend">The device.</param>
+    /// <param name="layout">The model's layers.</param>
+    /// <param name="weights">The initial weights, one array per layer.</param>
+    /// <param name="optimizer">SGD or AdamW and its hyper-parameters.</param>
+    /// <param name="schedule">The learning-rate schedule.</param>
+    /// <param name="microBatch">The shape of one micro-batch.</param>
+    /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
+    /// <param name="resume">Optimizer state and step to continue from.</param>
+    /// <param name="control">Clipping and loss scaling (default: none), applied on the device from the global or per-layer norms.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
+    /// <param name="precision">The device storage precision (default FP32).</param>
+    public ConventionalExecutor(Backend backend, ModelLayout layout, IReadOnlyList<float[]> weights, OptimizerSettings optimizer,
+        LearningRateSchedule schedule, MicroBatch microBatch, int microBatches, TrainingState? resume = null,
+        GradientControl? control = null, GradientFault? fault = null, DropoutRates? dropout = null, long seed = 0,
+        LayerSelection? selection = null, Precision precision = Precision.Fp32)
+    {
+        _core = precision switch
+        {
+            Precision.Bf16 => new ConventionalCore<Kernels.Bf16>(backend, layout, weights, optimizer, schedule, microBatch, microBatches, resume, control, fault, dropout, seed, selection),
+            Precision.Fp16 => new ConventionalCore<ILGPU.Half>(backend, layout, weights, optimizer, schedule, microBatch, microBatches, resume, control, fault, dropout, seed, selection),
+            _ => new ConventionalCore<float>(backend, layout, weights, optimizer, schedule, microBatch, microBatches, resume, control, fault, dropout, seed, selection),
+        };
+    }
+
+    /// <inheritdoc/>
+    public long StepsDone => _core.StepsDone;
+
+    /// <inheritdoc/>
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default) =>
+        _core.Step(step, inputs, targets, tokenTypes);
+
+    /// <summary>
+    /// The minibatch's mean loss and its gradients at the current weights, one array per layer, without updating
+    /// anything (a reference for clipping, dropout and optimizer tests); dropout masks as in 0-based step <paramref name="step"/>.
+    /// </summary>
+    public (double Loss, float[][] Gradients) LossAndGradients(ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default, long step = 0) =>
+        _core.LossAndGradients(inputs, targets, tokenTypes, step);
+
+    /// <inheritdoc/>
+    public float[][] Weights() => _core.Weights();
+
+    /// <inheritdoc/>
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) => _core.State(metadata);
+
+    /// <inheritdoc/>
+    public void Dispose() => _core.Dispose();
 }

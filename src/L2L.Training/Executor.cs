@@ -40,9 +40,14 @@ public enum StashPlacement
 /// </param>
 /// <param name="BusBytesByKind">The step's bus bytes by kind; their total is <paramref name="BusBytes"/>.</param>
 /// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (null without one).</param>
+/// <param name="OverflowedLayers">
+/// Layers whose gradients held an inf or NaN this step and were therefore not updated (null: none). Without dynamic loss
+/// scaling an eager update skips only those layers; a deferred one (global clipping) skips the step's updates.
+/// </param>
 public readonly record struct StepResult(double Loss, long BusBytes, double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0,
     double GradNorm = double.NaN, bool Skipped = false, float LossScale = 1f, long SkippedSteps = 0, int BlocksRun = 0, int BackwardLayers = 0,
-    double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0, Planning.BusTraffic BusBytesByKind = default, IReadOnlyList<int>? StashBits = null);
+    double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0, Planning.BusTraffic BusBytesByKind = default, IReadOnlyList<int>? StashBits = null,
+    IReadOnlyList<string>? OverflowedLayers = null);
 
 /// <summary>A training executor. Steps are synchronous: after <see cref="Step"/> returns, the loss is final; weight updates may still be finishing on host threads but are awaited before any later use.</summary>
 public interface IExecutor : IDisposable

@@ -7,40 +7,32 @@ using L2L.Model.Device;
 
 namespace L2L.Training;
 
-/// <summary>
-/// The relay executor. The eager param server holds the model on the host; the device holds two
-/// block slots (the running layer and the prefetched next one), two gradient slots (the running
-/// layer's and the previous layer's, still being copied out), the embedding and head layers, and
-/// a workspace for one micro-batch. Each layer runs across all U micro-batches, so its weights
-/// cross the bus once per pass. The backward pass recomputes each block from its stashed input.
-/// With <see cref="StashPlacement.Host"/> the stash and the boundary gradients live in pinned host
-/// memory and stream through two device slots each, so device memory does not depend on the
-/// number of layers or micro-batches.
-/// </summary>
-/// <remarks>
-/// Stream ordering: ILGPU cannot make one stream wait on another's event, so the host orders
-/// them: before a slot is refilled on the copy stream the compute stream is synchronized, and
-/// before compute uses a slot the copy stream is synchronized. Compute of one micro-batch or
-/// layer still overlaps the transfers of the next.
-/// </remarks>
-public sealed class RelayExecutor : IExecutor
+/// <summary>The relay executor over storage type <typeparamref name="T"/> (float, Bf16 or Half); see <see cref="RelayExecutor"/>.</summary>
+internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly IModelLayers _layers;
+    private readonly IModelLayers<T> _layers;
+    private readonly Precision _precision;
+    private readonly int _e; // bytes per stored element
     private readonly EagerParamServer _eps;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
     private readonly StashPlacement _placement;
     private readonly ResourceList _owned = new();
-    private readonly DeviceBuffer<float>[] _paramSlots;
+    private readonly DeviceBuffer<T>[] _paramSlots;
     private readonly DeviceBuffer<float>[] _gradSlots;
-    private readonly DeviceBuffer<float> _embedding, _embeddingGrads, _head, _headGrads, _blockOut;
+    private readonly DeviceBuffer<T> _embedding, _head, _blockOut;
+    private readonly DeviceBuffer<float> _embeddingGrads, _headGrads;
+    // 16-bit: the resident embedding's and head's FP32 masters (their optimizer's), and the staging of a layer's gradients narrowed for the bus.
+    private readonly DeviceBuffer<float>? _embeddingMaster, _headMaster;
+    private readonly DeviceBuffer<T>? _gradsOut;
+    private readonly Backends.Ops.CastOps _cast;
     private readonly IBlockActivations _act;
     private readonly IModelScratch _scratch;
-    private readonly DeviceBuffer<float>? _deviceStash, _deviceDx;
-    private readonly PinnedHostBuffer<float>? _hostStash, _hostDx;
-    private readonly DeviceBuffer<float>[] _inSlots = [], _outSlots = [], _dxSlots = [];
+    private readonly DeviceBuffer<T>? _deviceStash, _deviceDx;
+    private readonly PinnedHostBuffer<T>? _hostStash, _hostDx;
+    private readonly DeviceBuffer<T>[] _inSlots = [], _outSlots = [], _dxSlots = [];
     private readonly Stash.CompressedStash? _compressed;
     private readonly MicroBatchInputs _inputs;
     private readonly PinnedHostBuffer<float> _loss;
@@ -74,10 +66,14 @@ public sealed class RelayExecutor : IExecutor
     /// <param name="seed">The run's seed, for the dropout masks.</param>
     /// <param name="codec">How the stash is stored (default: FP32, exact).</param>
     /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
-    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
-        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null,
-        DropoutRates? dropout = null, long seed = 0, Update.LayerSelection? selection = null, Stash.StashCodecSettings? codec = null)
+    public RelayCore(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
+        TrainingState? resume, Update.GradientControl? control, Update.GradientFault? fault,
+        DropoutRates? dropout, long seed, Update.LayerSelection? selection, Stash.StashCodecSettings? codec)
     {
+        _precision = Precisions.Of<T>();
+        _e = _precision.ElementSize();
+        if (eps.Precision != _precision)
+            throw new ArgumentException($"The param server keeps {eps.Precision.Name()} device copies; this executor runs in {_precision.Name()}.");
         ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         microBatch.Validate();
         _backend = backend;
@@ -94,29 +90,41 @@ public sealed class RelayExecutor : IExecutor
         if (_control.NeedsGlobalNorm && eps.Mode != Update.UpdateMode.Deferred)
             throw new ArgumentException("Global gradient clipping and dynamic loss scaling need deferred updates (the param server's --update-mode deferred).");
         _reduce = backend.Get<Backends.Ops.ReduceOps>();
+        _cast = backend.Get<Backends.Ops.CastOps>();
         try
         {
-            _layers = Models.CreateLayers(backend, _layout);
+            _layers = Models.CreateLayers<T>(backend, _layout);
             // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
             var planned = new Planning.PlanSettings(_layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Relay, placement,
                 codec ?? new Stash.StashCodecSettings(), eps.Settings.Kind, ResidentOnDevice ? Update.UpdateLocation.Device : Update.UpdateLocation.Host,
-                eps.Mode, Optim.StatePrecision.Fp32, DeviceShape.Of(backend.Accelerator));
+                eps.Mode, Optim.StatePrecision.Fp32, DeviceShape.Of(backend.Accelerator), Precision: _precision);
             var device = Planning.Planner.RelayDevice(planned, _layout);
             var pinned = Planning.Planner.RelayExecutorHost(planned, _layout);
             DeviceBuffer<float> F(string name) => Track(backend.Allocate<float>(device.Named(name)));
+            DeviceBuffer<T> S(string name) => Track(backend.Allocate<T>(device.Named(name)));
             PinnedHostBuffer<float> P(string name) => Track(backend.AllocatePinned<float>(pinned.Named(name).Length));
+            PinnedHostBuffer<T> PS(string name) => Track(backend.AllocatePinned<T>(pinned.Named(name).Length));
             _partials = F("grad-norm.partials");
             _sumSquares = F("grad-norm.sums");
             _sumSquaresHost = P("host.grad-norm.sums");
-            _paramSlots = [F("block-slot.0"), F("block-slot.1")];
+            _paramSlots = [S("block-slot.0"), S("block-slot.1")];
             _gradSlots = [F("block-grads.0"), F("block-grads.1")];
-            _embedding = F("embedding");
+            _embedding = S("embedding");
             _embeddingGrads = F("embedding.grads");
-            _head = F("head");
+            _head = S("head");
             _headGrads = F("head.grads");
+            if (_precision.Is16Bit())
+            {
+                _gradsOut = S("grads-out");
+                if (ResidentOnDevice)
+                {
+                    _embeddingMaster = F("embedding.master");
+                    _headMaster = F("head.master");
+                }
+            }
             _act = Track(_layers.CreateActivations(backend, microBatch));
             _scratch = Track(_layers.CreateScratch(backend, microBatch));
-            _blockOut = F("block-out");
+            _blockOut = S("block-out");
             var a = microBatch.ActivationLength;
             var layers = _layout.Blocks.Count;
             if (codec is { Enabled: true })
@@ -124,21 +132,21 @@ public sealed class RelayExecutor : IExecutor
                 // Only encoded inputs are stashed (on the device, or on the host through two encoded slots). The forward
                 // must read exact inputs, so the running layer's activations of all U micro-batches stay on the device, in
                 // the boundary-gradient buffer, which the backward needs only later; the boundary gradients then stay there too.
-                _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a, resume?.Metadata));
-                _deviceDx = F("boundary-grads");
+                _compressed = Track(new Stash.CompressedStash(backend, codec, placement, layers, microBatches, a, resume?.Metadata, _precision));
+                _deviceDx = S("boundary-grads");
             }
             else if (placement == StashPlacement.Device)
             {
-                _deviceStash = F("stash");
-                _deviceDx = F("boundary-grads");
+                _deviceStash = S("stash");
+                _deviceDx = S("boundary-grads");
             }
             else
             {
-                _hostStash = P("host.stash");
-                _hostDx = P("host.boundary-grads");
-                _inSlots = [F("stash-in.0"), F("stash-in.1")];
-                _outSlots = [F("stash-out.0"), F("stash-out.1")];
-                _dxSlots = [F("boundary-grads.0"), F("boundary-grads.1")];
+                _hostStash = PS("host.stash");
+                _hostDx = PS("host.boundary-grads");
+                _inSlots = [S("stash-in.0"), S("stash-in.1")];
+                _outSlots = [S("stash-out.0"), S("stash-out.1")];
+                _dxSlots = [S("boundary-grads.0"), S("boundary-grads.1")];
             }
             _inputs = Track(new MicroBatchInputs(backend, microBatch, microBatches, _layers.Inputs));
             _loss = P("host.loss");
@@ -148,9 +156,22 @@ public sealed class RelayExecutor : IExecutor
                     throw new ArgumentException("The embedding and head are updated on the device together, or both on the host.");
                 // They stay on the device for the whole run: uploaded once, updated there, written back for snapshots.
                 _residentOptimizer = Track(new Update.DeviceLayerOptimizer(backend, eps.Settings, eps.Schedule, [_layout.Embedding, _layout.Head], resume));
-                eps.EnqueueFetch(EmbeddingIndex, backend.CopyStream, _embedding.View);
-                eps.EnqueueFetch(HeadIndex, backend.CopyStream, _head.View);
-                backend.CopyStream.Synchronize();
+                if (_embeddingMaster is null)
+                {
+                    eps.EnqueueFetch(EmbeddingIndex, backend.CopyStream, _embedding.View);
+                    eps.EnqueueFetch(HeadIndex, backend.CopyStream, _head.View);
+                    backend.CopyStream.Synchronize();
+                }
+                else
+                {
+                    // 16-bit: their FP32 masters go up once (their optimizer keeps them on the device) and the working copies are narrowed from them.
+                    var cs = backend.ComputeStream;
+                    _embeddingMaster.View.CopyFromCPU(cs, eps.Weights(EmbeddingIndex).ToArray());
+                    _headMaster!.View.CopyFromCPU(cs, eps.Weights(HeadIndex).ToArray());
+                    StorageCasts.Narrow(_cast, cs, _embedding.View, _embeddingMaster.View);
+                    StorageCasts.Narrow(_cast, cs, _head.View, _headMaster.View);
+                    cs.Synchronize();
+                }
             }
         }
         catch
@@ -164,15 +185,15 @@ public sealed class RelayExecutor : IExecutor
     /// Data parallel: the labelled targets of the whole global minibatch (every device and rank), which scales this
     /// replica's loss gradient and loss; null: this executor's own minibatch.
     /// </summary>
-    internal long? LabelledTotal { get; set; }
+    public long? LabelledTotal { get; set; }
 
     /// <summary>Data parallel: the global index of this replica's first micro-batch, so dropout masks match one device's.</summary>
-    internal int MicroBatchOffset { get; set; }
+    public int MicroBatchOffset { get; set; }
 
     /// <summary>Whether the embedding and head layers stay on the device with their optimizer there.</summary>
     private bool ResidentOnDevice => _eps.IsDeviceUpdated(EmbeddingIndex);
 
-    private T Track<T>(T resource) where T : IDisposable => _owned.Add(resource);
+    private R Track<R>(R resource) where R : IDisposable => _owned.Add(resource);
 
     /// <inheritdoc/>
     public long StepsDone => _eps.StepsDone;
@@ -184,14 +205,14 @@ public sealed class RelayExecutor : IExecutor
     private int L => _layout.Blocks.Count;
     private int U => _microBatches;
 
-    private ArrayView<float> StashView(int level, int u) => _deviceStash!.Slice((level * (long)U + u) * A, A);
+    private ArrayView<T> StashView(int level, int u) => _deviceStash!.Slice((level * (long)U + u) * A, A);
     // With a codec the forward reads and writes exact activations (X), and only their encodings are stashed.
-    private ArrayView<float> X(int u) => _deviceDx!.Slice(u * A, A);
-    private ArrayView<float> In(int level, int u, int slot) =>
+    private ArrayView<T> X(int u) => _deviceDx!.Slice(u * A, A);
+    private ArrayView<T> In(int level, int u, int slot) =>
         _compressed is not null ? X(u) : _placement == StashPlacement.Device ? StashView(level, u) : _inSlots[slot].View;
-    private ArrayView<float> Out(int level, int u, int slot) =>
+    private ArrayView<T> Out(int level, int u, int slot) =>
         _compressed is not null ? (level == 0 ? X(u) : _blockOut.View) : _placement == StashPlacement.Device ? StashView(level, u) : _outSlots[slot].View;
-    private ArrayView<float> Dx(int u, int slot) => _compressed is not null || _placement == StashPlacement.Device ? X(u) : _dxSlots[slot].View;
+    private ArrayView<T> Dx(int u, int slot) => _compressed is not null || _placement == StashPlacement.Device ? X(u) : _dxSlots[slot].View;
 
     /// <summary>
     /// After the layer below wrote <see cref="Out"/>(level): with a codec, enqueues its encode into the stash
@@ -210,8 +231,8 @@ public sealed class RelayExecutor : IExecutor
     private bool HostInputs => _placement == StashPlacement.Host && _compressed is null;
 
     /// <summary>The stashed input of level <paramref name="level"/> for the backward's recomputation: decoded into a workspace buffer with a codec.</summary>
-    private ArrayView<float> Restore(int level, int u, int slot) =>
-        _compressed is not null ? _compressed.Decode(_backend.ComputeStream, level, u, slot) : In(level, u, slot);
+    private ArrayView<T> Restore(int level, int u, int slot) =>
+        _compressed is not null ? _compressed.Decode<T>(_backend.ComputeStream, level, u, slot) : In(level, u, slot);
 
     private void FetchStash(int level, int u, int slot)
     {
@@ -221,7 +242,7 @@ public sealed class RelayExecutor : IExecutor
             return;
         }
         _hostStash!.CopyToDeviceAsync(_backend.CopyStream, _inSlots[slot].View, (level * (long)U + u) * A, A);
-        _stashBytes += A * sizeof(float);
+        _stashBytes += A * _e;
     }
 
     private void StoreStash(int level, int u, int slot)
@@ -232,21 +253,21 @@ public sealed class RelayExecutor : IExecutor
             return;
         }
         _hostStash!.CopyFromDeviceAsync(_backend.CopyStream, _outSlots[slot].View, (level * (long)U + u) * A, A);
-        _stashBytes += A * sizeof(float);
+        _stashBytes += A * _e;
     }
 
     private void FetchDx(int u, int slot)
     {
         if (_compressed is not null) return; // the boundary gradients stay on the device
         _hostDx!.CopyToDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
-        _dxBytes += A * sizeof(float);
+        _dxBytes += A * _e;
     }
 
     private void StoreDx(int u, int slot)
     {
         if (_compressed is not null) return;
         _hostDx!.CopyFromDeviceAsync(_backend.CopyStream, _dxSlots[slot].View, u * A, A);
-        _dxBytes += A * sizeof(float);
+        _dxBytes += A * _e;
     }
 
     /// <summary>Blocks until the copy stream is idle, counting the time as waiting on transfers.</summary>
@@ -405,7 +426,7 @@ public sealed class RelayExecutor : IExecutor
             if (ResidentOnDevice)
             {
                 if (!deferred)
-                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, 1f);
+                    StepResident(_layout.Head, _head, _headMaster, _headGrads.View, HeadSumSlot, step, 1f);
             }
             else
             {
@@ -491,7 +512,7 @@ public sealed class RelayExecutor : IExecutor
         if (!deferred && embeddingTrains)
         {
             if (ResidentOnDevice)
-                StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, 1f);
+                StepResident(_layout.Embedding, _embedding, _embeddingMaster, _embeddingGrads.View, EmbeddingSumSlot, step, 1f);
             else
                 BeginEager([EmbeddingIndex], step);
         }
@@ -506,6 +527,17 @@ public sealed class RelayExecutor : IExecutor
             var decision = _control.Decide(sums);
             gradNorm = decision.GradNorm;
             skipped = decision.Skip;
+            if (!skipped && _control.Scaler is null)
+            {
+                // Without a dynamic scale an overflow still skips the step's updates: the global norm (and any global
+                // clip coefficient) is not finite, so no layer can be updated correctly. The overflowed layers are reported.
+                var bad = _layout.Layers.Select(x => x.Index).Where(i => Update.GradientControl.LayerOverflowed(sums[i])).ToArray();
+                if (bad.Length > 0)
+                {
+                    _overflowed.AddRange(bad);
+                    skipped = true;
+                }
+            }
             if (skipped)
             {
                 _eps.DiscardGradients();
@@ -515,11 +547,11 @@ public sealed class RelayExecutor : IExecutor
                 var ran = new HashSet<int>(active.Select(BlockIndex)) { EmbeddingIndex, HeadIndex };
                 var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i)).ToArray();
                 if (ResidentOnDevice && embeddingTrains)
-                    StepResident(_layout.Embedding, _embedding.View, _embeddingGrads.View, EmbeddingSumSlot, step, decision.Factor);
+                    StepResident(_layout.Embedding, _embedding, _embeddingMaster, _embeddingGrads.View, EmbeddingSumSlot, step, decision.Factor);
                 var squares = _sumSquaresHost;
                 _eps.BeginUpdatesInOrder(hostLayers, step, _control.NextOptimizerStep, i => _control.LayerFactor(squares[i], decision.Factor));
                 if (ResidentOnDevice && Trains(HeadIndex))
-                    StepResident(_layout.Head, _head.View, _headGrads.View, HeadSumSlot, step, decision.Factor);
+                    StepResident(_layout.Head, _head, _headMaster, _headGrads.View, HeadSumSlot, step, decision.Factor);
             }
         }
         else
@@ -533,8 +565,11 @@ public sealed class RelayExecutor : IExecutor
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         var bus = Traffic - busBefore;
+        var overflowed = _overflowed.Select(i => _layout.Layers[i].Name).ToArray();
+        _overflowed.Clear();
         return new StepResult(loss, bus.Total, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
-            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus, StashBits: _compressed?.StepBits);
+            gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus, StashBits: _compressed?.StepBits,
+            OverflowedLayers: overflowed.Length > 0 ? overflowed : null);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
@@ -545,7 +580,8 @@ public sealed class RelayExecutor : IExecutor
 
     /// <summary>
     /// Enqueues the sum of squares of a layer's completed gradients into device slot <paramref name="sumSlot"/>
-    /// (after the test hook's poisoning, if it targets this layer and step).
+    /// (after the test hook's poisoning, if it targets this layer and step). In 16 bits a host-updated layer's sum is
+    /// taken later, by <see cref="SendGradients"/>, from the narrowed gradients the host will apply.
     /// </summary>
     private void ReduceGradients(long step, int layer, ArrayView<float> grads, int sumSlot)
     {
@@ -553,46 +589,102 @@ public sealed class RelayExecutor : IExecutor
         var length = _layout.Layers[layer].Length;
         if (_fault is { } f && f.Step == step && f.Layer == layer)
             _reduce.Scale(s, grads.SubView(0, 1), float.NaN);
-        _reduce.SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), grads.SubView(0, length), _partials.View);
+        if (_gradsOut is null || _eps.IsDeviceUpdated(layer))
+            _reduce.SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), grads.SubView(0, length), _partials.View);
     }
 
-    /// <summary>Enqueues a host-updated layer's gradients and their sum of squares to the param server (compute must be done).</summary>
+    /// <summary>
+    /// Enqueues a host-updated layer's gradients and their sum of squares to the param server (compute must be done). In
+    /// 16 bits the FP32 gradients are first narrowed into the staging buffer (whose previous copy has landed: every call
+    /// follows a wait for the copy stream), and the sum of squares is that of the narrowed values, so an FP16 overflow
+    /// in the narrowing shows as a non-finite sum.
+    /// </summary>
     private void SendGradients(int layer, ArrayView<float> grads, int sumSlot)
     {
-        _eps.EnqueueGradients(layer, _backend.CopyStream, grads);
+        var length = _layout.Layers[layer].Length;
+        if (_gradsOut is not null)
+        {
+            var s = _backend.ComputeStream;
+            var narrowed = _gradsOut.View.SubView(0, length);
+            StorageCasts.Narrow(_cast, s, narrowed, grads.SubView(0, length));
+            SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), narrowed);
+            s.Synchronize();
+            _eps.EnqueueGradients(layer, _backend.CopyStream, narrowed);
+        }
+        else
+        {
+            _eps.EnqueueGradients(layer, _backend.CopyStream, grads);
+        }
         _sumSquaresHost.CopyFromDeviceAsync(_backend.CopyStream, _sumSquares.View.SubView(sumSlot, 1), layer, 1);
         _normBytes += sizeof(float);
     }
 
-    /// <summary>In eager mode, begins the updates of layers whose gradients (and sums of squares) have landed.</summary>
+    private void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<T> values)
+    {
+        if (typeof(T) == typeof(Kernels.Bf16)) _reduce.SumOfSquares(s, result, values.Cast<Kernels.Bf16>(), _partials.View);
+        else if (typeof(T) == typeof(ILGPU.Half)) _reduce.SumOfSquares(s, result, values.Cast<ILGPU.Half>(), _partials.View);
+        else _reduce.SumOfSquares(s, result, values.Cast<float>(), _partials.View);
+    }
+
+    /// <summary>
+    /// In eager mode, begins the updates of layers whose gradients (and sums of squares) have landed. A layer whose
+    /// gradients hold an inf or NaN is not updated: its gradients are dropped and it is reported in the step's result.
+    /// </summary>
     private void BeginEager(List<int> pending, long step)
     {
         if (_eps.Mode == Update.UpdateMode.Eager)
         {
             foreach (var index in pending)
-                _eps.BeginUpdate(index, step, _control.LayerFactor(_sumSquaresHost.Span[index], 1f), _control.NextOptimizerStep(index));
+            {
+                var sum = _sumSquaresHost.Span[index];
+                if (_control.Scaler is null && Update.GradientControl.LayerOverflowed(sum))
+                {
+                    _eps.DiscardGradients(index);
+                    _overflowed.Add(index);
+                    continue;
+                }
+                _eps.BeginUpdate(index, step, _control.LayerFactor(sum, 1f), _control.NextOptimizerStep(index));
+            }
         }
         pending.Clear();
     }
 
+    // Layers whose gradients overflowed this step and were not applied.
+    private readonly List<int> _overflowed = new();
+
+    /// <summary>Whether a resident layer's sum of squares is checked on the host before its device update.</summary>
+    private bool CheckResident => _control.Scaler is null && (_precision.Is16Bit() || _control.LossScale != 1f);
+
     /// <summary>
     /// Enqueues the device update of a resident layer, its gradients first multiplied by <paramref name="factor"/>
     /// (and, under per-layer clipping, by its own clip coefficient, which needs its sum of squares on the host).
+    /// In 16 bits the optimizer updates the FP32 <paramref name="master"/> and writes the working copy in the same pass;
+    /// a layer whose gradients overflowed is then not updated, and reported.
     /// </summary>
-    private void StepResident(LayerLayout layer, ArrayView<float> weights, ArrayView<float> grads, int sumSlot, long step, float factor)
+    private void StepResident(LayerLayout layer, DeviceBuffer<T> working, DeviceBuffer<float>? master, ArrayView<float> grads, int sumSlot, long step, float factor)
     {
         var s = _backend.ComputeStream;
-        if (_control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Layer)
+        var sum = 0f; // read only under per-layer clipping
+        if ((_control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Layer) || CheckResident)
         {
             var one = new float[1];
             _sumSquares.View.SubView(sumSlot, 1).CopyToCPU(s, one);
             _normBytes += sizeof(float);
             s.Synchronize();
-            factor = _control.LayerFactor(one[0], factor);
+            sum = one[0];
+            if (CheckResident && Update.GradientControl.LayerOverflowed(sum))
+            {
+                _overflowed.Add(layer.Index);
+                return;
+            }
         }
+        factor = _control.LayerFactor(sum, factor);
         if (factor != 1f)
             _reduce.Scale(s, grads.SubView(0, layer.Length), factor);
-        _residentOptimizer!.Step(s, layer, weights, grads, step, _control.NextOptimizerStep(layer.Index));
+        if (master is null)
+            _residentOptimizer!.Step(s, layer, working.View.Cast<float>(), grads, step, _control.NextOptimizerStep(layer.Index));
+        else
+            _residentOptimizer!.Step(s, layer, master.View, grads, working.View, step, _control.NextOptimizerStep(layer.Index));
     }
 
     /// <inheritdoc/>
@@ -621,8 +713,8 @@ public sealed class RelayExecutor : IExecutor
         if (!ResidentOnDevice)
             return;
         _backend.ComputeStream.Synchronize();
-        _eps.EnqueueStoreWeights(EmbeddingIndex, _backend.CopyStream, _embedding.View);
-        _eps.EnqueueStoreWeights(HeadIndex, _backend.CopyStream, _head.View);
+        _eps.EnqueueStoreWeights(EmbeddingIndex, _backend.CopyStream, _embeddingMaster?.View ?? _embedding.View.Cast<float>());
+        _eps.EnqueueStoreWeights(HeadIndex, _backend.CopyStream, _headMaster?.View ?? _head.View.Cast<float>());
         _backend.CopyStream.Synchronize();
     }
 
@@ -632,6 +724,90 @@ public sealed class RelayExecutor : IExecutor
         try { _backend.Synchronize(); } catch (Exception) { /* release what we own regardless */ }
         _owned.Dispose();
     }
+}
+
+/// <summary>What <see cref="RelayExecutor"/> needs of its typed core.</summary>
+internal interface IRelayCore : IExecutor
+{
+    long? LabelledTotal { get; set; }
+    int MicroBatchOffset { get; set; }
+}
+
+/// <summary>
+/// The relay executor. The eager param server holds the model on the host; the device holds two
+/// block slots (the running layer and the prefetched next one), two gradient slots (the running
+/// layer's and the previous layer's, still being copied out), the embedding and head layers, and
+/// a workspace for one micro-batch. Each layer runs across all U micro-batches, so its weights
+/// cross the bus once per pass. The backward pass recomputes each block from its stashed input.
+/// With <see cref="StashPlacement.Host"/> the stash and the boundary gradients live in pinned host
+/// memory and stream through two device slots each, so device memory does not depend on the
+/// number of layers or micro-batches.
+/// </summary>
+/// <remarks>
+/// Stream ordering: ILGPU cannot make one stream wait on another's event, so the host orders
+/// them: before a slot is refilled on the copy stream the compute stream is synchronized, and
+/// before compute uses a slot the copy stream is synchronized. Compute of one micro-batch or
+/// layer still overlaps the transfers of the next.
+/// <para>
+/// With a 16-bit param server (<see cref="EagerParamServer.Precision"/> bf16 or fp16) the block slots, the embedding
+/// and head working copies, the stash, the boundary gradients and the activations are 16-bit; the parameter
+/// gradients accumulate in FP32 and are narrowed to 16 bits on the device just before they cross the bus. A resident
+/// embedding and head keep their FP32 masters on the device with their optimizer, which writes the working copies.
+/// </para>
+/// </remarks>
+public sealed class RelayExecutor : IExecutor
+{
+    private readonly IRelayCore _core;
+
+    /// <summary>Creates the executor, in the param server's precision, and allocates every device buffer it will use.</summary>
+    /// <param name="backend">The device.</param>
+    /// <param name="eps">The param server holding the model (owned by the caller); its precision is the executor's.</param>
+    /// <param name="microBatch">The shape of one micro-batch.</param>
+    /// <param name="microBatches">U, the number of micro-batches per minibatch.</param>
+    /// <param name="placement">Where the stash and boundary gradients live.</param>
+    /// <param name="resume">The checkpoint state, for the layers the server has the device update (<see cref="EagerParamServer.IsDeviceUpdated"/>).</param>
+    /// <param name="control">Clipping and loss scaling (default: none); global clipping and dynamic loss scaling need a deferred-mode server.</param>
+    /// <param name="fault">A test hook that poisons one layer's gradient at one step.</param>
+    /// <param name="dropout">Dropout rates (default none), masks keyed by (<paramref name="seed"/>, step, layer, micro-batch, element).</param>
+    /// <param name="seed">The run's seed, for the dropout masks.</param>
+    /// <param name="selection">Layer drop and frozen layers (default: every layer runs and trains).</param>
+    /// <param name="codec">How the stash is stored (default: uncompressed, exact).</param>
+    public RelayExecutor(Backend backend, EagerParamServer eps, MicroBatch microBatch, int microBatches, StashPlacement placement,
+        TrainingState? resume = null, Update.GradientControl? control = null, Update.GradientFault? fault = null,
+        DropoutRates? dropout = null, long seed = 0, Update.LayerSelection? selection = null, Stash.StashCodecSettings? codec = null)
+    {
+        _core = eps.Precision switch
+        {
+            Precision.Bf16 => new RelayCore<Kernels.Bf16>(backend, eps, microBatch, microBatches, placement, resume, control, fault, dropout, seed, selection, codec),
+            Precision.Fp16 => new RelayCore<ILGPU.Half>(backend, eps, microBatch, microBatches, placement, resume, control, fault, dropout, seed, selection, codec),
+            _ => new RelayCore<float>(backend, eps, microBatch, microBatches, placement, resume, control, fault, dropout, seed, selection, codec),
+        };
+    }
+
+    /// <summary>
+    /// Data parallel: the labelled targets of the whole global minibatch (every device and rank), which scales this
+    /// replica's loss gradient and loss; null: this executor's own minibatch.
+    /// </summary>
+    internal long? LabelledTotal { get => _core.LabelledTotal; set => _core.LabelledTotal = value; }
+
+    /// <summary>Data parallel: the global index of this replica's first micro-batch, so dropout masks match one device's.</summary>
+    internal int MicroBatchOffset { get => _core.MicroBatchOffset; set => _core.MicroBatchOffset = value; }
+
+    /// <inheritdoc/>
+    public long StepsDone => _core.StepsDone;
+
+    /// <inheritdoc/>
+    public StepResult Step(long step, ReadOnlySpan<int> inputs, ReadOnlySpan<int> targets, ReadOnlySpan<int> tokenTypes = default) =>
+        _core.Step(step, inputs, targets, tokenTypes);
+
+    /// <inheritdoc/>
+    public float[][] Weights() => _core.Weights();
+
+    /// <inheritdoc/>
+    public TrainingState State(IReadOnlyDictionary<string, string>? metadata = null) => _core.State(metadata);
+
+    /// <inheritdoc/>
+    public void Dispose() => _core.Dispose();
 }
 
 /// <summary>Thrown when the loss is NaN or infinite; nothing is saved from such a step.</summary>

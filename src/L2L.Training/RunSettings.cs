@@ -7,7 +7,7 @@ namespace L2L.Training;
 /// Names and text forms of the settings a checkpoint records: everything that changes the
 /// trajectory of training (batching, optimizer and its hyper-parameters, schedule, data order,
 /// seed, executor and stash placement, update mode, clipping, loss scaling, dropout, layer drop,
-/// freezing, optimizer-state precision, stash codec and where the relay updates the embedding).
+/// freezing, optimizer-state precision, stash codec, where the relay updates the embedding, and the device precision).
 /// Optional settings are recorded by their effective value (the resolved update mode, "none" for
 /// no clipping or freezing). Host thread counts and device choice are left out: they do not change results.
 /// </summary>
@@ -20,7 +20,7 @@ public static class RunSettings
         UpdateMode = "update_mode", ClipGradNorm = "clip_grad_norm", ClipMode = "clip_mode", LossScale = "loss_scale_mode",
         Dropout = "dropout", LayerDrop = "layer_drop", Freeze = "freeze", OptimizerState = "optimizer_state",
         StashCodec = "stash_codec", StashGroup = "stash_group", EmbeddingUpdate = "embedding_update", UnitScaling = "unit_scaling",
-        StashBitsBudget = "stash_bits_budget", StashAdaptEvery = "stash_adapt_every";
+        StashBitsBudget = "stash_bits_budget", StashAdaptEvery = "stash_adapt_every", Precision = "precision";
 
     /// <summary>The recorded form of an absent optional setting (no clipping, nothing frozen, the config's dropout).</summary>
     public const string None = "none", ConfigDropout = "config";
@@ -52,7 +52,7 @@ public static class RunSettings
             [UpdateMode] = Lower(o.ResolvedUpdateMode),
             [ClipGradNorm] = o.ClipGradNorm is { } clip ? Number(clip) : None,
             [ClipMode] = Lower(o.ClipMode),
-            [LossScale] = Lower(o.LossScale),
+            [LossScale] = o.StaticLossScale is { } scale ? Number(scale) : Lower(o.LossScale),
             [Dropout] = DescribeDropout(o.ResolvedDropout),
             [LayerDrop] = Number(o.LayerDrop),
             [Freeze] = string.IsNullOrWhiteSpace(o.Freeze) ? None : o.Freeze.Trim(),
@@ -63,6 +63,7 @@ public static class RunSettings
             [UnitScaling] = o.Config is Model.GptConfig { UnitScaling: true } ? "true" : "false",
             [StashBitsBudget] = Number(o.StashBitsBudget),
             [StashAdaptEvery] = o.StashAdaptEvery.ToString(CultureInfo.InvariantCulture),
+            [Precision] = Backends.Precisions.Name(o.Precision),
         };
     }
 

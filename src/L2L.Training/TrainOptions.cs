@@ -80,6 +80,12 @@ public sealed record TrainOptions
     public Update.LayerSelection Selection(ModelLayout layout) =>
         new(layout, LayerDrop, Seed, Freeze is null ? null : Update.LayerSelection.ParseFreeze(Freeze, layout));
 
+    /// <summary>
+    /// How weights, activations, the stash and boundary gradients are stored on the device and carried over the bus (FP32, or
+    /// BF16/FP16 with FP32 master weights, optimizer state and gradient accumulation); see <see cref="Backends.Precision"/>.
+    /// </summary>
+    public Backends.Precision Precision { get; init; } = Backends.Precision.Fp32;
+
     /// <summary>Relay: how the param server stores AdamW's m and v (FP32, or BF16 with stochastic rounding, not exact).</summary>
     public Optim.StatePrecision OptimizerState { get; init; } = Optim.StatePrecision.Fp32;
 
@@ -173,6 +179,8 @@ public sealed record TrainOptions
             throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
         if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
+        if (Precision == Backends.Precision.Fp16 && IsParallel)
+            throw new ArgumentException("--precision fp16 with several devices or ranks is not supported (an overflowed layer cannot be skipped on every replica alike); use --precision bf16, or one device.");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

@@ -34,11 +34,14 @@ namespace L2L.Training;
 /// <param name="BusBytesByKind">The step's bus bytes by kind (weights, grads, stash, boundary_grads, io); their total is <paramref name="BusBytes"/>.</param>
 /// <param name="StashBits">With a relay stash codec, the bits each stash level was stored at this step (logged as <c>stash_bits</c>).</param>
 /// <param name="HostBytes">The run's host bytes: pinned host buffers (param server and executor) and the param server's optimizer state.</param>
+/// <param name="Precision">The device storage precision: <c>fp32</c>, <c>bf16</c> or <c>fp16</c>.</param>
+/// <param name="OverflowedLayers">Layers whose gradients overflowed this step and were not updated (logged as <c>overflowed_layers</c>; null: none).</param>
 public sealed record StepMetrics(long Step, double Loss, double LearningRate, double TokensPerSecond, double StepSeconds,
     long DevicePeakBytes, IReadOnlyDictionary<string, long> DevicePeakBytesByCategory, long BusBytes, long DeviceAllocations,
     double CopyWaitSeconds = 0, double UpdateWaitSeconds = 0, double? ValLoss = null, double GradNorm = double.NaN, long SkippedSteps = 0, float LossScale = 1f,
     int BlocksRun = 0, int BackwardLayers = 0, int WorldSize = 1, int Devices = 1, double CollectiveSeconds = 0, double CollectiveHiddenSeconds = 0,
-    Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0, IReadOnlyList<int>? StashBits = null)
+    Planning.BusTraffic BusBytesByKind = default, long HostBytes = 0, IReadOnlyList<int>? StashBits = null, string Precision = "fp32",
+    IReadOnlyList<string>? OverflowedLayers = null)
 {
     /// <summary>The fraction of the step spent waiting on transfers.</summary>
     public double CopyWaitFraction => StepSeconds > 0 ? CopyWaitSeconds / StepSeconds : 0;
@@ -117,9 +120,9 @@ public sealed class Trainer : IDisposable
             int[] onDevice = options.ResolvedEmbeddingUpdate == Update.UpdateLocation.Device ? [_layout.Embedding.Index, _layout.Head.Index] : [];
             // A fresh model is initialised straight into the param server's pinned buffers (never held twice).
             _eps = init is not null
-                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel)
+                ? new EagerParamServer(backend, _layout, init, options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel, precision: options.Precision)
                 : new EagerParamServer(backend, _layout, Models.LayerInitializer(_layout, options.Seed),
-                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel);
+                    options.Optimizer, options.LearningRate, resume, options.OptimizerThreads, onDevice, mode: options.ResolvedUpdateMode, statePrecision: options.OptimizerState, parallel: _parallel, precision: options.Precision);
             try
             {
                 _executor = _parallel is { } setup
@@ -137,7 +140,7 @@ public sealed class Trainer : IDisposable
         else
         {
             _executor = new ConventionalExecutor(backend, _layout, init ?? Models.Initialize(_layout, options.Seed), options.Optimizer, options.LearningRate, mb, options.MicroBatches, resume,
-                _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout));
+                _control, options.GradientFault, options.ResolvedDropout, options.Seed, options.Selection(_layout), options.Precision);
         }
         HostBytes = backend.Memory.PinnedHostPeakBytes - pinnedBefore + (_eps?.OptimizerStateBytes ?? 0);
     }
@@ -190,7 +193,8 @@ public sealed class Trainer : IDisposable
             peak.PeakBytes, peak.PeakByCategory(), result.BusBytes, Devices.Max(d => d.Memory.AllocationCount), result.CopyWaitSeconds, result.UpdateWaitSeconds,
             GradNorm: result.GradNorm, SkippedSteps: result.SkippedSteps, LossScale: result.LossScale, BlocksRun: result.BlocksRun,
             BackwardLayers: result.BackwardLayers, WorldSize: _options.WorldSize, Devices: _options.Devices,
-            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes, StashBits: result.StashBits);
+            CollectiveSeconds: result.CollectiveSeconds, CollectiveHiddenSeconds: result.CollectiveHiddenSeconds, BusBytesByKind: result.BusBytesByKind, HostBytes: HostBytes, StashBits: result.StashBits,
+            Precision: _options.Precision.Name(), OverflowedLayers: result.OverflowedLayers);
     }
 
     /// <summary>Runs until <see cref="TrainOptions.Steps"/> steps are done, calling <paramref name="onStep"/> after each.</summary>
@@ -280,12 +284,14 @@ public sealed class Trainer : IDisposable
         ["devices"] = m.Devices,
         ["collective_seconds"] = m.CollectiveSeconds,
         ["collective_hidden_seconds"] = m.CollectiveHiddenSeconds,
+        ["precision"] = m.Precision,
     }));
 
     private static Dictionary<string, object> WithValidation(StepMetrics m, Dictionary<string, object> fields)
     {
         if (m.ValLoss is { } val) fields["val_loss"] = val;
         if (m.StashBits is { } bits) fields["stash_bits"] = bits;
+        if (m.OverflowedLayers is { } overflowed) fields["overflowed_layers"] = overflowed;
         return fields;
     }
 
@@ -305,7 +311,7 @@ public sealed class Trainer : IDisposable
             throw new ArgumentException($"The validation data ({data.Description}) uses a vocabulary of {data.VocabSize}, larger than the model's vocab_size {_options.Config.VocabSize}.");
         _validation?.Evaluator.Dispose();
         _validation = new Validation(new BatchLoader(data, _options.MicroBatchSize, _options.SeqLen), every, batches * _options.MicroBatches,
-            new Evaluator(_backend, _layout, null, _options.MicroBatchSize, _options.SeqLen));
+            new Evaluator(_backend, _layout, null, _options.MicroBatchSize, _options.SeqLen, _options.Precision));
     }
 
     /// <summary>The mean validation loss of the current weights (<see cref="EnableValidation"/> first).</summary>

@@ -26,6 +26,8 @@ internal static class BenchTrainCommand
         var (stashCodec, stashGroup) = StashCodecOptions.Create();
         var parallel = new DataParallelOptions { Environment = variables ?? Environment.GetEnvironmentVariable };
         var (stashBudget, stashEvery) = StashCodecOptions.CreateAdaptive();
+        var precisions = new Option<string>("--precision") { Description = "Comma-separated device precisions to measure: fp32, bf16, fp16 (see train --precision).", DefaultValueFactory = _ => "fp32" };
+        var executors = new Option<string>("--executors") { Description = "Comma-separated configurations to measure: conventional, relay-device, relay-host.", DefaultValueFactory = _ => "conventional,relay-device,relay-host" };
         var command = new Command("train", "Tokens/s, device peak bytes, bus bytes and transfer-wait fraction: relay (device and host stash) vs conventional.");
         foreach (var o in new Option[] { model, config, microBatchSize, seq, counts, steps, warmup, device, budget, json, output })
             command.Options.Add(o);
@@ -35,8 +37,16 @@ internal static class BenchTrainCommand
             command.Options.Add(o);
         command.Options.Add(stashBudget);
         command.Options.Add(stashEvery);
+        command.Options.Add(precisions);
+        command.Options.Add(executors);
         var rules = new RuleTable
         {
+            Rules.Custom("--precision lists precisions", p => p.GetValue(precisions)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                is { Length: > 0 } names && names.All(t => Precisions.TryParse(t) is not null) ? null
+                : $"--precision '{p.GetValue(precisions)}' is not a comma-separated list of precisions. Give some of: {string.Join(", ", PrecisionOption.Names)}"),
+            Rules.Custom("--executors lists configurations", p => p.GetValue(executors)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                is { Length: > 0 } names && names.All(t => ExecutorNames.ContainsKey(t)) ? null
+                : $"--executors '{p.GetValue(executors)}' is not a comma-separated list of configurations. Give some of: {string.Join(", ", ExecutorNames.Keys)}"),
             StashCodecOptions.CodecRule(stashCodec),
             StashCodecOptions.GroupRule(stashGroup),
             StashCodecOptions.AdaptiveRules(stashBudget, stashEvery, p => p.GetValue(stashCodec)!),
@@ -68,7 +78,9 @@ internal static class BenchTrainCommand
             var quiet = parse.GetValue(json);
             var report = TrainBenchmark.Run(backend, name, cfg, ms, parse.GetValue(seq), us,
                 parse.GetValue(steps), parse.GetValue(warmup), quiet ? null : Console.WriteLine, parse.GetValue(budget),
-                StashCodecOptions.Settings(parse, stashCodec, stashGroup, stashBudget, stashEvery));
+                StashCodecOptions.Settings(parse, stashCodec, stashGroup, stashBudget, stashEvery),
+                parse.GetValue(precisions)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t => Precisions.TryParse(t)!.Value).Distinct().ToList(),
+                parse.GetValue(executors)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t => ExecutorNames[t]).Distinct().ToList());
             BenchOutput.Write(report.ToJson(), quiet, parse.GetValue(output));
             return 0;
         });
@@ -105,6 +117,13 @@ internal static class BenchTrainCommand
             }
         }
     }
+
+    private static readonly Dictionary<string, (ExecutorKind, StashPlacement?)> ExecutorNames = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["conventional"] = (ExecutorKind.Conventional, null),
+        ["relay-device"] = (ExecutorKind.Relay, StashPlacement.Device),
+        ["relay-host"] = (ExecutorKind.Relay, StashPlacement.Host),
+    };
 
     private static List<int> PositiveList(string text, string option) =>
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)

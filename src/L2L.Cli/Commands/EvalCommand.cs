@@ -22,8 +22,11 @@ internal static class EvalCommand
         var batches = new Option<int>("--batches") { Description = "Batches to evaluate (N); batch i is the window set of training step i.", DefaultValueFactory = _ => 10 };
         var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
         var dataFormat = DataSources.FormatOption();
+        var precision = PrecisionOption.Create();
+        precision.Description = "Device storage for the evaluation: fp32, bf16 or fp16 (default: the precision the checkpoint was trained in, else fp32).";
+        precision.DefaultValueFactory = null;
         var command = new Command("eval", "Evaluate a checkpoint's mean cross-entropy over the labelled positions of N*B windows (every token for GPT-2); prints one JSON object.");
-        foreach (var o in new Option[] { checkpoint, data, dataFormat, labels, seed, batch, seq, batches, device })
+        foreach (var o in new Option[] { checkpoint, data, dataFormat, labels, seed, batch, seq, batches, device, precision })
             command.Options.Add(o);
         var rules = new RuleTable
         {
@@ -35,6 +38,7 @@ internal static class EvalCommand
             Rules.AtLeast(seq, 1),
             Rules.AtLeast(batches, 1),
             Rules.Device(device),
+            PrecisionOption.Rule(precision),
         };
         command.SetAction(parse =>
         {
@@ -51,7 +55,8 @@ internal static class EvalCommand
             var batchSource = BatchSources.ForEvaluation(cfg, source, labelSource, parse.GetValue(batch), seqLen, parse.GetValue(seed));
             using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
             var backend = lease.Backend;
-            using var evaluator = new Evaluator(backend, new ModelLayout(cfg), weights, parse.GetValue(batch), seqLen);
+            var storage = parse.GetValue(precision) is { } typed ? PrecisionOption.Parse(typed) : TrainedPrecision(parse.GetValue(checkpoint)!);
+            using var evaluator = new Evaluator(backend, new ModelLayout(cfg), weights, parse.GetValue(batch), seqLen, storage);
             var result = evaluator.Evaluate(batchSource, parse.GetValue(batches));
             env.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
             {
@@ -60,9 +65,18 @@ internal static class EvalCommand
                 ["batches"] = result.Batches,
                 ["data"] = source.Description,
                 ["device"] = backend.Description,
+                ["precision"] = storage.Name(),
             }));
             return 0;
         });
         return command;
+    }
+
+    /// <summary>The precision a checkpoint's run recorded in its training state (fp32 when it has none).</summary>
+    private static Precision TrainedPrecision(string dir)
+    {
+        if (!Checkpoint.HasTrainingState(dir)) return Precision.Fp32;
+        using var state = SafeTensorsFile.Open(Path.Combine(dir, Checkpoint.StateFile));
+        return state.Metadata.TryGetValue(RunSettings.Precision, out var text) && Precisions.TryParse(text) is { } p ? p : Precision.Fp32;
     }
 }

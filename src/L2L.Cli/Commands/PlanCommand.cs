@@ -36,9 +36,10 @@ internal static class PlanCommand
         var hostMemory = new Option<string?>("--host-memory") { Description = "Host memory to plan for, e.g. 64GiB (default: no limit)." };
         var calibrate = new Option<bool>("--calibrate") { Description = "Time GEMMs, attention, element-wise kernels, copies and the host optimizer on the device and cache the result." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
+        var precision = PrecisionOption.Create();
         var top = new Option<int>("--top") { Description = "Rows of the search table to print (0: all).", DefaultValueFactory = _ => 20 };
         var command = new Command("plan", "Exact device, host and bus bytes of a training configuration, or the fastest configuration that fits a memory budget.");
-        foreach (var o in new Option[] { model, config, batch, micro, seq, executor, stash, stashCodec, stashGroup, embeddingUpdate, optimizer, optimizerState, updateMode, device, deviceMemory, hostMemory, calibrate, json, top })
+        foreach (var o in new Option[] { model, config, batch, micro, seq, executor, stash, stashCodec, stashGroup, embeddingUpdate, optimizer, optimizerState, updateMode, device, deviceMemory, hostMemory, calibrate, json, top, precision })
             command.Options.Add(o);
         bool Relay(ParseResult p) => string.Equals(p.GetValue(executor), "relay", StringComparison.OrdinalIgnoreCase);
         var rules = new RuleTable
@@ -74,6 +75,7 @@ internal static class PlanCommand
             SizeRule(deviceMemory),
             SizeRule(hostMemory),
             Rules.AtLeast(top, 0),
+            PrecisionOption.Rule(precision),
         };
         command.SetAction(parse =>
         {
@@ -103,7 +105,8 @@ internal static class PlanCommand
             var fixedConfiguration = new Option[] { executor, stash, stashCodec, micro }.Any(o => Rules.Given(parse, o));
             var space = new PlanSpace(cfg, parse.GetValue(batch), parse.GetValue(seq), optimizerKind, embedding,
                 Enums.Parse<L2L.Training.Update.UpdateMode>(parse.GetValue(updateMode)!, "--update-mode"),
-                Enums.Parse<StatePrecision>(parse.GetValue(optimizerState)!, "--optimizer-state"), parse.GetValue(stashGroup), target.Shape);
+                Enums.Parse<StatePrecision>(parse.GetValue(optimizerState)!, "--optimizer-state"), parse.GetValue(stashGroup), target.Shape,
+                Precision: PrecisionOption.Parse(parse.GetValue(precision)!));
             if (fixedConfiguration)
                 space = space with
                 {
@@ -260,7 +263,7 @@ internal static class PlanCommand
         var device = Probe(spec);
         var speeds = Speeds(device);
         var space = new PlanSpace(options.Config, options.Batch, options.SeqLen, options.Optimizer.Kind, options.EmbeddingUpdate,
-            options.ResolvedUpdateMode, options.OptimizerState, options.StashGroup, device.Shape);
+            options.ResolvedUpdateMode, options.OptimizerState, options.StashGroup, device.Shape, Precision: options.Precision);
         var result = PlanSearch.Search(space, budget ?? device.MemoryBytes, null, new StepTimeModel(speeds));
         if (result.Pick is not { } pick)
             throw new CliException(NothingFits(result, budget is null ? "the device's memory" : "--device-budget"));

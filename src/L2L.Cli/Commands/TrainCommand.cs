@@ -58,7 +58,8 @@ internal static class TrainCommand
         var layerDrop = new Option<float>("--layer-drop") { Description = "Stochastic depth: skip each block with this probability per step (seeded; not fetched, stashed or updated).", DefaultValueFactory = _ => 0f };
         var freeze = new Option<string?>("--freeze") { Description = "Layers never updated, e.g. embedding,0-5 (also head and block numbers); backward stops below the lowest trainable layer." };
         var optimizerState = new Option<string>("--optimizer-state") { Description = "Relay: the param server's AdamW m and v in fp32, or bf16 (stochastic rounding, 4 fewer host bytes per parameter, not exact).", DefaultValueFactory = _ => "fp32" };
-        var lossScale = new Option<string>("--loss-scale") { Description = "none or dynamic (GradScaler semantics; with FP32 gradients it only exercises the machinery).", DefaultValueFactory = _ => "none" };
+        var lossScale = new Option<string>("--loss-scale") { Description = "none, a static scale N (the loss gradient times N, the gradients divided by N on the host; an overflowed layer is skipped and reported), or dynamic (GradScaler semantics; deferred updates).", DefaultValueFactory = _ => "none" };
+        var precision = PrecisionOption.Create();
         var planOption = new Option<string?>("--plan") { Description = "auto: pick the micro-batch count, executor, stash placement and codec that `l2l plan` predicts fastest within --device-budget (default: the device's free memory)." };
 
         // Unit scaling changes the model (its config records "unit_scaling"); the flag asks for it on a fresh GPT-2.
@@ -74,6 +75,7 @@ internal static class TrainCommand
         command.Options.Add(stashCodec);
         command.Options.Add(stashGroup);
         command.Options.Add(unitScaling);
+        command.Options.Add(precision);
         foreach (var o in parallel.All)
             command.Options.Add(o);
         command.Options.Add(planOption);
@@ -93,6 +95,7 @@ internal static class TrainCommand
             (RunSettings.StashGroup, stashGroup), (RunSettings.EmbeddingUpdate, embeddingUpdate),
             (RunSettings.UnitScaling, unitScaling),
             (RunSettings.StashBitsBudget, stashBudget), (RunSettings.StashAdaptEvery, stashEvery),
+            (RunSettings.Precision, precision),
         ];
         // Combination rules look at the value the run will use: on --resume an option not typed takes the checkpoint's.
         IReadOnlyDictionary<string, string>? inherited = null;
@@ -161,7 +164,8 @@ internal static class TrainCommand
                 Rules.Given(p, resume) && (inherited is null || (inherited.TryGetValue(RunSettings.ClipGradNorm, out var n) && n != RunSettings.None)) ? null
                     : Rules.Requires(clipMode, clipNorm, "it says how --clip-grad-norm applies").Check(p)),
             Rules.Positive(clipNorm),
-            Rules.OneOf(lossScale, ["none", "dynamic"], "loss scale mode"),
+            LossScaleOption.Rule(lossScale),
+            PrecisionOption.Rule(precision),
             Rules.OneOf(optimizerState, ["fp32", "bf16"], "optimizer state precision"),
             Rules.AppliesOnlyTo(optimizerState, Relay, "--executor relay"),
             Rules.HalfOpen(layerDrop, 0, 1),
@@ -263,7 +267,7 @@ internal static class TrainCommand
             static int Integer(string text) => int.Parse(text, System.Globalization.CultureInfo.InvariantCulture);
             var clipping = (Norm: settings.Value(clipNorm, t => t == RunSettings.None ? (float?)null : Number(t)),
                 Mode: Enums.Parse<L2L.Training.Update.ClipMode>(settings.Value(clipMode, t => t), "--clip-mode"));
-            var scaling = Enums.Parse<L2L.Training.Update.LossScaleMode>(settings.Value(lossScale, t => t), "--loss-scale");
+            var (scaling, staticScale) = LossScaleOption.Parse(settings.Value(lossScale, t => t));
             // An inherited eager mode gives way to the deferred default when clipping or loss scaling now needs it.
             static L2L.Training.Update.UpdateMode? UpdateModeFor(string? text, (float? Norm, L2L.Training.Update.ClipMode Mode) clip, L2L.Training.Update.LossScaleMode scale)
             {
@@ -306,6 +310,8 @@ internal static class TrainCommand
                 Freeze = settings.Value(freeze, t => t == RunSettings.None ? null : t),
                 ClipMode = clipping.Mode,
                 LossScale = scaling,
+                StaticLossScale = staticScale,
+                Precision = PrecisionOption.Parse(settings.Value(precision, t => t)),
             };
             options.Validate();
             if (state is not null)
@@ -526,7 +532,9 @@ internal static class TrainCommand
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
         (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
+        $" | precision {o.Precision.Name()}" +
         (o.LossScale == L2L.Training.Update.LossScaleMode.Dynamic ? " | dynamic loss scale" : "") +
+        (o.StaticLossScale is { } n ? $" | loss scale {n}" : "") +
         (o.OptimizerState == StatePrecision.Bf16 ? " | bf16 optimizer state" : "") +
         (o.LayerDrop > 0 ? $" | layer drop {o.LayerDrop}" : "") + (o.Freeze is { } f ? $" | frozen {f}" : "") +
         (o.Config is GptConfig { UnitScaling: true } ? " | unit-scaled" : "") +
@@ -537,5 +545,6 @@ internal static class TrainCommand
 
     private static string Line(StepMetrics m) =>
         $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
-        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "") + (m.StashBits is { } bits ? $" stash bits [{string.Join(",", bits)}]" : "");
+        (m.SkippedSteps > 0 ? $" skipped {m.SkippedSteps}" : "") + (m.StashBits is { } bits ? $" stash bits [{string.Join(",", bits)}]" : "") +
+        (m.OverflowedLayers is { } over ? $" overflowed, not updated: {string.Join(",", over)}" : "");
 }

@@ -23,6 +23,7 @@ namespace L2L.Training.Benchmarks;
 /// <param name="UpdateWaitFraction">Median fraction of a step spent blocked on the param server's host updates.</param>
 /// <param name="HostBytesPerParameter">The relay param server's host bytes per parameter; null for conventional.</param>
 /// <param name="BusBytesByKind">The bus bytes per step by kind (weights, grads, stash, boundary_grads, io); null when it did not run.</param>
+/// <param name="Precision">The device storage precision: fp32, bf16 or fp16.</param>
 public sealed record TrainBenchResult(
     string Executor,
     string? Stash,
@@ -38,7 +39,8 @@ public sealed record TrainBenchResult(
     string? Error,
     double UpdateWaitFraction = 0,
     double? HostBytesPerParameter = null,
-    IReadOnlyDictionary<string, long>? BusBytesByKind = null);
+    IReadOnlyDictionary<string, long>? BusBytesByKind = null,
+    string Precision = "fp32");
 
 /// <summary>A whole run of <see cref="TrainBenchmark"/>, with the machine it ran on.</summary>
 /// <param name="Machine">The host.</param>
@@ -98,25 +100,31 @@ public static class TrainBenchmark
         IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null) =>
         Run(backend, modelName, config, [microBatchSize], seq, microBatchCounts, steps, warmup, log);
 
+    /// <summary>The three executor configurations <see cref="Run(Backend, string, IModelConfig, IReadOnlyList{int}, int, IReadOnlyList{int}, int, int, Action{string}?, double?, Stash.StashCodecSettings?, IReadOnlyList{Precision}?, IReadOnlyList{ValueTuple{ExecutorKind, StashPlacement?}}?)"/> measures by default.</summary>
+    public static readonly IReadOnlyList<(ExecutorKind Executor, StashPlacement? Stash)> AllExecutors =
+        [(ExecutorKind.Conventional, null), (ExecutorKind.Relay, StashPlacement.Device), (ExecutorKind.Relay, StashPlacement.Host)];
+
     /// <summary>
-    /// Runs every executor at every micro-batch size and count; one that does not fit the device is reported with its
+    /// Runs every executor at every precision, micro-batch size and count; one that does not fit the device is reported with its
     /// error, and the same executor is not tried at a larger micro-batch size for that count. Past
     /// <paramref name="budgetSeconds"/> the remaining configurations are reported as skipped. <paramref name="codec"/> applies to the relay runs.
     /// </summary>
     public static TrainBenchReport Run(Backend backend, string modelName, IModelConfig config, IReadOnlyList<int> microBatchSizes, int seq,
         IReadOnlyList<int> microBatchCounts, int steps, int warmup, Action<string>? log = null, double? budgetSeconds = null,
-        Stash.StashCodecSettings? codec = null)
+        Stash.StashCodecSettings? codec = null, IReadOnlyList<Precision>? precisions = null, IReadOnlyList<(ExecutorKind, StashPlacement?)>? executors = null)
     {
         codec ??= new Stash.StashCodecSettings();
+        precisions ??= [Precision.Fp32];
+        executors ??= AllExecutors;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var results = new List<TrainBenchResult>();
         var data = new SyntheticCorpus(Math.Min(256, config.VocabSize));
-        var tooLarge = new HashSet<(string, string?, int)>();
+        var tooLarge = new HashSet<(string, string?, int, Precision)>();
+        foreach (var precision in precisions)
         foreach (var m in microBatchSizes)
         foreach (var u in microBatchCounts)
         {
-            foreach (var (executor, stash) in new (ExecutorKind, StashPlacement?)[]
-                     { (ExecutorKind.Conventional, null), (ExecutorKind.Relay, StashPlacement.Device), (ExecutorKind.Relay, StashPlacement.Host) })
+            foreach (var (executor, stash) in executors)
             {
                 var options = new TrainOptions
                 {
@@ -132,15 +140,17 @@ public static class TrainBenchmark
                     StashGroup = codec.GroupSize,
                     StashBitsBudget = codec.BitsBudget,
                     StashAdaptEvery = codec.AdaptEvery,
+                    Precision = precision,
                 };
                 var name = executor.ToString().ToLowerInvariant();
                 var stashName = stash?.ToString().ToLowerInvariant();
-                var label = $"M={m,-3} U={u,-3} {name,-12} {stashName ?? "",-6}";
-                string? skip = tooLarge.Contains((name, stashName, u)) ? "skipped: a smaller micro-batch did not fit"
+                var p = precision.Name();
+                var label = $"{p} M={m,-3} U={u,-3} {name,-12} {stashName ?? "",-6}";
+                string? skip = tooLarge.Contains((name, stashName, u, precision)) ? "skipped: a smaller micro-batch did not fit"
                     : budgetSeconds is { } budget && clock.Elapsed.TotalSeconds > budget ? $"skipped: over the {budget:F0} s budget" : null;
                 if (skip is not null)
                 {
-                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, skip));
+                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, skip, Precision: p));
                     log?.Invoke($"{label} {skip}");
                     continue;
                 }
@@ -152,14 +162,14 @@ public static class TrainBenchmark
                         Median(metrics.Select(x => x.TokensPerSecond)), Median(metrics.Select(x => x.StepSeconds)),
                         metrics[^1].DevicePeakBytes, metrics[^1].DevicePeakBytesByCategory, metrics[^1].BusBytes,
                         Median(metrics.Select(x => x.CopyWaitFraction)), null,
-                        Median(metrics.Select(x => x.UpdateWaitFraction)), trainer.HostBytesPerParameter, metrics[^1].BusBytesByKind.ByKind());
+                        Median(metrics.Select(x => x.UpdateWaitFraction)), trainer.HostBytesPerParameter, metrics[^1].BusBytesByKind.ByKind(), p);
                     results.Add(result);
                     log?.Invoke($"{label} {result.TokensPerSecond,10:F0} tok/s  peak {MemoryTracker.Format(result.DevicePeakBytes),10}  bus {MemoryTracker.Format(result.BusBytesPerStep),10}/step ({string.Join(", ", result.BusBytesByKind!.Where(k => k.Value > 0).Select(k => $"{k.Key} {MemoryTracker.Format(k.Value)}"))})  copy wait {result.CopyWaitFraction:P1}  update wait {result.UpdateWaitFraction:P1}");
                 }
                 catch (DeviceOutOfMemoryException e)
                 {
-                    tooLarge.Add((name, stashName, u));
-                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, e.Message));
+                    tooLarge.Add((name, stashName, u, precision));
+                    results.Add(new TrainBenchResult(name, stashName, u, m, options.Batch, 0, 0, 0, null, 0, 0, e.Message, Precision: p));
                     log?.Invoke($"{label} does not fit: {e.Message}");
                 }
             }

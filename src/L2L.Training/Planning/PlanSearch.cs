@@ -22,9 +22,11 @@ namespace L2L.Training.Planning;
 /// <param name="Stashes">Relay stash placements to try (null: device and host).</param>
 /// <param name="Codecs">Relay stash codecs to try (null: none, int8, int4, int2).</param>
 /// <param name="MicroBatches">Micro-batch counts to try (null: every divisor of the batch).</param>
+/// <param name="Precision">The device storage precision (fixed, not searched).</param>
 public sealed record PlanSpace(IModelConfig Config, int Batch, int SeqLen, OptimizerKind Optimizer, UpdateLocation? EmbeddingUpdate, UpdateMode UpdateMode,
     StatePrecision OptimizerState, int StashGroup, DeviceShape Device, IReadOnlyList<ExecutorKind>? Executors = null,
-    IReadOnlyList<StashPlacement>? Stashes = null, IReadOnlyList<StashCodec>? Codecs = null, IReadOnlyList<int>? MicroBatches = null)
+    IReadOnlyList<StashPlacement>? Stashes = null, IReadOnlyList<StashCodec>? Codecs = null, IReadOnlyList<int>? MicroBatches = null,
+    Precision Precision = Precision.Fp32)
 {
     /// <summary>Every configuration in the space, as plan settings.</summary>
     public IEnumerable<PlanSettings> Settings()
@@ -38,13 +40,13 @@ public sealed record PlanSpace(IModelConfig Config, int Batch, int SeqLen, Optim
             {
                 if (Optimizer == OptimizerKind.Lamb) continue;
                 yield return new PlanSettings(Config, Batch / u, u, SeqLen, executor, StashPlacement.Device, new StashCodecSettings(StashCodec.None, StashGroup),
-                    Optimizer, UpdateLocation.Device, UpdateMode.Eager, StatePrecision.Fp32, Device);
+                    Optimizer, UpdateLocation.Device, UpdateMode.Eager, StatePrecision.Fp32, Device, Precision: Precision);
                 continue;
             }
             foreach (var stash in Stashes ?? [StashPlacement.Device, StashPlacement.Host])
             foreach (var codec in Codecs ?? [StashCodec.None, StashCodec.Int8, StashCodec.Int4, StashCodec.Int2])
                 yield return new PlanSettings(Config, Batch / u, u, SeqLen, executor, stash, new StashCodecSettings(codec, StashGroup),
-                    Optimizer, embedding, UpdateMode, OptimizerState, Device);
+                    Optimizer, embedding, UpdateMode, OptimizerState, Device, Precision: Precision);
         }
     }
 }

@@ -27,13 +27,13 @@ namespace L2L.Training.Planning;
 /// <param name="GradientSlots">The param server's gradient ring.</param>
 public sealed record PlanSettings(IModelConfig Config, int MicroBatchSize, int MicroBatches, int SeqLen, ExecutorKind Executor,
     StashPlacement Stash, StashCodecSettings Codec, OptimizerKind Optimizer, UpdateLocation EmbeddingUpdate, UpdateMode UpdateMode,
-    StatePrecision OptimizerState, DeviceShape Device, int GradientSlots = EagerParamServer.DefaultGradientSlots)
+    StatePrecision OptimizerState, DeviceShape Device, int GradientSlots = EagerParamServer.DefaultGradientSlots, Precision Precision = Precision.Fp32)
 {
     /// <summary>The settings of a training run on a device of <paramref name="device"/>'s shape.</summary>
     public static PlanSettings From(TrainOptions options, DeviceShape device) =>
         new(options.Config, options.MicroBatchSize, options.MicroBatches, options.SeqLen, options.Executor, options.Stash,
             options.StashCodecSettings, options.Optimizer.Kind, options.ResolvedEmbeddingUpdate, options.ResolvedUpdateMode,
-            options.OptimizerState, device);
+            options.OptimizerState, device, Precision: options.Precision);
 
     /// <summary>One micro-batch's shape.</summary>
     public MicroBatch MicroBatch => new(Config, MicroBatchSize, SeqLen);

@@ -38,34 +38,44 @@ public static class Planner
         var u = s.MicroBatches;
         var l = layout.Blocks.Count;
         var block = BlockLength(layout);
+        // Weights, activations, the stash and the boundary gradients in the run's precision; parameter gradients in FP32.
+        var e = s.Precision.ElementSize();
         var list = new List<BufferSpec>
         {
             new("grad-norm.partials", MemoryCategory.Workspace, ReduceOps.PartialsLength(s.Device)),
             new("grad-norm.sums", MemoryCategory.Workspace, 4),
-            new("block-slot.0", MemoryCategory.Params, block), new("block-slot.1", MemoryCategory.Params, block),
+            new("block-slot.0", MemoryCategory.Params, block, e), new("block-slot.1", MemoryCategory.Params, block, e),
             new("block-grads.0", MemoryCategory.Grads, block), new("block-grads.1", MemoryCategory.Grads, block),
-            new("embedding", MemoryCategory.Params, layout.Embedding.Length), new("embedding.grads", MemoryCategory.Grads, layout.Embedding.Length),
-            new("head", MemoryCategory.Params, layout.Head.Length), new("head.grads", MemoryCategory.Grads, layout.Head.Length),
+            new("embedding", MemoryCategory.Params, layout.Embedding.Length, e), new("embedding.grads", MemoryCategory.Grads, layout.Embedding.Length),
+            new("head", MemoryCategory.Params, layout.Head.Length, e), new("head.grads", MemoryCategory.Grads, layout.Head.Length),
         };
-        list.AddRange(Models.DescribeActivations(mb));
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device)));
-        list.Add(new("block-out", MemoryCategory.Workspace, a));
+        if (s.Precision.Is16Bit())
+        {
+            // The narrowed gradients of the host-updated layer crossing the bus; the resident layers' FP32 masters, with their optimizer.
+            var hostUpdated = s.ResidentEmbedding ? block : Math.Max(block, Math.Max(layout.Embedding.Length, layout.Head.Length));
+            list.Add(new("grads-out", MemoryCategory.Grads, hostUpdated, e));
+            if (s.ResidentEmbedding)
+                list.AddRange([new("embedding.master", MemoryCategory.Optimizer, layout.Embedding.Length), new("head.master", MemoryCategory.Optimizer, layout.Head.Length)]);
+        }
+        list.AddRange(Models.DescribeActivations(mb, precision: s.Precision));
+        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device), precision: s.Precision));
+        list.Add(new("block-out", MemoryCategory.Workspace, a, e));
         if (s.Codec.Enabled)
         {
-            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, l, u, a).Device);
-            list.Add(new("boundary-grads", MemoryCategory.BoundaryGrads, u * a));
+            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, l, u, a, s.Precision).Device);
+            list.Add(new("boundary-grads", MemoryCategory.BoundaryGrads, u * a, e));
         }
         else if (s.Stash == StashPlacement.Device)
         {
-            list.Add(new("stash", MemoryCategory.Stash, l * u * a));
-            list.Add(new("boundary-grads", MemoryCategory.BoundaryGrads, u * a));
+            list.Add(new("stash", MemoryCategory.Stash, l * u * a, e));
+            list.Add(new("boundary-grads", MemoryCategory.BoundaryGrads, u * a, e));
         }
         else
         {
             list.AddRange([
-                new("stash-in.0", MemoryCategory.Stash, a), new("stash-in.1", MemoryCategory.Stash, a),
-                new("stash-out.0", MemoryCategory.Stash, a), new("stash-out.1", MemoryCategory.Stash, a),
-                new("boundary-grads.0", MemoryCategory.BoundaryGrads, a), new("boundary-grads.1", MemoryCategory.BoundaryGrads, a)]);
+                new("stash-in.0", MemoryCategory.Stash, a, e), new("stash-in.1", MemoryCategory.Stash, a, e),
+                new("stash-out.0", MemoryCategory.Stash, a, e), new("stash-out.1", MemoryCategory.Stash, a, e),
+                new("boundary-grads.0", MemoryCategory.BoundaryGrads, a, e), new("boundary-grads.1", MemoryCategory.BoundaryGrads, a, e)]);
         }
         list.AddRange(MicroBatchInputs.Describe(mb, u, Models.InputsOf(s.Config)).Device);
         if (s.ResidentEmbedding)
@@ -79,10 +89,11 @@ public static class Planner
         var a = s.MicroBatch.ActivationLength;
         var u = s.MicroBatches;
         var list = new List<BufferSpec> { new("host.grad-norm.sums", MemoryCategory.Other, layout.Layers.Count) };
+        var e = s.Precision.ElementSize();
         if (s.Codec.Enabled)
-            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, layout.Blocks.Count, u, a).Host);
+            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, layout.Blocks.Count, u, a, s.Precision).Host);
         else if (s.Stash == StashPlacement.Host)
-            list.AddRange([new("host.stash", MemoryCategory.Stash, layout.Blocks.Count * u * a), new("host.boundary-grads", MemoryCategory.BoundaryGrads, u * a)]);
+            list.AddRange([new("host.stash", MemoryCategory.Stash, layout.Blocks.Count * u * a, e), new("host.boundary-grads", MemoryCategory.BoundaryGrads, u * a, e)]);
         list.AddRange(MicroBatchInputs.Describe(s.MicroBatch, u, Models.InputsOf(s.Config)).Host);
         list.Add(new("host.loss", MemoryCategory.Other, 1));
         return list;
@@ -97,13 +108,14 @@ public static class Planner
     private static BusTraffic RelayBus(PlanSettings s, ModelLayout layout)
     {
         const int F = sizeof(float);
+        var e = s.Precision.ElementSize(); // weights, gradients, stash and boundary gradients cross the bus in the run's precision
         long u = s.MicroBatches, l = layout.Blocks.Count, block = BlockLength(layout);
         var edges = layout.Embedding.Length + layout.Head.Length;
         // Forward fetches every block once; the backward fetches all but the top two again (the second from the top is still in its slot).
-        var weights = F * ((l + Math.Max(0, l - 2)) * block + (s.ResidentEmbedding ? 0 : edges));
-        // Each block's gradients and sum of squares go to the host; the embedding's and head's too when the host updates them,
+        var weights = e * ((l + Math.Max(0, l - 2)) * block + (s.ResidentEmbedding ? 0 : edges));
+        // Each block's gradients and sum of squares (FP32) go to the host; the embedding's and head's too when the host updates them,
         // else only their sums of squares.
-        var grads = F * (l * block + l + 2 + (s.ResidentEmbedding ? 0 : edges));
+        var grads = e * (l * block + (s.ResidentEmbedding ? 0 : edges)) + F * (l + 2);
         var a = s.MicroBatch.ActivationLength;
         long stash = 0, boundary = 0;
         if (s.Stash == StashPlacement.Host)
@@ -111,14 +123,14 @@ public static class Planner
             if (s.Codec.Enabled)
             {
                 // Every encoded input out once and back once; the exact forward inputs and the boundary gradients stay on the device.
-                stash = CompressedStash.Describe(s.Codec, s.Stash, (int)l, (int)u, a).StepBusBytes;
+                stash = CompressedStash.Describe(s.Codec, s.Stash, (int)l, (int)u, a, s.Precision).StepBusBytes;
             }
             else
             {
                 // Inputs: stored once, fetched for the forward and again for the recomputation; boundary gradients:
                 // stored by the head, fetched and stored by every block's backward, fetched by the embedding's.
-                stash = 3 * l * u * a * F;
-                boundary = (2 * l + 2) * u * a * F;
+                stash = 3 * l * u * a * e;
+                boundary = (2 * l + 2) * u * a * e;
             }
         }
         return new BusTraffic(weights, grads, stash, boundary, Io(s, uploadsOfInputs: 2 * u + (Models.BlocksReadInputs(s.Config) ? 2 * l * u : 0)));
@@ -142,17 +154,23 @@ public static class Planner
     {
         var mb = s.MicroBatch;
         var a = mb.ActivationLength;
+        var e = s.Precision.ElementSize();
         var list = new List<BufferSpec>();
+        // In 16 bits each layer's weights are a working copy the layers read; its FP32 master belongs to the optimizer.
         foreach (var layer in layout.Layers)
-            list.AddRange([new(layer.Name, MemoryCategory.Params, layer.Length), new(layer.Name + ".grads", MemoryCategory.Grads, layer.Length)]);
+        {
+            list.AddRange([new(layer.Name, MemoryCategory.Params, layer.Length, e), new(layer.Name + ".grads", MemoryCategory.Grads, layer.Length)]);
+            if (s.Precision.Is16Bit())
+                list.Add(new(layer.Name + ".master", MemoryCategory.Optimizer, layer.Length));
+        }
         list.AddRange(DeviceLayerOptimizer.Describe(s.Optimizer, layout.Layers));
         foreach (var block in layout.Blocks)
-            list.AddRange(Models.DescribeActivations(mb, MemoryCategory.Stash, $"{block.Name}.activations"));
+            list.AddRange(Models.DescribeActivations(mb, MemoryCategory.Stash, $"{block.Name}.activations", s.Precision));
         list.AddRange([
-            new("block-inputs", MemoryCategory.Stash, layout.Blocks.Count * a),
-            new("head-input", MemoryCategory.Workspace, a),
-            new("residual-grads", MemoryCategory.BoundaryGrads, a)]);
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device)));
+            new("block-inputs", MemoryCategory.Stash, layout.Blocks.Count * a, e),
+            new("head-input", MemoryCategory.Workspace, a, e),
+            new("residual-grads", MemoryCategory.BoundaryGrads, a, e)]);
+        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device), precision: s.Precision));
         list.AddRange(MicroBatchInputs.Describe(mb, s.MicroBatches, Models.InputsOf(s.Config)).Device);
         list.AddRange([
             new("grad-norm.partials", MemoryCategory.Workspace, ReduceOps.PartialsLength(s.Device)),

@@ -82,8 +82,18 @@ public sealed class DeviceLayerOptimizer : IDisposable
     /// Enqueues one step (0-based <paramref name="step"/>) of <paramref name="layer"/> on stream <paramref name="s"/>, with
     /// AdamW's 1-based step count <paramref name="optimizerStep"/> (default <c>step + 1</c>; less after skipped steps).
     /// </summary>
-    public void Step(AcceleratorStream s, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads, long step, long? optimizerStep = null)
+    public void Step(AcceleratorStream s, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads, long step, long? optimizerStep = null) =>
+        Step<float>(s, layer, parameters, grads, default, step, optimizerStep);
+
+    /// <summary>
+    /// As <see cref="Step(AcceleratorStream, LayerLayout, ArrayView{float}, ArrayView{float}, long, long?)"/> on the FP32
+    /// master <paramref name="parameters"/>, writing the updated weights rounded to <typeparamref name="T"/> (Bf16 or Half)
+    /// into <paramref name="copy"/> in the same pass: the 16-bit working copy the layers read.
+    /// </summary>
+    public void Step<T>(AcceleratorStream s, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<T> copy,
+        long step, long? optimizerStep = null) where T : unmanaged
     {
+        var withCopy = typeof(T) != typeof(float);
         var lr = _schedule.At(step);
         var t = optimizerStep ?? step + 1;
         var bc1 = (float)(1 - Math.Pow(_settings.Beta1, t));
@@ -98,12 +108,23 @@ public sealed class DeviceLayerOptimizer : IDisposable
                 var (mb, vb) = _moments[layer.Index];
                 var m = new Model.Device.LayerViews(layer, mb.View);
                 var v = new Model.Device.LayerViews(layer, vb.View);
-                _ops.AdamW(s, p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName],
-                    lr * slot.LearningRateScale, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                var (pw, gw, mw, vw, rate) = (p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName], lr * slot.LearningRateScale);
+                if (!withCopy)
+                    _ops.AdamW(s, pw, gw, mw, vw, rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                else if (typeof(T) == typeof(Kernels.Bf16))
+                    _ops.AdamW(s, pw, gw, mw, vw, copy.SubView(slot.Offset, slot.Length).Cast<Kernels.Bf16>(), rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                else
+                    _ops.AdamW(s, pw, gw, mw, vw, copy.SubView(slot.Offset, slot.Length).Cast<ILGPU.Half>(), rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
             }
             else
             {
-                _ops.Sgd(s, p[slot.LocalName], g[slot.LocalName], lr * slot.LearningRateScale, wd);
+                var (pw, gw, rate) = (p[slot.LocalName], g[slot.LocalName], lr * slot.LearningRateScale);
+                if (!withCopy)
+                    _ops.Sgd(s, pw, gw, rate, wd);
+                else if (typeof(T) == typeof(Kernels.Bf16))
+                    _ops.Sgd(s, pw, gw, copy.SubView(slot.Offset, slot.Length).Cast<Kernels.Bf16>(), rate, wd);
+                else
+                    _ops.Sgd(s, pw, gw, copy.SubView(slot.Offset, slot.Length).Cast<ILGPU.Half>(), rate, wd);
             }
         }
     }
