@@ -188,7 +188,7 @@ internal sealed class ConventionalCore<T> : IConventionalCore where T : unmanage
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         // The inputs went up, the sums of squares and the loss came back.
-        var bus = new Planning.BusTraffic(0, _sumSquares.Bytes, 0, 0, _inputs.UploadedBytes - uploadedBefore + sizeof(float));
+        var bus = new Planning.BusTraffic(0, 0, 0, 0, _inputs.UploadedBytes - uploadedBefore + sizeof(float) + _sumSquares.Bytes);
         return new StepResult(loss, bus.Total, GradNorm: decision.GradNorm, Skipped: skipAll,
             LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers, BusBytesByKind: bus,
             OverflowedLayers: overflowed.Count > 0 ? overflowed.Order().Select(i => _layout.Layers[i].Name).ToArray() : null);

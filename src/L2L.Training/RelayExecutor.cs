@@ -576,7 +576,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
 
     /// <summary>The running totals of the bytes this executor and its param server have moved, by kind.</summary>
     private Planning.BusTraffic Traffic =>
-        new(_eps.WeightBusBytes, _eps.GradientBusBytes + _normBytes, _stashBytes, _dxBytes, _inputs.UploadedBytes + _lossBytes);
+        new(_eps.WeightBusBytes, _eps.GradientBusBytes, _stashBytes, _dxBytes, _inputs.UploadedBytes + _lossBytes + _normBytes);
 
     /// <summary>
     /// Enqueues the sum of squares of a layer's completed gradients into device slot <paramref name="sumSlot"/>
@@ -653,7 +653,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
     private readonly List<int> _overflowed = new();
 
     /// <summary>Whether a resident layer's sum of squares is checked on the host before its device update.</summary>
-    private bool CheckResident => _control.Scaler is null && (_precision.Is16Bit() || _control.LossScale != 1f);
+    private bool CheckResident => _control.Scaler is null && _precision.Is16Bit();
 
     /// <summary>
     /// Enqueues the device update of a resident layer, its gradients first multiplied by <paramref name="factor"/>

@@ -2,10 +2,10 @@
 namespace L2L.Training.Planning;
 
 /// <summary>
-/// Bytes that crossed the bus, by kind: <c>weights</c> (layer fetches), <c>grads</c> (parameter gradients to the host and
-/// their sums of squares), <c>stash</c> (stashed block inputs, FP32 or encoded), <c>boundary_grads</c> (gradients at
+/// Bytes that crossed the bus, by kind: <c>weights</c> (layer fetches), <c>grads</c> (parameter gradients to the host, in the
+/// run's precision), <c>stash</c> (stashed block inputs, FP32 or encoded), <c>boundary_grads</c> (gradients at
 /// layer boundaries through a host stash) and <c>io</c> (token ids, token types, padding masks, targets, scatter plans
-/// and the loss read back).
+/// and the loss and the per-layer gradient sums of squares read back, all FP32 or int32).
 /// </summary>
 public readonly record struct BusTraffic(long Weights, long Grads, long Stash, long BoundaryGrads, long Io)
 {

@@ -113,9 +113,10 @@ public static class Planner
         var edges = layout.Embedding.Length + layout.Head.Length;
         // Forward fetches every block once; the backward fetches all but the top two again (the second from the top is still in its slot).
         var weights = e * ((l + Math.Max(0, l - 2)) * block + (s.ResidentEmbedding ? 0 : edges));
-        // Each block's gradients and sum of squares (FP32) go to the host; the embedding's and head's too when the host updates them,
-        // else only their sums of squares.
-        var grads = e * (l * block + (s.ResidentEmbedding ? 0 : edges)) + F * (l + 2);
+        // Each block's gradients go to the host, the embedding's and head's too when the host updates them; every layer's
+        // sum of squares (FP32, counted as io) comes back with them, and in 16 bits a resident layer's also before its
+        // device update, to check it for overflow.
+        var grads = e * (l * block + (s.ResidentEmbedding ? 0 : edges));
         var a = s.MicroBatch.ActivationLength;
         long stash = 0, boundary = 0;
         if (s.Stash == StashPlacement.Host)
@@ -133,7 +134,8 @@ public static class Planner
                 boundary = (2 * l + 2) * u * a * e;
             }
         }
-        return new BusTraffic(weights, grads, stash, boundary, Io(s, uploadsOfInputs: 2 * u + (Models.BlocksReadInputs(s.Config) ? 2 * l * u : 0)));
+        return new BusTraffic(weights, grads, stash, boundary, Io(s, uploadsOfInputs: 2 * u + (Models.BlocksReadInputs(s.Config) ? 2 * l * u : 0))
+            + F * (l + 2 + (s.ResidentEmbedding && s.Precision.Is16Bit() ? 2 : 0)));
     }
 
     /// <summary>
@@ -184,5 +186,5 @@ public static class Planner
 
     private static BusTraffic ConventionalBus(PlanSettings s, ModelLayout layout) =>
         // Only the inputs go up; the sums of squares of every layer's gradients come back for the clipping decision.
-        new(0, sizeof(float) * (long)layout.Layers.Count, 0, 0, Io(s, uploadsOfInputs: s.MicroBatches));
+        new(0, 0, 0, 0, Io(s, uploadsOfInputs: s.MicroBatches) + sizeof(float) * (long)layout.Layers.Count);
 }
