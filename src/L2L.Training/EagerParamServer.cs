@@ -26,11 +26,14 @@ namespace L2L.Training;
 public sealed class EagerParamServer : IDisposable
 {
     private readonly PinnedHostBuffer<float>[] _weights;
-    private readonly PinnedHostBuffer<float>[] _gradSlots;
+    private readonly Precision _precision;
+    private readonly PinnedHostBuffer<ushort>[] _weights16; // 16-bit precision: each layer's copy the device fetches, else empty
+    private readonly AcceleratorStream?[] _staleCopy;       // device-updated layers whose copy waits for a stored master (the store's stream)
+    private readonly GradBuffer[] _gradSlots;
     private readonly int[] _slotOwner;   // the layer whose gradients occupy each slot, or -1
     private readonly int[] _slotOfLayer; // the slot holding each layer's gradients, or -1
-    private readonly PinnedHostBuffer<float>?[] _ownGrads; // layers longer than a slot (e.g. an embedding updated here) have their own
-    private readonly PinnedHostBuffer<float>?[] _gradsOf;  // where each layer's gradients are while they wait for or feed an update
+    private readonly GradBuffer?[] _ownGrads; // layers longer than a slot (e.g. an embedding updated here) have their own
+    private readonly GradBuffer?[] _gradsOf;  // where each layer's gradients are while they wait for or feed an update
     private readonly long[] _updateOrder; // when each layer's pending update was begun
     private long _updatesBegun;
     private readonly float[][] _state;
@@ -38,6 +41,7 @@ public sealed class EagerParamServer : IDisposable
     private readonly StatePrecision _statePrecision;
     private readonly Task?[] _updates;
     private readonly IHostOptimizer _optimizer;
+    private readonly HostOptimizerBase _core; // the same optimizer, through the entry that takes 16-bit gradients and a gradient factor
     private readonly bool[] _onDevice;
     private long _weightBusBytes, _gradientBusBytes;
     private long _updateWaitTicks;
@@ -74,11 +78,16 @@ public sealed class EagerParamServer : IDisposable
     /// Data parallel over several devices and/or ranks (null or one device of one rank: a plain server). Every layer is
     /// then updated here, once, from the gradients of every device and rank; see <see cref="ParallelRelay"/>.
     /// </param>
+    /// <param name="precision">
+    /// What crosses the bus: FP32 weights and gradients, or (bf16, fp16) a 16-bit copy of each layer's weights, written by
+    /// the optimizer in its update pass, and 16-bit gradients, widened to FP32 in that pass. Master weights and optimizer
+    /// state are FP32 in every case.
+    /// </param>
     public EagerParamServer(Backend backend, ModelLayout layout, IReadOnlyList<float[]> initial, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
         int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
-        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null)
-        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision, parallel)
+        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null, Precision precision = Precision.Fp32)
+        : this(backend, layout, CopyFrom(layout, initial), optimizer, schedule, resume, threads, deviceUpdated, gradientSlots, mode, statePrecision, parallel, precision)
     {
     }
 
@@ -98,17 +107,19 @@ public sealed class EagerParamServer : IDisposable
     /// <param name="mode">Eager (a ring of gradient buffers) or deferred (a gradient buffer per host-updated layer).</param>
     /// <param name="statePrecision">FP32 or BF16 (stochastically rounded) storage of the host optimizer's state.</param>
     /// <param name="parallel">Data parallel over several devices and/or ranks (null or one device of one rank: a plain server).</param>
+    /// <param name="precision">FP32, or a 16-bit copy of the weights and 16-bit gradients on the bus (FP32 masters and state here).</param>
     public EagerParamServer(Backend backend, ModelLayout layout, Action<int, Span<float>> initialize, OptimizerSettings optimizer,
         LearningRateSchedule schedule, TrainingState? resume = null, int? threads = null, IReadOnlyCollection<int>? deviceUpdated = null,
         int gradientSlots = DefaultGradientSlots, L2L.Training.Update.UpdateMode mode = L2L.Training.Update.UpdateMode.Eager,
-        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null)
+        StatePrecision statePrecision = StatePrecision.Fp32, ParallelSetup? parallel = null, Precision precision = Precision.Fp32)
     {
         parallel?.Validate();
         if (parallel is { IsParallel: true })
         {
             _parallel = parallel;
-            CheckParallel(parallel, deviceUpdated, mode, statePrecision, optimizer.Kind);
+            CheckParallel(parallel, deviceUpdated, mode, statePrecision, optimizer.Kind, precision);
         }
+        _precision = precision;
         var ranks = _parallel is { ShardOptimizer: true } ? _parallel.WorldSize : 1;
         if (statePrecision == StatePrecision.Bf16 && optimizer.Kind != OptimizerKind.AdamW)
             throw new ArgumentException("--optimizer-state bf16 stores AdamW's moments; it needs --optimizer adamw.");
@@ -119,6 +130,7 @@ public sealed class EagerParamServer : IDisposable
         Schedule = schedule;
         _mode = mode;
         _optimizer = HostOptimizers.Create(optimizer, threads);
+        _core = (HostOptimizerBase)_optimizer;
         var count = layout.Layers.Count;
         _weights = new PinnedHostBuffer<float>[count];
         _state = new float[count][];
@@ -126,8 +138,10 @@ public sealed class EagerParamServer : IDisposable
         _updates = new Task?[count];
         _updateOrder = new long[count];
         _slotOfLayer = Enumerable.Repeat(-1, count).ToArray();
-        _ownGrads = new PinnedHostBuffer<float>?[count];
-        _gradsOf = new PinnedHostBuffer<float>?[count];
+        _ownGrads = new GradBuffer?[count];
+        _gradsOf = new GradBuffer?[count];
+        _weights16 = new PinnedHostBuffer<ushort>[precision.Is16Bit() ? count : 0];
+        _staleCopy = new AcceleratorStream?[count];
         _onDevice = new bool[count];
         foreach (var i in deviceUpdated ?? [])
             _onDevice[i] = true;
@@ -141,6 +155,8 @@ public sealed class EagerParamServer : IDisposable
             {
                 var length = layout.Layers[i].Length;
                 _weights[i] = backend.AllocatePinned<float>(length);
+                if (precision.Is16Bit())
+                    _weights16[i] = backend.AllocatePinned<ushort>(length);
                 var (lo, hi) = ShardLayout.Range(length, ranks, ranks > 1 ? _parallel!.Rank : 0);
                 var stateLength = _onDevice[i] ? 0 : _optimizer.StateFloatsPerParam * (hi - lo);
                 var bf16 = statePrecision == StatePrecision.Bf16;
@@ -165,12 +181,16 @@ public sealed class EagerParamServer : IDisposable
             foreach (var layer in layout.Layers)
             {
                 if (!_onDevice[layer.Index] && layer.Length > slotLength && _parallel is null)
-                    _ownGrads[layer.Index] = backend.AllocatePinned<float>(layer.Length);
+                    _ownGrads[layer.Index] = new GradBuffer(backend, layer.Length, precision);
             }
-            System.Threading.Tasks.Parallel.For(0, count, i => initialize(i, _weights[i].Span));
-            _gradSlots = new PinnedHostBuffer<float>[slotLength > 0 ? gradientSlots : 0];
+            System.Threading.Tasks.Parallel.For(0, count, i =>
+            {
+                initialize(i, _weights[i].Span);
+                RoundCopy(i);
+            });
+            _gradSlots = new GradBuffer[slotLength > 0 ? gradientSlots : 0];
             for (var k = 0; k < _gradSlots.Length; k++)
-                _gradSlots[k] = backend.AllocatePinned<float>(slotLength);
+                _gradSlots[k] = new GradBuffer(backend, slotLength, precision);
             _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
             if (_parallel is not null)
                 _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i],
@@ -179,6 +199,7 @@ public sealed class EagerParamServer : IDisposable
         catch
         {
             foreach (var w in _weights) w?.Dispose();
+            foreach (var w in _weights16) w?.Dispose();
             foreach (var g in _ownGrads) g?.Dispose();
             foreach (var g in _gradSlots ?? []) g?.Dispose();
             throw;
@@ -186,15 +207,17 @@ public sealed class EagerParamServer : IDisposable
         if (resume is not null)
             StepsDone = resume.Step;
         OptimizerStateBytes = sizeof(float) * _state.Sum(st => (long)st.Length) + sizeof(ushort) * _state16.Sum(st => (long)st.Length);
-        HostBytes = sizeof(float) * (_weights.Sum(w => w.Length) + _gradSlots.Sum(g => g.Length) + _ownGrads.Sum(g => g?.Length ?? 0))
-            + OptimizerStateBytes + (_reducer?.HostBytes ?? 0);
+        HostBytes = sizeof(float) * _weights.Sum(w => w.Length) + sizeof(ushort) * _weights16.Sum(w => w.Length)
+            + _gradSlots.Sum(g => g.Bytes) + _ownGrads.Sum(g => g?.Bytes ?? 0) + OptimizerStateBytes + (_reducer?.HostBytes ?? 0);
     }
 
     /// <summary>What data parallel refuses, each with the option to change.</summary>
     private static void CheckParallel(ParallelSetup parallel, IReadOnlyCollection<int>? deviceUpdated, L2L.Training.Update.UpdateMode mode,
-        StatePrecision statePrecision, OptimizerKind optimizer)
+        StatePrecision statePrecision, OptimizerKind optimizer, Precision precision)
     {
         var what = $"{parallel.DeviceCount} device(s) x {parallel.WorldSize} rank(s)";
+        if (precision.Is16Bit())
+            throw new ArgumentException($"Data parallel ({what}) reduces FP32 gradients; --precision {precision.Name()} is not implemented for several devices or ranks: use --precision fp32, or one device.");
         if (deviceUpdated is { Count: > 0 })
             throw new ArgumentException($"Data parallel ({what}) updates every layer on the host, from every device's gradients; use --embedding-update host.");
         if (mode == L2L.Training.Update.UpdateMode.Deferred && parallel.ShardOptimizer)
@@ -213,6 +236,10 @@ public sealed class EagerParamServer : IDisposable
         _parallel = root._parallel;
         _reducer = root._reducer;
         _weights = root._weights;
+        _precision = root._precision;
+        _weights16 = root._weights16;
+        _staleCopy = root._staleCopy;
+        _core = root._core;
         _gradSlots = root._gradSlots;
         _slotOwner = root._slotOwner;
         _slotOfLayer = root._slotOfLayer;
@@ -306,11 +333,13 @@ public sealed class EagerParamServer : IDisposable
     /// The host memory a server with these settings holds, buffer by buffer (bytes as <see cref="BufferSpec.Bytes"/>):
     /// pinned FP32 weights per layer, the gradient ring or own gradient buffers (pinned), and the optimizer state
     /// (ordinary memory: <paramref name="stateFloatsPerParam"/> values per parameter of each host-updated layer, 4 or 2 bytes each).
-    /// Its sum is <see cref="HostBytes"/>.
+    /// With a 16-bit <paramref name="precision"/>, also each layer's pinned 16-bit copy (<c>weights16</c>), and the gradient
+    /// buffers hold 2-byte elements. Its sum is <see cref="HostBytes"/>.
     /// </summary>
     public static IReadOnlyList<BufferSpec> DescribeHost(ModelLayout layout, int stateFloatsPerParam, IReadOnlyCollection<int> deviceUpdated,
-        int gradientSlots, L2L.Training.Update.UpdateMode mode, StatePrecision statePrecision)
+        int gradientSlots, L2L.Training.Update.UpdateMode mode, StatePrecision statePrecision, Precision precision = Precision.Fp32)
     {
+        var gradSize = precision.ElementSize();
         var onDevice = new bool[layout.Layers.Count];
         foreach (var i in deviceUpdated) onDevice[i] = true;
         var slotLength = GradientSlotLength(layout, onDevice, mode);
@@ -318,15 +347,17 @@ public sealed class EagerParamServer : IDisposable
         foreach (var layer in layout.Layers)
         {
             result.Add(new BufferSpec($"param-server.{layer.Name}.weights", MemoryCategory.Params, layer.Length));
+            if (precision.Is16Bit())
+                result.Add(new BufferSpec($"param-server.{layer.Name}.weights16", MemoryCategory.Params, layer.Length, sizeof(ushort)));
             if (!onDevice[layer.Index] && layer.Length > slotLength)
-                result.Add(new BufferSpec($"param-server.{layer.Name}.grads", MemoryCategory.Grads, layer.Length));
+                result.Add(new BufferSpec($"param-server.{layer.Name}.grads", MemoryCategory.Grads, layer.Length, gradSize));
             if (!onDevice[layer.Index] && stateFloatsPerParam > 0)
                 result.Add(new BufferSpec($"param-server.{layer.Name}.state", MemoryCategory.Optimizer, stateFloatsPerParam * layer.Length,
                     statePrecision == StatePrecision.Bf16 ? sizeof(ushort) : sizeof(float)));
         }
         if (slotLength > 0)
             for (var k = 0; k < gradientSlots; k++)
-                result.Add(new BufferSpec($"param-server.grad-ring.{k}", MemoryCategory.Grads, slotLength));
+                result.Add(new BufferSpec($"param-server.grad-ring.{k}", MemoryCategory.Grads, slotLength, gradSize));
         return result;
     }
 
@@ -354,6 +385,12 @@ public sealed class EagerParamServer : IDisposable
 
     /// <summary>Eager (gradient ring) or deferred (a gradient buffer per host-updated layer).</summary>
     public L2L.Training.Update.UpdateMode Mode => _mode;
+
+    /// <summary>
+    /// What crosses the bus: FP32, or a 16-bit copy of the weights (<see cref="EnqueueFetch{T}"/>) and 16-bit gradients
+    /// (<see cref="EnqueueGradients{T}"/>). The master weights and the optimizer state are FP32 whatever this is.
+    /// </summary>
+    public Precision Precision => _precision;
 
     /// <summary>Layer-sized gradient buffers in the ring.</summary>
     public int GradientSlots => _gradSlots.Length;
@@ -398,8 +435,70 @@ public sealed class EagerParamServer : IDisposable
     /// <summary>The name used in checkpoints and on the command line.</summary>
     public static string OptimizerName(OptimizerKind kind) => kind.ToString().ToLowerInvariant();
 
-    /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s weights into <paramref name="target"/>, after its pending update finishes.</summary>
+    /// <summary>
+    /// Enqueues the copy of layer <paramref name="layer"/>'s FP32 master weights into <paramref name="target"/>, after its
+    /// pending update finishes. At every precision (a 16-bit server uploads FP32 masters this way, e.g. for the layers the
+    /// device updates itself); the bus counts 4 bytes per element.
+    /// </summary>
     public void EnqueueFetch(int layer, AcceleratorStream copyStream, ArrayView<float> target)
+    {
+        WaitBeforeFetch(layer);
+        var length = Layout.Layers[layer].Length;
+        _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
+        Interlocked.Add(ref _weightBusBytes, length * sizeof(float));
+    }
+
+    /// <summary>
+    /// Enqueues the copy of layer <paramref name="layer"/>'s weights in the server's <see cref="Precision"/> into
+    /// <paramref name="target"/>, after its pending update finishes: the FP32 masters for fp32, else the 16-bit copy the
+    /// optimizer wrote in its last update pass (the masters rounded to nearest even). The bus counts
+    /// <see cref="Precisions.ElementSize"/> bytes per element.
+    /// </summary>
+    /// <typeparam name="T">The precision's storage type: <see cref="float"/>, <see cref="L2L.Kernels.Bf16"/> or <see cref="ILGPU.Half"/>.</typeparam>
+    /// <exception cref="ArgumentException"><typeparamref name="T"/> is not the storage type of <see cref="Precision"/>.</exception>
+    public void EnqueueFetch<T>(int layer, AcceleratorStream copyStream, ArrayView<T> target) where T : unmanaged
+    {
+        CheckStorage<T>("fetches weights");
+        if (!_precision.Is16Bit())
+        {
+            EnqueueFetch(layer, copyStream, target.Cast<float>());
+            return;
+        }
+        WaitBeforeFetch(layer);
+        if (_staleCopy[layer] is { } store)
+        {
+            // A device-updated layer's stored masters: round them once they have landed, then upload.
+            store.Synchronize();
+            _staleCopy[layer] = null;
+            RoundCopy(layer);
+        }
+        var length = Layout.Layers[layer].Length;
+        _weights16[layer].CopyToDeviceAsync(copyStream, target.Cast<ushort>().SubView(0, length));
+        Interlocked.Add(ref _weightBusBytes, length * sizeof(ushort));
+    }
+
+    /// <summary>Throws unless <typeparamref name="T"/> is the storage type of the server's precision.</summary>
+    private void CheckStorage<T>(string what) where T : unmanaged
+    {
+        if (typeof(T) != _precision.StorageType())
+            throw new ArgumentException($"This {_precision.Name()} param server {what} as {_precision.StorageType().Name}, not {typeof(T).Name}.", nameof(T));
+    }
+
+    /// <summary>Writes layer <paramref name="layer"/>'s 16-bit copy from its master weights (16-bit precision only).</summary>
+    private void RoundCopy(int layer)
+    {
+        if (!_precision.Is16Bit())
+            return;
+        var master = _weights[layer].Span;
+        var copy = _weights16[layer].Span;
+        if (_precision == Precision.Bf16)
+            Bf16Convert.ToBf16(master, System.Runtime.InteropServices.MemoryMarshal.Cast<ushort, L2L.Kernels.Bf16>(copy));
+        else
+            HalfConvert.ToHalf(master, System.Runtime.InteropServices.MemoryMarshal.Cast<ushort, System.Half>(copy));
+    }
+
+    /// <summary>What a fetch waits for: the layer's pending update (or, data parallel, its reduction and update).</summary>
+    private void WaitBeforeFetch(int layer)
     {
         if (_reducer is not null)
         {
@@ -413,14 +512,22 @@ public sealed class EagerParamServer : IDisposable
             WaitForUpdate(layer);
             Interlocked.Add(ref _updateWaitTicks, System.Diagnostics.Stopwatch.GetElapsedTime(start).Ticks);
         }
-        var length = Layout.Layers[layer].Length;
-        _weights[layer].CopyToDeviceAsync(copyStream, target.SubView(0, length));
-        Interlocked.Add(ref _weightBusBytes, length * sizeof(float));
     }
 
-    /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed gradients from <paramref name="source"/> to the host.</summary>
-    public void EnqueueGradients(int layer, AcceleratorStream copyStream, ArrayView<float> source)
+    /// <summary>Enqueues the copy of layer <paramref name="layer"/>'s summed FP32 gradients from <paramref name="source"/> to the host (an fp32 server only).</summary>
+    public void EnqueueGradients(int layer, AcceleratorStream copyStream, ArrayView<float> source) => EnqueueGradients<float>(layer, copyStream, source);
+
+    /// <summary>
+    /// Enqueues the copy of layer <paramref name="layer"/>'s summed gradients, in the server's <see cref="Precision"/>,
+    /// from <paramref name="source"/> into a host buffer of that precision (a 16-bit server's ring holds 2-byte elements);
+    /// the update pass widens them to FP32 and applies the gradient factor after widening. The bus counts
+    /// <see cref="Precisions.ElementSize"/> bytes per element.
+    /// </summary>
+    /// <typeparam name="T">The precision's storage type: <see cref="float"/>, <see cref="L2L.Kernels.Bf16"/> or <see cref="ILGPU.Half"/>.</typeparam>
+    /// <exception cref="ArgumentException"><typeparamref name="T"/> is not the storage type of <see cref="Precision"/>.</exception>
+    public void EnqueueGradients<T>(int layer, AcceleratorStream copyStream, ArrayView<T> source) where T : unmanaged
     {
+        CheckStorage<T>("receives gradients");
         if (_onDevice[layer])
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the device; its gradients stay there.");
         if (_reducer is not null)
@@ -428,7 +535,7 @@ public sealed class EagerParamServer : IDisposable
             CheckReplica();
             var staging = _reducer.Stage(_replica, layer);
             var n = Layout.Layers[layer].Length;
-            staging.CopyFromDeviceAsync(copyStream, source.SubView(0, n), 0, n);
+            staging.CopyFromDeviceAsync(copyStream, source.Cast<float>().SubView(0, n), 0, n);
             Interlocked.Add(ref _gradientBusBytes, n * sizeof(float));
             return;
         }
@@ -447,8 +554,8 @@ public sealed class EagerParamServer : IDisposable
             _gradsOf[layer] = _gradSlots[slot];
         }
         var length = Layout.Layers[layer].Length;
-        _gradsOf[layer]!.CopyFromDeviceAsync(copyStream, source.SubView(0, length));
-        Interlocked.Add(ref _gradientBusBytes, length * sizeof(float));
+        _gradsOf[layer]!.CopyFromDevice(copyStream, source, length);
+        Interlocked.Add(ref _gradientBusBytes, length * _precision.ElementSize());
     }
 
     /// <summary>A free gradient slot; when none is free, waits for the earliest-begun update that holds one.</summary>
@@ -573,6 +680,29 @@ public sealed class EagerParamServer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Drops layer <paramref name="layer"/>'s received gradients without updating it (its weights, state and 16-bit copy
+    /// stay as they are) and releases its gradient slot: for a layer whose gradients overflowed. Call once their copy has
+    /// completed, as for <see cref="BeginUpdate"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The layer has no gradients waiting, or its update has begun.</exception>
+    public void DiscardGradients(int layer)
+    {
+        if (_reducer is not null)
+            throw new InvalidOperationException("A data-parallel param server reduces every replica's gradients of a layer; one layer's cannot be dropped.");
+        if (_updates[layer] is not null)
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is already being updated; its gradients can no longer be dropped.");
+        if (_gradsOf[layer] is null)
+            throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' has no gradients to drop; call EnqueueGradients first.");
+        _gradsOf[layer] = null;
+        var slot = _slotOfLayer[layer];
+        if (slot >= 0)
+        {
+            _slotOwner[slot] = -1;
+            _slotOfLayer[layer] = -1;
+        }
+    }
+
     private void CheckReplica()
     {
         if (_root is null)
@@ -590,30 +720,52 @@ public sealed class EagerParamServer : IDisposable
     }
 
     /// <summary>Applies the optimizer to one layer now, on the calling thread.</summary>
-    private void Update(int layer, long step, long optimizerStep, float gradientFactor) =>
-        Update(layer, step, optimizerStep, gradientFactor, _gradsOf[layer]!.Span);
+    private void Update(int layer, long step, long optimizerStep, float gradientFactor)
+    {
+        var grads = _gradsOf[layer]!;
+        if (grads.Single is { } single)
+        {
+            Update(layer, step, optimizerStep, gradientFactor, single.Span);
+            return;
+        }
+        // 16-bit gradients are widened as the optimizer loads them, and the factor applied to the widened value in FP32.
+        var format = _precision == Precision.Bf16 ? GradFormat.Bf16 : GradFormat.Half;
+        Apply<ushort>(layer, step, optimizerStep, grads.Bits16!.Span, format, gradientFactor);
+    }
 
-    /// <summary>Applies the optimizer to one layer now, on the calling thread, from <paramref name="grads"/>.</summary>
+    /// <summary>Applies the optimizer to one layer now, on the calling thread, from FP32 <paramref name="grads"/> (scaled in place first).</summary>
     private void Update(int layer, long step, long optimizerStep, float gradientFactor, Span<float> grads)
+    {
+        if (gradientFactor != 1f)
+            Scale(grads, gradientFactor);
+        Apply<float>(layer, step, optimizerStep, grads, GradFormat.Single, 1f);
+    }
+
+    /// <summary>
+    /// One layer's update: each tensor stepped from <paramref name="grads"/> (of <paramref name="format"/>, times
+    /// <paramref name="gradientFactor"/> as loaded), writing the 16-bit copy in the same pass at 16-bit precision.
+    /// </summary>
+    private void Apply<TGrad>(int layer, long step, long optimizerStep, ReadOnlySpan<TGrad> grads, GradFormat format, float gradientFactor)
+        where TGrad : unmanaged
     {
         var lr = Schedule.At(step);
         var t = checked((int)optimizerStep);
-        if (gradientFactor != 1f)
-            Scale(grads, gradientFactor);
-        var spp = _optimizer.StateFloatsPerParam;
         var weights = _weights[layer].Span;
+        var copy = _precision.Is16Bit() ? _weights16[layer].Span : Span<ushort>.Empty;
+        var copyIsBf16 = _precision == Precision.Bf16;
         if (_statePrecision == StatePrecision.Bf16)
         {
-            UpdateBf16(layer, t, lr, weights, grads);
+            UpdateBf16(layer, t, lr, weights, grads, format, gradientFactor, copy, copyIsBf16);
             return;
         }
+        var spp = _optimizer.StateFloatsPerParam;
         var state = _state[layer].AsSpan();
         foreach (var slot in Layout.Layers[layer].Tensors)
         {
             var offset = (int)slot.Offset;
             var length = (int)slot.Length;
-            _optimizer.Step(weights.Slice(offset, length), grads.Slice(offset, length),
-                state.Slice(spp * offset, spp * length), Span<System.Half>.Empty, t, lr * slot.LearningRateScale, slot.Decay);
+            _core.Step(weights.Slice(offset, length), grads.Slice(offset, length), format, gradientFactor, state.Slice(spp * offset, spp * length),
+                copy.IsEmpty ? copy : copy.Slice(offset, length), copyIsBf16, t, lr * slot.LearningRateScale, slot.Decay);
         }
     }
 
@@ -625,7 +777,8 @@ public sealed class EagerParamServer : IDisposable
     /// optimizer as FP32 state (AdamW is element-wise, so chunking changes nothing), and narrowed back with stochastic
     /// rounding keyed by (layer, step, element).
     /// </summary>
-    private void UpdateBf16(int layer, int t, float lr, Span<float> weights, Span<float> grads)
+    private void UpdateBf16<TGrad>(int layer, int t, float lr, Span<float> weights, ReadOnlySpan<TGrad> grads, GradFormat format, float gradientFactor,
+        Span<ushort> copy, bool copyIsBf16) where TGrad : unmanaged
     {
         var state16 = _state16[layer];
         var length = Layout.Layers[layer].Length;
@@ -649,7 +802,8 @@ public sealed class EagerParamServer : IDisposable
                     var chunk = scratch.AsSpan(0, 2 * n);
                     Bf16State.Widen(m, chunk[..n]);
                     Bf16State.Widen(v, chunk[n..]);
-                    _optimizer.Step(weights.Slice(offset, n), grads.Slice(offset, n), chunk, Span<System.Half>.Empty, t, lr * slot.LearningRateScale, slot.Decay);
+                    _core.Step(weights.Slice(offset, n), grads.Slice(offset, n), format, gradientFactor, chunk,
+                        copy.IsEmpty ? copy : copy.Slice(offset, n), copyIsBf16, t, lr * slot.LearningRateScale, slot.Decay);
                     Bf16State.RoundStochastic(chunk[..n], m, key, mAt);
                     Bf16State.RoundStochastic(chunk[n..], v, key, vAt);
                 }
@@ -755,13 +909,19 @@ public sealed class EagerParamServer : IDisposable
 
     /// <summary>
     /// Enqueues the copy of a device-updated layer's current weights from <paramref name="source"/> into
-    /// the server's host copy, so snapshots and checkpoints see them (the server never updates them itself).
+    /// the server's host copy, so snapshots and checkpoints see them (the server never updates them itself). Always FP32
+    /// (the executor keeps a device-updated layer's FP32 masters on the device). At 16-bit precision the layer's 16-bit
+    /// copy is refreshed lazily: the next <see cref="EnqueueFetch{T}"/> of the layer synchronizes
+    /// <paramref name="copyStream"/> and rounds the stored masters before uploading, so a store costs nothing extra when
+    /// the layer's copy is never fetched.
     /// </summary>
     public void EnqueueStoreWeights(int layer, AcceleratorStream copyStream, ArrayView<float> source)
     {
         if (!_onDevice[layer])
             throw new InvalidOperationException($"Layer '{Layout.Layers[layer].Name}' is updated on the host; its weights are the server's own.");
         _weights[layer].CopyFromDeviceAsync(copyStream, source.SubView(0, Layout.Layers[layer].Length));
+        if (_precision.Is16Bit())
+            _staleCopy[layer] = copyStream;
     }
 
     /// <summary>The master weights of one layer (read-only use; wait for its update first).</summary>
@@ -779,7 +939,45 @@ public sealed class EagerParamServer : IDisposable
         _reducer?.Dispose();
         try { WaitAll(); } catch (Exception) { /* disposal must release pinned memory regardless */ }
         foreach (var w in _weights) w.Dispose();
+        foreach (var w in _weights16) w.Dispose();
         foreach (var g in _gradSlots) g.Dispose();
         foreach (var g in _ownGrads) g?.Dispose();
+    }
+
+    /// <summary>One pinned gradient buffer: FP32, or 2-byte elements (BF16 or FP16 bits) at 16-bit precision.</summary>
+    private sealed class GradBuffer : IDisposable
+    {
+        public GradBuffer(Backend backend, long length, Precision precision)
+        {
+            if (precision.Is16Bit())
+                Bits16 = backend.AllocatePinned<ushort>(length);
+            else
+                Single = backend.AllocatePinned<float>(length);
+            Bytes = length * precision.ElementSize();
+        }
+
+        /// <summary>The FP32 buffer, or null.</summary>
+        public PinnedHostBuffer<float>? Single { get; }
+
+        /// <summary>The 16-bit buffer, or null.</summary>
+        public PinnedHostBuffer<ushort>? Bits16 { get; }
+
+        /// <summary>Host bytes.</summary>
+        public long Bytes { get; }
+
+        /// <summary>Enqueues the copy of <paramref name="length"/> gradients of <paramref name="source"/> (of the buffer's element size) into the buffer.</summary>
+        public void CopyFromDevice<T>(AcceleratorStream stream, ArrayView<T> source, long length) where T : unmanaged
+        {
+            if (Single is { } single)
+                single.CopyFromDeviceAsync(stream, source.Cast<float>().SubView(0, length));
+            else
+                Bits16!.CopyFromDeviceAsync(stream, source.Cast<ushort>().SubView(0, length));
+        }
+
+        public void Dispose()
+        {
+            Single?.Dispose();
+            Bits16?.Dispose();
+        }
     }
 }

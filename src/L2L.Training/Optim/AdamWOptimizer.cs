@@ -34,32 +34,30 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
         }
     }
 
-    protected override void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay)
+    protected override void Update(in Slice slice, int step, float lr, bool decay)
     {
         var c = new Constants(Settings, step, lr, decay);
         if (!UseHelpers(slice.Length))
         {
-            Run(slice, c, halfGrads, 0, slice.Length);
+            Run(slice, c, 0, slice.Length);
             return;
         }
         var job = RentJob<Job>();
         job.Slice = slice;
         job.C = c;
-        job.HalfGrads = halfGrads;
         job.RunAndRelease(ChunkCount(slice.Length), Threads);
     }
 
-    internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
+    internal static void Run(in Slice s, in Constants c, nint start, nint end)
     {
-        if (s.CopyIsBf16)
+        switch (s.GradFormat, s.CopyIsBf16)
         {
-            if (halfGrads) Kernel<HalfGrads, Bf16Copy>(s, c, start, end);
-            else Kernel<SingleGrads, Bf16Copy>(s, c, start, end);
-        }
-        else
-        {
-            if (halfGrads) Kernel<HalfGrads, HalfCopy>(s, c, start, end);
-            else Kernel<SingleGrads, HalfCopy>(s, c, start, end);
+            case (GradFormat.Single, false): Kernel<SingleGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Half, false): Kernel<HalfGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Bf16, false): Kernel<Bf16Grads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Single, true): Kernel<SingleGrads, Bf16Copy>(s, c, start, end); break;
+            case (GradFormat.Half, true): Kernel<HalfGrads, Bf16Copy>(s, c, start, end); break;
+            default: Kernel<Bf16Grads, Bf16Copy>(s, c, start, end); break;
         }
     }
 
@@ -69,10 +67,12 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
         float* param = s.Param, mom = s.M, vel = s.V;
         var half = s.Half;
         var grad = s.Grad;
+        var factor = s.GradFactor;
         var i = start;
         if (Vector.IsHardwareAccelerated)
         {
             var w = Vector<float>.Count;
+            var factorV = new Vector<float>(factor);
             var decayFactor = new Vector<float>(c.DecayFactor);
             var oneMinusBeta1 = new Vector<float>(c.OneMinusBeta1);
             var beta2 = new Vector<float>(c.Beta2);
@@ -82,7 +82,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
             var negStepSize = new Vector<float>(c.NegStepSize);
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(grad, i, out var g0, out var g1);
+                TGrad.Load(grad, i, factorV, out var g0, out var g1);
                 var p0 = Vector.Load(param + i);
                 var p1 = Vector.Load(param + i + w);
                 var m0 = Vector.Load(mom + i);
@@ -111,7 +111,7 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(grad, i);
+            var g = TGrad.Load(grad, i, factor);
             var p = param[i];
             var m = mom[i];
             var v = vel[i];
@@ -132,12 +132,11 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
     {
         public Slice Slice;
         public Constants C;
-        public bool HalfGrads;
 
         protected override void RunChunk(int index)
         {
             var start = (nint)index * ChunkSize;
-            Run(Slice, C, HalfGrads, start, Math.Min(start + ChunkSize, Slice.Length));
+            Run(Slice, C, start, Math.Min(start + ChunkSize, Slice.Length));
         }
     }
 }

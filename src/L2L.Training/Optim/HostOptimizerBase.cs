@@ -2,14 +2,33 @@
 // run on the calling thread (small slices) or on the calling thread plus thread-pool helpers (large ones).
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace L2L.Training.Optim;
 
+/// <summary>The element type of a slice's gradients.</summary>
+internal enum GradFormat
+{
+    /// <summary>FP32.</summary>
+    Single,
+    /// <summary>IEEE FP16.</summary>
+    Half,
+    /// <summary>BF16 (the upper 16 bits of an FP32).</summary>
+    Bf16,
+}
+
 /// <summary>A pinned slice: pointers stay valid for the duration of one <c>Step</c> call.</summary>
-internal readonly unsafe struct Slice(float* param, void* grad, float* m, float* v, ushort* half, nint length, bool copyIsBf16 = false)
+internal readonly unsafe struct Slice(float* param, void* grad, GradFormat gradFormat, float gradFactor, float* m, float* v, ushort* half, nint length,
+    bool copyIsBf16)
 {
     public readonly float* Param = param;
     public readonly void* Grad = grad;
+
+    /// <summary>How <see cref="Grad"/> is stored; every format is widened to FP32 as it is loaded.</summary>
+    public readonly GradFormat GradFormat = gradFormat;
+
+    /// <summary>Every (widened) gradient is multiplied by this in FP32 as it is loaded; 1 leaves it unchanged bit for bit.</summary>
+    public readonly float GradFactor = gradFactor;
     public readonly float* M = m;
     public readonly float* V = v;
     public readonly ushort* Half = half;
@@ -19,34 +38,57 @@ internal readonly unsafe struct Slice(float* param, void* grad, float* m, float*
     public readonly bool CopyIsBf16 = copyIsBf16;
 }
 
-/// <summary>Reads gradients of one element type; a struct type argument, so the JIT specialises each kernel per dtype.</summary>
+/// <summary>
+/// Reads gradients of one element type, widened to FP32 and multiplied by the slice's gradient factor (one IEEE
+/// multiply, as scaling the FP32 gradients in place before the step would do); a struct type argument, so the JIT
+/// specialises each kernel per dtype.
+/// </summary>
 internal unsafe interface IGradReader
 {
-    static abstract void Load(void* grad, nint i, out Vector<float> g0, out Vector<float> g1);
-    static abstract float Load(void* grad, nint i);
+    static abstract void Load(void* grad, nint i, Vector<float> factor, out Vector<float> g0, out Vector<float> g1);
+    static abstract float Load(void* grad, nint i, float factor);
 }
 
 internal readonly unsafe struct SingleGrads : IGradReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load(void* grad, nint i, out Vector<float> g0, out Vector<float> g1)
+    public static void Load(void* grad, nint i, Vector<float> factor, out Vector<float> g0, out Vector<float> g1)
     {
-        g0 = Vector.Load((float*)grad + i);
-        g1 = Vector.Load((float*)grad + i + Vector<float>.Count);
+        g0 = Vector.Load((float*)grad + i) * factor;
+        g1 = Vector.Load((float*)grad + i + Vector<float>.Count) * factor;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Load(void* grad, nint i) => ((float*)grad)[i];
+    public static float Load(void* grad, nint i, float factor) => ((float*)grad)[i] * factor;
 }
 
 internal readonly unsafe struct HalfGrads : IGradReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Load(void* grad, nint i, out Vector<float> g0, out Vector<float> g1) =>
+    public static void Load(void* grad, nint i, Vector<float> factor, out Vector<float> g0, out Vector<float> g1)
+    {
         HalfConvert.LoadHalf((ushort*)grad + i, out g0, out g1);
+        g0 *= factor;
+        g1 *= factor;
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Load(void* grad, nint i) => HalfConvert.ToSingle(((ushort*)grad)[i]);
+    public static float Load(void* grad, nint i, float factor) => HalfConvert.ToSingle(((ushort*)grad)[i]) * factor;
+}
+
+/// <summary>BF16 gradients: widening is exact (the bits move to the upper half of an FP32).</summary>
+internal readonly unsafe struct Bf16Grads : IGradReader
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Load(void* grad, nint i, Vector<float> factor, out Vector<float> g0, out Vector<float> g1)
+    {
+        Vector.Widen(Vector.Load((ushort*)grad + i), out Vector<uint> a, out Vector<uint> b);
+        g0 = Vector.AsVectorSingle(Vector.ShiftLeft(a, 16)) * factor;
+        g1 = Vector.AsVectorSingle(Vector.ShiftLeft(b, 16)) * factor;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Load(void* grad, nint i, float factor) => BitConverter.UInt32BitsToSingle((uint)((ushort*)grad)[i] << 16) * factor;
 }
 
 /// <summary>Shared plumbing of the host optimizers.</summary>
@@ -76,60 +118,48 @@ internal abstract unsafe class HostOptimizerBase : IHostOptimizer
 
     public abstract int StateFloatsPerParam { get; }
 
-    public void Step(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay)
-    {
-        Check(param.Length, grad.Length, state.Length, half.Length, step);
-        fixed (float* p = param)
-        fixed (float* g = grad)
-        fixed (float* s = state)
-        fixed (Half* h = half)
-        {
-            var slice = MakeSlice(p, g, s, h, param.Length);
-            Update(slice, halfGrads: false, step, lr, decay);
-        }
-    }
+    public void Step(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay) =>
+        Step(param, grad, GradFormat.Single, 1f, state, MemoryMarshal.Cast<Half, ushort>(half), copyIsBf16: false, step, lr, decay);
 
-    public void Step(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay)
-    {
-        Check(param.Length, grad.Length, state.Length, half.Length, step);
-        fixed (float* p = param)
-        fixed (Half* g = grad)
-        fixed (float* s = state)
-        fixed (Half* h = half)
-        {
-            var slice = MakeSlice(p, g, s, h, param.Length);
-            Update(slice, halfGrads: true, step, lr, decay);
-        }
-    }
+    public void Step(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay) =>
+        Step(param, MemoryMarshal.Cast<Half, ushort>(grad), GradFormat.Half, 1f, state, MemoryMarshal.Cast<Half, ushort>(half), copyIsBf16: false, step, lr, decay);
 
-    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay)
-    {
-        Check(param.Length, grad.Length, state.Length, bf16.Length, step);
-        fixed (float* p = param)
-        fixed (float* g = grad)
-        fixed (float* s = state)
-        fixed (L2L.Kernels.Bf16* h = bf16)
-        {
-            var slice = MakeSlice(p, g, s, (ushort*)h, param.Length, copyIsBf16: true);
-            Update(slice, halfGrads: false, step, lr, decay);
-        }
-    }
+    public void Step(Span<float> param, ReadOnlySpan<L2L.Kernels.Bf16> grad, Span<float> state, Span<Half> half, int step, float lr, bool decay) =>
+        Step(param, MemoryMarshal.Cast<L2L.Kernels.Bf16, ushort>(grad), GradFormat.Bf16, 1f, state, MemoryMarshal.Cast<Half, ushort>(half), copyIsBf16: false, step, lr, decay);
 
-    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay)
+    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<float> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay) =>
+        Step(param, grad, GradFormat.Single, 1f, state, MemoryMarshal.Cast<L2L.Kernels.Bf16, ushort>(bf16), copyIsBf16: true, step, lr, decay);
+
+    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<Half> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay) =>
+        Step(param, MemoryMarshal.Cast<Half, ushort>(grad), GradFormat.Half, 1f, state, MemoryMarshal.Cast<L2L.Kernels.Bf16, ushort>(bf16), copyIsBf16: true, step, lr, decay);
+
+    public void StepWithBf16Copy(Span<float> param, ReadOnlySpan<L2L.Kernels.Bf16> grad, Span<float> state, Span<L2L.Kernels.Bf16> bf16, int step, float lr, bool decay) =>
+        Step(param, MemoryMarshal.Cast<L2L.Kernels.Bf16, ushort>(grad), GradFormat.Bf16, 1f, state, MemoryMarshal.Cast<L2L.Kernels.Bf16, ushort>(bf16), copyIsBf16: true, step, lr, decay);
+
+    /// <summary>
+    /// The one entry every overload (and the param server) goes through: gradients of <paramref name="format"/>
+    /// (<typeparamref name="TGrad"/> is float for FP32, ushort for the 16-bit formats), widened and multiplied by
+    /// <paramref name="gradFactor"/> as they are loaded; <paramref name="copy"/> empty or receiving the FP16 or BF16
+    /// bits of the updated weights.
+    /// </summary>
+    internal void Step<TGrad>(Span<float> param, ReadOnlySpan<TGrad> grad, GradFormat format, float gradFactor, Span<float> state, Span<ushort> copy,
+        bool copyIsBf16, int step, float lr, bool decay) where TGrad : unmanaged
     {
-        Check(param.Length, grad.Length, state.Length, bf16.Length, step);
+        if ((format == GradFormat.Single) != (typeof(TGrad) == typeof(float)) || (format != GradFormat.Single && typeof(TGrad) != typeof(ushort)))
+            throw new ArgumentException($"{format} gradients cannot be read from a span of {typeof(TGrad).Name}.", nameof(grad));
+        Check(param.Length, grad.Length, state.Length, copy.Length, step);
         fixed (float* p = param)
-        fixed (Half* g = grad)
+        fixed (TGrad* g = grad)
         fixed (float* s = state)
-        fixed (L2L.Kernels.Bf16* h = bf16)
+        fixed (ushort* h = copy)
         {
-            var slice = MakeSlice(p, g, s, (ushort*)h, param.Length, copyIsBf16: true);
-            Update(slice, halfGrads: true, step, lr, decay);
+            var slice = new Slice(p, g, format, gradFactor, s, StateFloatsPerParam == 2 ? s + param.Length : null, h, param.Length, copyIsBf16);
+            Update(slice, step, lr, decay);
         }
     }
 
     /// <summary>Updates a pinned, checked slice.</summary>
-    protected abstract void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay);
+    protected abstract void Update(in Slice slice, int step, float lr, bool decay);
 
     protected static int ChunkCount(nint length) => (int)((length + ChunkSize - 1) / ChunkSize);
 
@@ -141,11 +171,6 @@ internal abstract unsafe class HostOptimizerBase : IHostOptimizer
 
     /// <summary>Bias correction <c>1 - beta^step</c> in double, from the closed form so any step can be resumed exactly.</summary>
     protected static double BiasCorrection(float beta, int step) => 1.0 - Math.Pow(beta, step);
-
-    private Slice MakeSlice(float* p, void* g, float* s, Half* h, int length) => MakeSlice(p, g, s, (ushort*)h, length, copyIsBf16: false);
-
-    private Slice MakeSlice(float* p, void* g, float* s, ushort* copy, int length, bool copyIsBf16) =>
-        new(p, g, s, StateFloatsPerParam == 2 ? s + length : null, copy, length, copyIsBf16);
 
     private void Check(int paramLength, int gradLength, int stateLength, int halfLength, int step)
     {

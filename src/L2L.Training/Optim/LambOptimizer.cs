@@ -49,7 +49,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
         return w > 0 && u > 0 ? w / u : 1.0;
     }
 
-    protected override void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay)
+    protected override void Update(in Slice slice, int step, float lr, bool decay)
     {
         var c = new Constants(Settings, step, decay);
         var chunks = ChunkCount(slice.Length);
@@ -59,7 +59,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
             for (var k = 0; k < chunks; k++)
             {
                 var start = (nint)k * ChunkSize;
-                Moments(slice, c, halfGrads, start, Math.Min(start + ChunkSize, slice.Length), out var ws, out var us);
+                Moments(slice, c, start, Math.Min(start + ChunkSize, slice.Length), out var ws, out var us);
                 weightSquares += ws;
                 updateSquares += us;
             }
@@ -74,7 +74,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
             fixed (double* sums = partials)
             {
                 var moments = RentJob<Job>();
-                moments.Set(slice, c, halfGrads, applyScale: null, sums);
+                moments.Set(slice, c, applyScale: null, sums);
                 moments.RunAndRelease(chunks, Threads);
                 for (var k = 0; k < chunks; k++)
                 {
@@ -84,7 +84,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
             }
             var scale = (float)(-(lr * TrustRatio(weightSquares, updateSquares)));
             var apply = RentJob<Job>();
-            apply.Set(slice, c, halfGrads, scale, null);
+            apply.Set(slice, c, scale, null);
             apply.RunAndRelease(chunks, Threads);
         }
         finally
@@ -94,10 +94,14 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
     }
 
     /// <summary>First pass over one chunk: updates m and v and returns the chunk's sums of w^2 and u^2.</summary>
-    internal static void Moments(in Slice s, in Constants c, bool halfGrads, nint start, nint end, out double weightSquares, out double updateSquares)
+    internal static void Moments(in Slice s, in Constants c, nint start, nint end, out double weightSquares, out double updateSquares)
     {
-        if (halfGrads) Moments<HalfGrads>(s, c, start, end, out weightSquares, out updateSquares);
-        else Moments<SingleGrads>(s, c, start, end, out weightSquares, out updateSquares);
+        switch (s.GradFormat)
+        {
+            case GradFormat.Half: Moments<HalfGrads>(s, c, start, end, out weightSquares, out updateSquares); break;
+            case GradFormat.Bf16: Moments<Bf16Grads>(s, c, start, end, out weightSquares, out updateSquares); break;
+            default: Moments<SingleGrads>(s, c, start, end, out weightSquares, out updateSquares); break;
+        }
     }
 
     private static void Moments<TGrad>(in Slice s, in Constants c, nint start, nint end, out double weightSquares, out double updateSquares)
@@ -110,18 +114,20 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         float* param = s.Param, mom = s.M, vel = s.V;
         var grad = s.Grad;
+        var factor = s.GradFactor;
         var i = start;
         if (Vector.IsHardwareAccelerated && Vector<float>.Count <= Lanes)
         {
             var w = Vector<float>.Count;
             var d = new DirectionVectors(c);
+            var factorV = new Vector<float>(factor);
             var oneMinusBeta1 = new Vector<float>(c.OneMinusBeta1);
             var beta2 = new Vector<float>(c.Beta2);
             var oneMinusBeta2 = new Vector<float>(c.OneMinusBeta2);
             var lane = 0;
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(grad, i, out var g0, out var g1);
+                TGrad.Load(grad, i, factorV, out var g0, out var g1);
                 var p0 = Vector.Load(param + i);
                 var p1 = Vector.Load(param + i + w);
                 var m0 = Vector.Load(mom + i);
@@ -147,7 +153,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(grad, i);
+            var g = TGrad.Load(grad, i, factor);
             var p = param[i];
             var m = mom[i];
             var v = vel[i];
@@ -263,16 +269,14 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
     {
         private Slice _slice;
         private Constants _c;
-        private bool _halfGrads;
         private float? _applyScale;
         private double* _sums;
 
         /// <summary>Moments pass when <paramref name="applyScale"/> is null (sums go to <paramref name="sums"/>), else the apply pass.</summary>
-        public void Set(in Slice slice, in Constants c, bool halfGrads, float? applyScale, double* sums)
+        public void Set(in Slice slice, in Constants c, float? applyScale, double* sums)
         {
             _slice = slice;
             _c = c;
-            _halfGrads = halfGrads;
             _applyScale = applyScale;
             _sums = sums;
         }
@@ -286,7 +290,7 @@ internal sealed unsafe class LambOptimizer(OptimizerSettings settings, int threa
                 Apply(_slice, _c, scale, start, end);
                 return;
             }
-            Moments(_slice, _c, _halfGrads, start, end, out var ws, out var us);
+            Moments(_slice, _c, start, end, out var ws, out var us);
             _sums[2 * index] = ws;
             _sums[2 * index + 1] = us;
         }

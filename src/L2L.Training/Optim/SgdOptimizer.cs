@@ -16,33 +16,31 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
         public readonly bool Decay = decay;
     }
 
-    protected override void Update(in Slice slice, bool halfGrads, int step, float lr, bool decay)
+    protected override void Update(in Slice slice, int step, float lr, bool decay)
     {
         // Adding a zero decay term could still flip the sign of a zero gradient, so decay-free slices skip it.
         var c = new Constants(-lr, Settings.WeightDecay, decay && Settings.WeightDecay != 0f);
         if (!UseHelpers(slice.Length))
         {
-            Run(slice, c, halfGrads, 0, slice.Length);
+            Run(slice, c, 0, slice.Length);
             return;
         }
         var job = RentJob<Job>();
         job.Slice = slice;
         job.C = c;
-        job.HalfGrads = halfGrads;
         job.RunAndRelease(ChunkCount(slice.Length), Threads);
     }
 
-    internal static void Run(in Slice s, in Constants c, bool halfGrads, nint start, nint end)
+    internal static void Run(in Slice s, in Constants c, nint start, nint end)
     {
-        if (s.CopyIsBf16)
+        switch (s.GradFormat, s.CopyIsBf16)
         {
-            if (halfGrads) Kernel<HalfGrads, Bf16Copy>(s, c, start, end);
-            else Kernel<SingleGrads, Bf16Copy>(s, c, start, end);
-        }
-        else
-        {
-            if (halfGrads) Kernel<HalfGrads, HalfCopy>(s, c, start, end);
-            else Kernel<SingleGrads, HalfCopy>(s, c, start, end);
+            case (GradFormat.Single, false): Kernel<SingleGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Half, false): Kernel<HalfGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Bf16, false): Kernel<Bf16Grads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Single, true): Kernel<SingleGrads, Bf16Copy>(s, c, start, end); break;
+            case (GradFormat.Half, true): Kernel<HalfGrads, Bf16Copy>(s, c, start, end); break;
+            default: Kernel<Bf16Grads, Bf16Copy>(s, c, start, end); break;
         }
     }
 
@@ -52,16 +50,18 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
         var param = s.Param;
         var half = s.Half;
         var grad = s.Grad;
+        var factor = s.GradFactor;
         var i = start;
         var decay = c.Decay;
         if (Vector.IsHardwareAccelerated)
         {
             var w = Vector<float>.Count;
+            var factorV = new Vector<float>(factor);
             var negLr = new Vector<float>(c.NegLearningRate);
             var wd = new Vector<float>(c.WeightDecay);
             for (; i <= end - 2 * w; i += 2 * w)
             {
-                TGrad.Load(grad, i, out var g0, out var g1);
+                TGrad.Load(grad, i, factorV, out var g0, out var g1);
                 var p0 = Vector.Load(param + i);
                 var p1 = Vector.Load(param + i + w);
 
@@ -80,7 +80,7 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
         }
         for (; i < end; i++)
         {
-            var g = TGrad.Load(grad, i);
+            var g = TGrad.Load(grad, i, factor);
             var p = param[i];
 
             if (decay) g = g + c.WeightDecay * p;
@@ -95,12 +95,11 @@ internal sealed unsafe class SgdOptimizer(OptimizerSettings settings, int thread
     {
         public Slice Slice;
         public Constants C;
-        public bool HalfGrads;
 
         protected override void RunChunk(int index)
         {
             var start = (nint)index * ChunkSize;
-            Run(Slice, C, HalfGrads, start, Math.Min(start + ChunkSize, Slice.Length));
+            Run(Slice, C, start, Math.Min(start + ChunkSize, Slice.Length));
         }
     }
 }
