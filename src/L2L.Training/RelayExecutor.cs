@@ -211,7 +211,7 @@ public sealed class RelayExecutor : IExecutor
 
     /// <summary>The stashed input of level <paramref name="level"/> for the backward's recomputation: decoded into a workspace buffer with a codec.</summary>
     private ArrayView<float> Restore(int level, int u, int slot) =>
-        _compressed is not null ? _compressed.Decode(_backend.ComputeStream, level, u, slot) : In(level, u, slot);
+        _compressed is not null ? _compressed.Decode<float>(_backend.ComputeStream, level, u, slot) : In(level, u, slot);
 
     private void FetchStash(int level, int u, int slot)
     {

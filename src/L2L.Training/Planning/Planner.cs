@@ -52,7 +52,7 @@ public static class Planner
         list.Add(new("block-out", MemoryCategory.Workspace, a));
         if (s.Codec.Enabled)
         {
-            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, l, u, a).Device);
+            list.AddRange(CompressedStash.Describe(s.Codec, s.Stash, l, u, a, Precision.Fp32).Device);
             list.Add(new("boundary-grads", MemoryCategory.BoundaryGrads, u * a));
         }
         else if (s.Stash == StashPlacement.Device)
