@@ -1,5 +1,6 @@
 // Compressed activation stash: per-group min/max scaling to 8, 4 or 2 bits with unbiased stochastic rounding,
-// packed densely into 32-bit words, and the decode back to FP32.
+// packed densely into 32-bit words, and the decode back; activations in FP32, BF16 or FP16 storage.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 
@@ -14,6 +15,11 @@ namespace L2L.Kernels;
 /// A constant group (min = max) decodes exactly.
 /// </summary>
 /// <remarks>
+/// <para>16-bit activations (<see cref="Bf16"/>, <see cref="ILGPU.Half"/>): the encode widens each value to FP32 (exact)
+/// and then does exactly what the FP32 encode does, with the same random stream, so its ranges and codes are bit for
+/// bit those of the FP32 encode of the widened values. The decode computes the FP32 value and rounds it once into the
+/// storage type (nearest even); the ranges of a 16-bit input are 16-bit values, so there a constant group still decodes
+/// exactly and the rounding never leaves [min, max].</para>
 /// <para>Encoded layout, all 32-bit words: the payload (<see cref="PayloadWords"/>: value i of the tensor
 /// in bits <c>(i mod 32/b) * b</c> of word <c>i / (32/b)</c>), then the ranges (<c>2 * ceil(n / G)</c>
 /// words: group g's min and max as FP32 bits). G is a multiple of 16, so every group's codes start at a
@@ -39,7 +45,16 @@ public static class StashCodecKernels
     /// over groups by global thread index): the lean layout for the CPU accelerator, where every simulated
     /// thread is an OS thread and a barrier is expensive. Both give the same bits.
     /// </summary>
-    public static void StashEncodeKernel(ArrayView<uint> encoded, ArrayView<float> input, int groupSize, int bits, ulong key, int cooperative)
+    public static void StashEncodeKernel(ArrayView<uint> encoded, ArrayView<float> input, int groupSize, int bits, ulong key, int cooperative) =>
+        StashEncodeGenericKernel<float, Fp32Storage>(encoded, input, groupSize, bits, key, cooperative);
+
+    /// <summary>
+    /// <see cref="StashEncodeKernel"/> of an activation in any storage type: every value is widened to FP32 on load
+    /// (exact), then encoded as FP32, so the words equal the FP32 encode of the widened values.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StashEncodeGenericKernel<T, S>(ArrayView<uint> encoded, ArrayView<T> input, int groupSize, int bits, ulong key, int cooperative)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         var shared = SharedMemory.Allocate<float>(GroupReduce.MaxGroupSize);
         int n = (int)input.Length;
@@ -58,7 +73,7 @@ public static class StashCodecKernels
                 float hi = float.NegativeInfinity;
                 for (int j = tid; j < count; j += Group.DimX)
                 {
-                    float v = input[start + j];
+                    float v = default(S).ToFloat(input[start + j]);
                     lo = XMath.Min(lo, v);
                     hi = XMath.Max(hi, v);
                 }
@@ -71,7 +86,7 @@ public static class StashCodecKernels
                 }
                 int words = (count + perWord - 1) / perWord;
                 for (int w = tid; w < words; w += Group.DimX)
-                    encoded[g * wordsPerGroup + w] = EncodeWord(input, start + w * perWord, XMath.Min(perWord, count - w * perWord), bits, key, lo, hi);
+                    encoded[g * wordsPerGroup + w] = EncodeWord<T, S>(input, start + w * perWord, XMath.Min(perWord, count - w * perWord), bits, key, lo, hi);
             }
         }
         else
@@ -81,11 +96,11 @@ public static class StashCodecKernels
             {
                 int start = g * groupSize;
                 int count = XMath.Min(groupSize, n - start);
-                float lo = input[start];
+                float lo = default(S).ToFloat(input[start]);
                 float hi = lo;
                 for (int j = 1; j < count; j++)
                 {
-                    float v = input[start + j];
+                    float v = default(S).ToFloat(input[start + j]);
                     lo = XMath.Min(lo, v);
                     hi = XMath.Max(hi, v);
                 }
@@ -93,7 +108,7 @@ public static class StashCodecKernels
                 encoded[rangeOffset + 2 * g + 1] = Interop.FloatAsInt(hi);
                 int words = (count + perWord - 1) / perWord;
                 for (int w = 0; w < words; w++)
-                    encoded[g * wordsPerGroup + w] = EncodeWord(input, start + w * perWord, XMath.Min(perWord, count - w * perWord), bits, key, lo, hi);
+                    encoded[g * wordsPerGroup + w] = EncodeWord<T, S>(input, start + w * perWord, XMath.Min(perWord, count - w * perWord), bits, key, lo, hi);
             }
         }
     }
@@ -102,7 +117,15 @@ public static class StashCodecKernels
     /// Decodes <c>encoded</c> (<see cref="EncodedWords"/>(n, groupSize, bits)) into <c>output</c> (n):
     /// grid-stride over payload words, each thread writing the 32 / b values of one word.
     /// </summary>
-    public static void StashDecodeKernel(ArrayView<float> output, ArrayView<uint> encoded, int groupSize, int bits)
+    public static void StashDecodeKernel(ArrayView<float> output, ArrayView<uint> encoded, int groupSize, int bits) =>
+        StashDecodeGenericKernel<float, Fp32Storage>(output, encoded, groupSize, bits);
+
+    /// <summary>
+    /// <see cref="StashDecodeKernel"/> into any storage type: each value is computed in FP32 as there, then rounded once
+    /// into the storage type (nearest even).
+    /// </summary>
+    public static void StashDecodeGenericKernel<T, S>(ArrayView<T> output, ArrayView<uint> encoded, int groupSize, int bits)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         int n = (int)output.Length;
         int perWord = 32 / bits;
@@ -121,8 +144,9 @@ public static class StashCodecKernels
             int count = XMath.Min(perWord, n - first);
             if (!(hi > lo))
             {
+                T constant = default(S).FromFloat(lo);
                 for (int k = 0; k < count; k++)
-                    output[first + k] = lo;
+                    output[first + k] = constant;
                 continue;
             }
             float scale = RangeScale(lo, hi);
@@ -135,7 +159,7 @@ public static class StashCodecKernels
                 // (q / levels) * range rather than q * step (a rounded step would be multiplied by up to 255)
                 // or (q * range) / levels (which can overflow).
                 float x = (lowScaled + q / levels * range) * unscale;
-                output[first + k] = XMath.Min(XMath.Max(x, lo), hi);
+                output[first + k] = default(S).FromFloat(XMath.Min(XMath.Max(x, lo), hi));
             }
         }
     }
@@ -167,7 +191,8 @@ public static class StashCodecKernels
     }
 
     /// <summary>The codes of <paramref name="count"/> (at most 32 / b) consecutive values from <paramref name="first"/>, in one word.</summary>
-    private static uint EncodeWord(ArrayView<float> input, int first, int count, int bits, ulong key, float lo, float hi)
+    private static uint EncodeWord<T, S>(ArrayView<T> input, int first, int count, int bits, ulong key, float lo, float hi)
+        where T : unmanaged where S : struct, IStorage<T>
     {
         if (!(hi > lo))
             return 0u; // a constant group: every value is the min, exactly
@@ -180,7 +205,7 @@ public static class StashCodecKernels
         for (int k = 0; k < count; k++)
         {
             int i = first + k;
-            float t = (input[i] * scale - lowScaled) / range * levels;
+            float t = (default(S).ToFloat(input[i]) * scale - lowScaled) / range * levels;
             t = XMath.Min(XMath.Max(t, 0f), levels);
             float whole = XMath.Floor(t);
             uint q = (uint)whole;

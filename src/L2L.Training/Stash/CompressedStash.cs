@@ -1,10 +1,12 @@
 // The relay's compressed stash: packed codes on the device or in pinned host memory, encoded after a layer's
-// forward and decoded into a workspace buffer before the backward's recomputation; per-level bits for the adaptive codec.
+// forward and decoded into a workspace buffer (in the run's precision) before the backward's recomputation;
+// per-level bits for the adaptive codec.
 using ILGPU;
 using ILGPU.Runtime;
 using L2L.Backends;
 using L2L.Backends.Ops;
 using L2L.Kernels;
+using Half = ILGPU.Half;
 
 namespace L2L.Training.Stash;
 
@@ -12,7 +14,8 @@ namespace L2L.Training.Stash;
 /// Holds the stashed block inputs of every level and micro-batch as encoded tensors (<see cref="StashCodecOps"/>).
 /// With a device placement they are one <c>stash</c> pool of L·U encoded tensors; with a host placement the pool is
 /// pinned host memory and they pass through two encoded device slots, so only the encoded words cross the bus.
-/// The decode target is one activation in the <c>workspace</c> category. Sizes: <see cref="StashFootprint.Of"/>.
+/// The decode target is one activation in the <c>workspace</c> category, stored in the run's <see cref="Precision"/>
+/// (FP32, or 2-byte BF16 / FP16 elements); the encoded words are the same in every precision. Sizes: <see cref="StashFootprint.Of"/>.
 /// </summary>
 /// <remarks>
 /// Level l's U tensors lie together in the pool at an offset that follows from the bits of the levels below, set at
@@ -30,7 +33,7 @@ internal sealed class CompressedStash : IDisposable
     private readonly DeviceBuffer<uint>? _device;
     private readonly PinnedHostBuffer<uint>? _host;
     private readonly DeviceBuffer<uint>[] _slots = [];
-    private readonly DeviceBuffer<float> _decoded;
+    private readonly IDisposable _decoded; // a DeviceBuffer of the precision's storage type
     private readonly DeviceBuffer<float>? _estimates;
     private readonly PinnedHostBuffer<float>? _estimatesHost;
     private readonly AdaptiveBits? _adaptive;
@@ -41,13 +44,15 @@ internal sealed class CompressedStash : IDisposable
     private int _levelsRun;
 
     /// <summary>
-    /// Allocates the stash for <paramref name="levels"/> × <paramref name="microBatches"/> activations of <paramref name="activationLength"/> floats.
+    /// Allocates the stash for <paramref name="levels"/> × <paramref name="microBatches"/> activations of <paramref name="activationLength"/> values.
     /// An adaptive codec continues from the choice state in <paramref name="resumed"/> (checkpoint metadata) when it has one.
+    /// <paramref name="precision"/> is the activations' storage: the type <see cref="Decode{T}"/> writes.
     /// </summary>
     public CompressedStash(Backend backend, StashCodecSettings settings, StashPlacement placement, int levels, int microBatches, long activationLength,
-        IReadOnlyDictionary<string, string>? resumed = null)
+        IReadOnlyDictionary<string, string>? resumed = null, Precision precision = Precision.Fp32)
     {
         settings.Validate();
+        Precision = precision;
         _ops = backend.Get<StashCodecOps>();
         _reduce = backend.Get<ReduceOps>();
         _settings = settings;
@@ -76,7 +81,13 @@ internal sealed class CompressedStash : IDisposable
                 _host = _owned.Add(backend.AllocatePinned<uint>(pool));
                 _slots = [_owned.Add(backend.Allocate<uint>(slot, MemoryCategory.Stash, "stash-packed.0")), _owned.Add(backend.Allocate<uint>(slot, MemoryCategory.Stash, "stash-packed.1"))];
             }
-            _decoded = _owned.Add(backend.Allocate<float>(activationLength, MemoryCategory.Workspace, "stash-decoded"));
+            _decoded = precision switch
+            {
+                Precision.Fp32 => _owned.Add(backend.Allocate<float>(activationLength, MemoryCategory.Workspace, DecodedName)),
+                Precision.Bf16 => _owned.Add(backend.Allocate<Bf16>(activationLength, MemoryCategory.Workspace, DecodedName)),
+                Precision.Fp16 => _owned.Add(backend.Allocate<Half>(activationLength, MemoryCategory.Workspace, DecodedName)),
+                _ => throw new ArgumentOutOfRangeException(nameof(precision), precision, "The stash stores fp32, bf16 or fp16 activations."),
+            };
             var estimates = StashFootprint.EstimateFloats(settings, levels, microBatches);
             if (estimates > 0)
             {
@@ -93,13 +104,14 @@ internal sealed class CompressedStash : IDisposable
 
     /// <summary>
     /// The buffers a stash of <paramref name="levels"/> × <paramref name="microBatches"/> activations of
-    /// <paramref name="activationLength"/> floats takes, as the constructor allocates them (sizes from
-    /// <see cref="StashFootprint"/>): device buffers in order (32-bit words, the FP32 decode target, the adaptive codec's
-    /// estimates) and the pinned host buffers; and the bytes a host placement moves per step (every level's U encoded
-    /// inputs out once and back once) at the first step's bits (for the adaptive codec, the equal-weight choice).
+    /// <paramref name="activationLength"/> values takes, as the constructor allocates them (sizes from
+    /// <see cref="StashFootprint"/>): device buffers in order (32-bit words, the decode target in <paramref name="precision"/>'s
+    /// element size, the adaptive codec's FP32 estimates) and the pinned host buffers; and the bytes a host placement moves
+    /// per step (every level's U encoded inputs out once and back once) at the first step's bits (for the adaptive codec,
+    /// the equal-weight choice). Only the decode target depends on the precision.
     /// </summary>
     public static (IReadOnlyList<BufferSpec> Device, IReadOnlyList<BufferSpec> Host, long StepBusBytes) Describe(StashCodecSettings settings,
-        StashPlacement placement, int levels, int microBatches, long activationLength)
+        StashPlacement placement, int levels, int microBatches, long activationLength, Precision precision = Precision.Fp32)
     {
         var pool = StashFootprint.PoolWords(settings, levels, microBatches, activationLength);
         var estimates = StashFootprint.EstimateFloats(settings, levels, microBatches);
@@ -116,7 +128,7 @@ internal sealed class CompressedStash : IDisposable
             device.Add(new("stash-packed.0", MemoryCategory.Stash, slot, sizeof(uint)));
             device.Add(new("stash-packed.1", MemoryCategory.Stash, slot, sizeof(uint)));
         }
-        device.Add(new("stash-decoded", MemoryCategory.Workspace, activationLength));
+        device.Add(new(DecodedName, MemoryCategory.Workspace, activationLength, precision.ElementSize()));
         if (estimates > 0)
         {
             device.Add(new("stash-estimates", MemoryCategory.Workspace, estimates));
@@ -127,8 +139,13 @@ internal sealed class CompressedStash : IDisposable
         return (device, host, step);
     }
 
-    /// <summary>Floats in one stashed activation.</summary>
+    private const string DecodedName = "stash-decoded";
+
+    /// <summary>Values in one stashed activation.</summary>
     public long ActivationLength { get; }
+
+    /// <summary>How the activations are stored: the element type of <see cref="Decode{T}"/>'s workspace.</summary>
+    public Precision Precision { get; }
 
     /// <summary>The bits of the levels stashed in the current step (those that ran), a fresh array.</summary>
     public int[] StepBits => _bits[.._levelsRun];
@@ -189,9 +206,10 @@ internal sealed class CompressedStash : IDisposable
 
     /// <summary>
     /// Enqueues the encode of <paramref name="input"/>, the stashed input of level <paramref name="level"/> for micro-batch <paramref name="u"/>,
-    /// keyed by (seed, step, level, u); on a measuring step also its range energy.
+    /// keyed by (seed, step, level, u); on a measuring step also its range energy. <typeparamref name="T"/> is float, <see cref="Bf16"/>
+    /// or <see cref="Half"/>; a 16-bit input gives the words an FP32 input of the widened values would.
     /// </summary>
-    public void Encode(AcceleratorStream s, long step, int level, int u, int slot, ArrayView<float> input)
+    public void Encode<T>(AcceleratorStream s, long step, int level, int u, int slot, ArrayView<T> input) where T : unmanaged
     {
         var key = StashCodecKernels.StreamKey(_settings.Seed, step, level, u);
         var encoded = Encoded(level, u, slot);
@@ -203,18 +221,29 @@ internal sealed class CompressedStash : IDisposable
     /// <summary>
     /// On a measuring step, enqueues ‖<paramref name="dY"/>‖², the gradient arriving at the output of the block whose input is level
     /// <paramref name="level"/>, for micro-batch <paramref name="u"/> (<paramref name="partials"/>: <see cref="ReduceOps"/> scratch).
+    /// A 16-bit <paramref name="dY"/> (<see cref="Bf16"/>, <see cref="Half"/>) is widened and summed in FP32, in the FP32 order of additions.
     /// </summary>
-    public void ObserveGradient(AcceleratorStream s, int level, int u, ArrayView<float> dY, ArrayView<float> partials)
+    public void ObserveGradient<T>(AcceleratorStream s, int level, int u, ArrayView<T> dY, ArrayView<float> partials) where T : unmanaged
     {
-        if (_measuring)
-            _reduce.SumOfSquares(s, Estimate(1, level, u), dY, partials);
+        if (!_measuring) return;
+        var estimate = Estimate(1, level, u);
+        if (typeof(T) == typeof(float)) _reduce.SumOfSquares(s, estimate, dY.Cast<float>(), partials);
+        else if (typeof(T) == typeof(Bf16)) _reduce.SumOfSquares(s, estimate, dY.Cast<Bf16>(), partials);
+        else if (typeof(T) == typeof(Half)) _reduce.SumOfSquares(s, estimate, dY.Cast<Half>(), partials);
+        else throw new NotSupportedException($"A boundary gradient is float, Bf16 or Half, not {typeof(T).Name}.");
     }
 
-    /// <summary>Enqueues the decode of a stashed input into the workspace buffer, which it returns.</summary>
-    public ArrayView<float> Decode(AcceleratorStream s, int level, int u, int slot)
+    /// <summary>
+    /// Enqueues the decode of a stashed input into the workspace buffer, which it returns. <typeparamref name="T"/> must be
+    /// <see cref="Precision"/>'s storage type.
+    /// </summary>
+    /// <exception cref="ArgumentException"><typeparamref name="T"/> is not the storage type of <see cref="Precision"/>.</exception>
+    public ArrayView<T> Decode<T>(AcceleratorStream s, int level, int u, int slot) where T : unmanaged
     {
-        _ops.Decode(s, _decoded.View, Encoded(level, u, slot), _settings.GroupSize, _bits[level]);
-        return _decoded.View;
+        if (_decoded is not DeviceBuffer<T> decoded)
+            throw new ArgumentException($"The stash decodes {Precision.Name()} activations ({Precision.StorageType().Name}), not {typeof(T).Name}.");
+        _ops.Decode(s, decoded.View, Encoded(level, u, slot), _settings.GroupSize, _bits[level]);
+        return decoded.View;
     }
 
     /// <summary>Host placement: enqueues the copy of slot <paramref name="slot"/> out to the host; returns the bytes moved.</summary>

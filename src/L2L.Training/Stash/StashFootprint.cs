@@ -1,4 +1,5 @@
 // What the relay's compressed stash allocates, as a static function of the settings, so a planner can predict it exactly.
+using L2L.Backends;
 using L2L.Backends.Ops;
 
 namespace L2L.Training.Stash;
@@ -9,7 +10,7 @@ namespace L2L.Training.Stash;
 /// own buffers (the boundary-gradient buffer the codec path keeps for U exact activations, U·n·4 bytes) are not included.
 /// </summary>
 /// <param name="StashBytes">Device bytes in the <c>stash</c> category.</param>
-/// <param name="WorkspaceBytes">Device bytes in the <c>workspace</c> category: one decoded activation, plus the adaptive codec's 2·L·U estimate floats.</param>
+/// <param name="WorkspaceBytes">Device bytes in the <c>workspace</c> category: one decoded activation (in the run's precision), plus the adaptive codec's 2·L·U estimate floats.</param>
 /// <param name="HostBytes">Pinned host bytes: the encoded stash with a host placement, plus the adaptive codec's estimate floats.</param>
 public readonly record struct StashFootprint(long StashBytes, long WorkspaceBytes, long HostBytes)
 {
@@ -18,18 +19,20 @@ public readonly record struct StashFootprint(long StashBytes, long WorkspaceByte
 
     /// <summary>
     /// The footprint for <paramref name="levels"/> stash levels (L, the model's blocks), <paramref name="microBatches"/> (U)
-    /// and activations of <paramref name="activationLength"/> floats (n = B/U·T·C).
+    /// and activations of <paramref name="activationLength"/> values (n = B/U·T·C) stored in <paramref name="precision"/>.
     /// With one tensor <c>words(b) = ceil(n·b/32) + 2·ceil(n/G)</c> 32-bit words:
     /// <list type="bullet">
     /// <item>the pool of L·U tensors: fixed width b, <c>L·U·words(b)</c>; adaptive, <c>U·(P + 2·L·ceil(n/G))</c> where P is
     /// the largest <c>Σ_l ceil(n·b_l/32)</c> over every choice with <c>Σ b_l ≤ floor(L·budget)</c>, so any choice fits;</item>
     /// <item>device stash: the pool; host stash: two slots of <c>words(b_max)</c>, b_max the codec's width, or for adaptive the
     /// widest one level can get (<see cref="AdaptiveBits.MaxLevelBits"/>), and the pool in pinned host memory;</item>
-    /// <item>workspace: <c>4·n</c> (the decoded activation), plus <c>8·L·U</c> for the adaptive codec (each level and
-    /// micro-batch's range energy and gradient square), which it also keeps on the host.</item>
+    /// <item>workspace: <c>e·n</c> (the decoded activation, e = 4 bytes for FP32 and 2 for BF16 and FP16), plus <c>8·L·U</c> for
+    /// the adaptive codec (each level and micro-batch's range energy and gradient square, FP32), which it also keeps on the host.</item>
     /// </list>
+    /// The encoded words do not depend on the precision.
     /// </summary>
-    public static StashFootprint Of(StashCodecSettings codec, StashPlacement placement, int levels, int microBatches, long activationLength)
+    public static StashFootprint Of(StashCodecSettings codec, StashPlacement placement, int levels, int microBatches, long activationLength,
+        Precision precision = Precision.Fp32)
     {
         ArgumentNullException.ThrowIfNull(codec);
         if (!codec.Enabled) throw new ArgumentException("The compressed stash needs a codec.", nameof(codec));
@@ -37,7 +40,7 @@ public readonly record struct StashFootprint(long StashBytes, long WorkspaceByte
         var estimates = 4 * EstimateFloats(codec, levels, microBatches);
         var stash = placement == StashPlacement.Device ? pool : 2 * 4 * SlotWords(codec, levels, activationLength);
         var host = (placement == StashPlacement.Host ? pool : 0) + estimates;
-        return new StashFootprint(stash, 4 * activationLength + estimates, host);
+        return new StashFootprint(stash, precision.ElementSize() * activationLength + estimates, host);
     }
 
     /// <summary>Words of one encoded tensor at <paramref name="bits"/>.</summary>
