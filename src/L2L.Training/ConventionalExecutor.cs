@@ -21,7 +21,7 @@ public sealed class ConventionalExecutor : IExecutor
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly IModelLayers _layers;
+    private readonly IModelLayers<float> _layers;
     private readonly DeviceLayerOptimizer _optimizer;
     private readonly OptimizerSettings _settings;
     private readonly MicroBatch _mb;
@@ -85,7 +85,7 @@ public sealed class ConventionalExecutor : IExecutor
         }
         try
         {
-            _layers = Models.CreateLayers(backend, layout);
+            _layers = Models.CreateLayers<float>(backend, layout);
             // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
             var planned = new Planning.PlanSettings(layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Conventional,
                 StashPlacement.Device, new Stash.StashCodecSettings(), optimizer.Kind, UpdateLocation.Device, UpdateMode.Eager, StatePrecision.Fp32,

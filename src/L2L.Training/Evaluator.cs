@@ -24,7 +24,7 @@ public sealed class Evaluator : IDisposable
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
     private readonly IReadOnlyList<float[]>? _weights;
-    private readonly IModelLayers _layers;
+    private readonly IModelLayers<float> _layers;
     private readonly MicroBatch _mb;
     private readonly ResourceList _owned = new();
     private readonly DeviceBuffer<float> _embedding, _head, _slot, _x0, _x1;
@@ -43,7 +43,7 @@ public sealed class Evaluator : IDisposable
         _weights = weights;
         _mb = new MicroBatch(layout.Config, batch, seqLen);
         _mb.Validate();
-        _layers = Models.CreateLayers(backend, layout);
+        _layers = Models.CreateLayers<float>(backend, layout);
         try
         {
             var blockLength = layout.Blocks.Count > 0 ? layout.Blocks[0].Length : 0;

@@ -27,7 +27,7 @@ public sealed class RelayExecutor : IExecutor
 {
     private readonly Backend _backend;
     private readonly ModelLayout _layout;
-    private readonly IModelLayers _layers;
+    private readonly IModelLayers<float> _layers;
     private readonly EagerParamServer _eps;
     private readonly MicroBatch _mb;
     private readonly int _microBatches;
@@ -96,7 +96,7 @@ public sealed class RelayExecutor : IExecutor
         _reduce = backend.Get<Backends.Ops.ReduceOps>();
         try
         {
-            _layers = Models.CreateLayers(backend, _layout);
+            _layers = Models.CreateLayers<float>(backend, _layout);
             // Every buffer's length comes from the plan `l2l plan` prints, so what it predicts is what is allocated.
             var planned = new Planning.PlanSettings(_layout.Config, microBatch.Batch, microBatches, microBatch.SeqLen, ExecutorKind.Relay, placement,
                 codec ?? new Stash.StashCodecSettings(), eps.Settings.Kind, ResidentOnDevice ? Update.UpdateLocation.Device : Update.UpdateLocation.Host,

@@ -47,8 +47,8 @@ public static class Planner
             new("embedding", MemoryCategory.Params, layout.Embedding.Length), new("embedding.grads", MemoryCategory.Grads, layout.Embedding.Length),
             new("head", MemoryCategory.Params, layout.Head.Length), new("head.grads", MemoryCategory.Grads, layout.Head.Length),
         };
-        list.AddRange(Models.DescribeActivations(mb));
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device)));
+        list.AddRange(Models.DescribeActivations(mb, Precision.Fp32, s.Device));
+        list.AddRange(Models.DescribeScratch(mb, Precision.Fp32, s.Device));
         list.Add(new("block-out", MemoryCategory.Workspace, a));
         if (s.Codec.Enabled)
         {
@@ -147,12 +147,12 @@ public static class Planner
             list.AddRange([new(layer.Name, MemoryCategory.Params, layer.Length), new(layer.Name + ".grads", MemoryCategory.Grads, layer.Length)]);
         list.AddRange(DeviceLayerOptimizer.Describe(s.Optimizer, layout.Layers));
         foreach (var block in layout.Blocks)
-            list.AddRange(Models.DescribeActivations(mb, MemoryCategory.Stash, $"{block.Name}.activations"));
+            list.AddRange(Models.DescribeActivations(mb, Precision.Fp32, s.Device, MemoryCategory.Stash, $"{block.Name}.activations"));
         list.AddRange([
             new("block-inputs", MemoryCategory.Stash, layout.Blocks.Count * a),
             new("head-input", MemoryCategory.Workspace, a),
             new("residual-grads", MemoryCategory.BoundaryGrads, a)]);
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device)));
+        list.AddRange(Models.DescribeScratch(mb, Precision.Fp32, s.Device));
         list.AddRange(MicroBatchInputs.Describe(mb, s.MicroBatches, Models.InputsOf(s.Config)).Device);
         list.AddRange([
             new("grad-norm.partials", MemoryCategory.Workspace, ReduceOps.PartialsLength(s.Device)),
