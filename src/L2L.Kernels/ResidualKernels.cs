@@ -42,6 +42,19 @@ public static class ResidualKernels
     }
 
     /// <summary>
+    /// <see cref="ScaledAddKernel"/> over any storage type: loads widened to FP32, <c>wa * a + wb * b</c> formed in FP32 and
+    /// rounded once on store. <c>output</c> may alias <c>a</c> or <c>b</c>.
+    /// </summary>
+    public static void ScaledAddGenericKernel<T, S>(ArrayView<T> output, ArrayView<T> a, ArrayView<T> b, float wa, float wb)
+        where T : unmanaged where S : struct, IStorage<T>
+    {
+        var st = default(S);
+        long stride = Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < output.Length; i += stride)
+            output[i] = st.FromFloat(wa * st.ToFloat(a[i]) + wb * st.ToFloat(b[i]));
+    }
+
+    /// <summary>
     /// <c>target += source</c>. Shapes: <c>target</c>, <c>source</c> (N).
     /// </summary>
     public static void AccumulateKernel(ArrayView<float> target, ArrayView<float> source) =>

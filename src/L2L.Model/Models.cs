@@ -35,34 +35,43 @@ public static class Models
         };
     }
 
-    /// <summary>The device layers of <paramref name="layout"/>'s model, with their kernels loaded on <paramref name="backend"/>.</summary>
-    public static IModelLayers CreateLayers(Backend backend, ModelLayout layout)
+    /// <summary>
+    /// The device layers of <paramref name="layout"/>'s model over the storage type <typeparamref name="T"/> (float,
+    /// <see cref="L2L.Kernels.Bf16"/> or <see cref="ILGPU.Half"/>), with their kernels loaded on <paramref name="backend"/>.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type, or the model type has no device layers.</exception>
+    public static IModelLayers<T> CreateLayers<T>(Backend backend, ModelLayout layout) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(layout);
+        _ = Precisions.Of<T>();
         return layout.Config switch
         {
-            GptConfig => new GptLayers(backend, layout),
-            BertConfig => new BertLayers(backend, layout),
+            GptConfig => new GptLayers<T>(backend, layout),
+            BertConfig => new BertLayers<T>(backend, layout),
             _ => throw new NotSupportedException($"No device layers for model type '{layout.Config.ModelType}'."),
         };
     }
 
-    /// <summary>What a block's forward keeps for its backward (<see cref="IModelLayers.CreateActivations"/>), as buffer specs, without a device.</summary>
-    public static IReadOnlyList<BufferSpec> DescribeActivations(MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
+    /// <summary>
+    /// What a block's forward keeps for its backward (<see cref="IModelLayers.CreateActivations"/>) in <paramref name="precision"/>
+    /// on a device of <paramref name="device"/>'s shape, as buffer specs, without a device.
+    /// </summary>
+    public static IReadOnlyList<BufferSpec> DescribeActivations(MicroBatch shape, Precision precision, DeviceShape device,
+        MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
         shape.Config switch
         {
-            GptConfig => BlockActivations.Describe(shape, category, name),
-            BertConfig => BertBlockActivations.Describe(shape, category, name),
+            GptConfig => BlockActivations<float>.Describe(shape, precision, device, category, name),
+            BertConfig => BertBlockActivations<float>.Describe(shape, precision, device, category, name),
             _ => throw new NotSupportedException($"No device layers for model type '{shape.Config.ModelType}'."),
         };
 
-    /// <summary>The scratch shared by all layers (<see cref="IModelLayers.CreateScratch"/>), as buffer specs, for a device with <paramref name="partialsLength"/> reduction partials.</summary>
-    public static IReadOnlyList<BufferSpec> DescribeScratch(MicroBatch shape, int partialsLength) =>
+    /// <summary>The scratch shared by all layers (<see cref="IModelLayers.CreateScratch"/>) in <paramref name="precision"/> on a device of <paramref name="device"/>'s shape, as buffer specs.</summary>
+    public static IReadOnlyList<BufferSpec> DescribeScratch(MicroBatch shape, Precision precision, DeviceShape device) =>
         shape.Config switch
         {
-            GptConfig => LayerScratch.Describe(shape, partialsLength),
-            BertConfig => BertScratch.Describe(shape, partialsLength),
+            GptConfig => LayerScratch<float>.Describe(shape, precision, device),
+            BertConfig => BertScratch<float>.Describe(shape, precision, device),
             _ => throw new NotSupportedException($"No device layers for model type '{shape.Config.ModelType}'."),
         };
 

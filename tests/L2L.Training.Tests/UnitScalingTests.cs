@@ -22,7 +22,7 @@ public sealed class UnitScalingTests(BackendFixture fixture)
         int microBatches = 1)
     {
         var layout = new ModelLayout(config);
-        var layers = Models.CreateLayers(backend, layout);
+        var layers = Models.CreateLayers<float>(backend, layout);
         var mb = new MicroBatch(config, b, t);
         var s = backend.ComputeStream;
         using var owned = new ResourceList();

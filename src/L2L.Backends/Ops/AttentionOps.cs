@@ -159,6 +159,62 @@ public sealed class AttentionOps
         int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) =>
         Backward(_fp16.Value, s, dQkv, dOutput, qkv, output, lse, scratch, keyLengths, keyMask, b, t, c, nh, causal, path);
 
+    /// <summary>
+    /// The forward over the storage type <typeparamref name="T"/>: for float the FP32 overload (which needs no
+    /// <paramref name="scratch"/>), for the 16-bit types their overloads, with <paramref name="scratch"/> of at least
+    /// <see cref="ForwardScratchLength{T}"/> floats.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Forward<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<T> qkv,
+        ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto)
+        where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+            Forward(s, StorageDispatch.Same<T, float>(output), lse, StorageDispatch.Same<T, float>(qkv), keyLengths, keyMask, b, t, c, nh, causal, path);
+        else
+            Forward(StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(null!, _bf16, _fp16), s, output, lse, scratch, qkv, keyLengths, keyMask, b, t, c, nh, causal, path);
+    }
+
+    /// <summary>
+    /// The backward over the storage type <typeparamref name="T"/>: for float the FP32 overload, for the 16-bit types
+    /// their overloads; <paramref name="scratch"/> holds at least <see cref="BackwardScratchLength{T}"/> floats.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Backward<T>(AcceleratorStream s, ArrayView<T> dQkv, ArrayView<T> dOutput, ArrayView<T> qkv,
+        ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<int> keyLengths, ArrayView<int> keyMask,
+        int b, int t, int c, int nh, bool causal, AttentionPath path = AttentionPath.Auto) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+            Backward(s, StorageDispatch.Same<T, float>(dQkv), StorageDispatch.Same<T, float>(dOutput), StorageDispatch.Same<T, float>(qkv),
+                StorageDispatch.Same<T, float>(output), lse, scratch, keyLengths, keyMask, b, t, c, nh, causal, path);
+        else
+            Backward(StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(null!, _bf16, _fp16), s, dQkv, dOutput, qkv, output, lse, scratch,
+                keyLengths, keyMask, b, t, c, nh, causal, path);
+    }
+
+    /// <summary>FP32 scratch elements the generic <c>Forward&lt;T&gt;</c> needs: none for float, <see cref="SixteenBitForwardScratchLength"/> for 16 bits.</summary>
+    public long ForwardScratchLength<T>(int b, int t, int c, int nh, AttentionPath path = AttentionPath.Auto) where T : unmanaged =>
+        typeof(T) == typeof(float) ? 0 : SixteenBitForwardScratchLength(b, t, c, nh, path);
+
+    /// <summary>FP32 scratch elements the generic <c>Backward&lt;T&gt;</c> needs: <see cref="BackwardScratchLength(int, int, int, int)"/> for float, <see cref="SixteenBitBackwardScratchLength"/> for 16 bits.</summary>
+    public long BackwardScratchLength<T>(int b, int t, int c, int nh, AttentionPath path = AttentionPath.Auto) where T : unmanaged =>
+        typeof(T) == typeof(float) ? BackwardScratchLength(b, t, c, nh) : SixteenBitBackwardScratchLength(b, t, c, nh, path);
+
+    /// <summary>
+    /// FP32 scratch elements the forward in <paramref name="precision"/> needs on the default path of a device of
+    /// <paramref name="device"/>'s shape (as <see cref="ForwardScratchLength{T}"/>, without an accelerator: for planning).
+    /// </summary>
+    public static long ForwardScratchLength(Precision precision, DeviceShape device, int b, int t, int c, int nh) =>
+        precision == Precision.Fp32 || DefaultPath(device, c / nh) == AttentionPath.Tiled ? 0 : (long)b * t * c;
+
+    /// <summary>FP32 scratch elements the backward in <paramref name="precision"/> needs on the default path of a device of <paramref name="device"/>'s shape.</summary>
+    public static long BackwardScratchLength(Precision precision, DeviceShape device, int b, int t, int c, int nh) =>
+        LseLength(b, t, nh) + (precision == Precision.Fp32 || DefaultPath(device, c / nh) == AttentionPath.Tiled ? 0 : 3L * b * t * c);
+
+    /// <summary>The path <see cref="AttentionPath.Auto"/> resolves to on a device of <paramref name="device"/>'s shape for heads of <paramref name="headSize"/> channels.</summary>
+    public static AttentionPath DefaultPath(DeviceShape device, int headSize) =>
+        !device.IsCpu && headSize <= AttentionKernels.MaxTiledHeadSize ? AttentionPath.Tiled : AttentionPath.Rows;
+
     private void Forward<T>(Typed<T> k, AcceleratorStream s, ArrayView<T> output, ArrayView<float> lse, ArrayView<float> scratch, ArrayView<T> qkv,
         ArrayView<int> keyLengths, ArrayView<int> keyMask, int b, int t, int c, int nh, bool causal, AttentionPath path) where T : unmanaged
     {
@@ -207,8 +263,7 @@ public sealed class AttentionOps
                 $"{AttentionKernels.Tile} threads (this accelerator allows {_accelerator.MaxNumThreadsPerGroup}); use the row path.", nameof(path));
         if (path != AttentionPath.Auto)
             return path;
-        return _accelerator.AcceleratorType != AcceleratorType.CPU && headSize <= AttentionKernels.MaxTiledHeadSize
-            ? AttentionPath.Tiled : AttentionPath.Rows;
+        return DefaultPath(DeviceShape.Of(_accelerator), headSize);
     }
 
     /// <summary>
@@ -236,7 +291,7 @@ public sealed class AttentionOps
     /// <summary>
     /// Assigns (does not accumulate) <c>dQkv</c> (B, T, 3C), the gradient of the loss with respect to <c>qkv</c>, from
     /// <c>dOutput</c> (B, T, C), and the <c>output</c> and <c>lse</c> that <c>Forward</c> computed for the same
-    /// <c>qkv</c> and masking. <c>scratch</c> needs at least <see cref="BackwardScratchLength"/> elements; its contents
+    /// <c>qkv</c> and masking. <c>scratch</c> needs at least <see cref="BackwardScratchLength(int, int, int, int)"/> elements; its contents
     /// are overwritten. <c>dQkv</c> must not alias any input.
     /// </summary>
     public void Backward(AcceleratorStream s, ArrayView<float> dQkv, ArrayView<float> dOutput, ArrayView<float> qkv,

@@ -83,6 +83,19 @@ public sealed class CrossEntropyOps
     public void Forward(AcceleratorStream s, ArrayView<float> losses, ArrayView<Half> logits, ArrayView<int> targets,
         int n, int v, int ignoreIndex = -1) => Forward(_fp16.Value, s, losses, logits, targets, n, v, ignoreIndex);
 
+    /// <summary>The fused loss and gradient over the storage type <typeparamref name="T"/> (FP32 losses); for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void ForwardBackward<T>(AcceleratorStream s, ArrayView<float> losses, ArrayView<T> dLogits, ArrayView<T> logits,
+        ArrayView<int> targets, int n, int v, float dLossScale, int ignoreIndex = -1) where T : unmanaged =>
+        ForwardBackward(Kernels<T>(), s, losses, dLogits, logits, targets, n, v, dLossScale, ignoreIndex);
+
+    /// <summary>The losses (FP32) of logits of the storage type <typeparamref name="T"/>; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Forward<T>(AcceleratorStream s, ArrayView<float> losses, ArrayView<T> logits, ArrayView<int> targets,
+        int n, int v, int ignoreIndex = -1) where T : unmanaged => Forward(Kernels<T>(), s, losses, logits, targets, n, v, ignoreIndex);
+
+    private Typed<T> Kernels<T>() where T : unmanaged => StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(_fp32, _bf16, _fp16);
+
     private void ForwardBackward<T>(Typed<T> k, AcceleratorStream s, ArrayView<float> losses, ArrayView<T> dLogits, ArrayView<T> logits,
         ArrayView<int> targets, int n, int v, float dLossScale, int ignoreIndex) where T : unmanaged
     {

@@ -43,6 +43,14 @@ public sealed class DropoutOps
     public void Apply(AcceleratorStream s, ArrayView<float> output, ArrayView<float> input, float p, ulong key, long offset) =>
         Apply(_dropout, s, output, input, p, key, offset);
 
+    /// <summary>Dropout of a tensor of the storage type <typeparamref name="T"/>, the same mask for every type; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Apply<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<T> input, float p, ulong key, long offset) where T : unmanaged =>
+        Apply(StorageDispatch.Pick<T, Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ulong, long, uint, float>,
+            Action<AcceleratorStream, KernelConfig, ArrayView<Bf16>, ArrayView<Bf16>, ulong, long, uint, float>,
+            Action<AcceleratorStream, KernelConfig, ArrayView<Half>, ArrayView<Half>, ulong, long, uint, float>>(_dropout, _bf16, _fp16),
+            s, output, input, p, key, offset);
+
     private void Apply<T>(Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ulong, long, uint, float> kernel,
         AcceleratorStream s, ArrayView<T> output, ArrayView<T> input, float p, ulong key, long offset) where T : unmanaged
     {

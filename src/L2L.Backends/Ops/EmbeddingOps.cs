@@ -49,7 +49,23 @@ public sealed class EmbeddingOps
             EmbeddingKernels.EmbeddingBackwardPositionKernel);
         _bf16 = new(Load<Bf16, Bf16Storage>);
         _fp16 = new(Load<Half, Fp16Storage>);
+        _fp32 = new Typed<float> { Forward = _forward, BackwardToken = _backwardToken, BackwardPosition = _backwardPosition };
     }
+
+    private readonly Typed<float> _fp32;
+
+    private Typed<T> Kernels<T>() where T : unmanaged => StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(_fp32, _bf16, _fp16);
+
+    /// <summary>The forward over the storage type <typeparamref name="T"/> (the two rows added in FP32, rounded once); for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Forward<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<int> tokens, ArrayView<T> wte,
+        ArrayView<T> wpe, int b, int t, int c) where T : unmanaged => Forward(Kernels<T>(), s, output, tokens, wte, wpe, b, t, c);
+
+    /// <summary>The backward from a <typeparamref name="T"/> <c>dOutput</c> into FP32 <c>dWte</c> and <c>dWpe</c>; for float, the FP32 overload's kernels.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Backward<T>(AcceleratorStream s, ArrayView<float> dWte, ArrayView<float> dWpe, ArrayView<T> dOutput,
+        ArrayView<int> plan, int segments, int b, int t, int c, float tokenScale = 1f, float positionScale = 1f) where T : unmanaged =>
+        Backward(Kernels<T>(), s, dWte, dWpe, dOutput, plan, segments, b, t, c, tokenScale, positionScale);
 
     /// <summary>The forward with BF16 tables and output (the two rows added in FP32, rounded once); as the FP32 overload.</summary>
     public void Forward(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<int> tokens, ArrayView<Bf16> wte,

@@ -28,26 +28,50 @@ public sealed class GeluOps
         _backward = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(GeluKernels.GeluBackwardKernel);
         _forwardErf = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>>(GeluKernels.GeluErfForwardKernel);
         _backwardErf = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(GeluKernels.GeluErfBackwardKernel);
-        _bf16 = new(() => new Typed<Bf16, Bf16Storage>(_accelerator));
-        _fp16 = new(() => new Typed<Half, Fp16Storage>(_accelerator));
+        _bf16 = new(() => Typed<Bf16>.Load<Bf16Storage>(_accelerator));
+        _fp16 = new(() => Typed<Half>.Load<Fp16Storage>(_accelerator));
+        _fp32 = new Typed<float>(_forward, _backward, _forwardErf, _backwardErf);
     }
 
-    private readonly Lazy<Typed<Bf16, Bf16Storage>> _bf16;
-    private readonly Lazy<Typed<Half, Fp16Storage>> _fp16;
+    private readonly Typed<float> _fp32;
+    private readonly Lazy<Typed<Bf16>> _bf16;
+    private readonly Lazy<Typed<Half>> _fp16;
 
-    private sealed class Typed<T, S> where T : unmanaged where S : struct, IStorage<T>
+    private sealed class Typed<T>(
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> forward,
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> backward,
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> forwardErf,
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> backwardErf) where T : unmanaged
     {
-        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Forward, ForwardErf;
-        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Backward, BackwardErf;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Forward = forward, ForwardErf = forwardErf;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Backward = backward, BackwardErf = backwardErf;
 
-        public Typed(Accelerator a)
-        {
-            Forward = a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluForwardGenericKernel<T, S>);
-            Backward = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluBackwardGenericKernel<T, S>);
-            ForwardErf = a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfForwardGenericKernel<T, S>);
-            BackwardErf = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfBackwardGenericKernel<T, S>);
-        }
+        public static Typed<T> Load<S>(Accelerator a) where S : struct, IStorage<T> => new(
+            a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluForwardGenericKernel<T, S>),
+            a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluBackwardGenericKernel<T, S>),
+            a.LoadKernel<ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfForwardGenericKernel<T, S>),
+            a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(GeluKernels.GeluErfBackwardGenericKernel<T, S>));
     }
+
+    private Typed<T> Kernels<T>() where T : unmanaged => StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(_fp32, _bf16, _fp16);
+
+    /// <summary>Tanh GELU forward over the storage type <typeparamref name="T"/>; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Forward<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<T> input) where T : unmanaged => Unary(Kernels<T>().Forward, s, output, input);
+
+    /// <summary>Tanh GELU backward over the storage type <typeparamref name="T"/>; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Backward<T>(AcceleratorStream s, ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input) where T : unmanaged =>
+        Binary(Kernels<T>().Backward, s, dInput, dOutput, input);
+
+    /// <summary>Exact GELU forward over the storage type <typeparamref name="T"/>; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void ForwardErf<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<T> input) where T : unmanaged => Unary(Kernels<T>().ForwardErf, s, output, input);
+
+    /// <summary>Exact GELU backward over the storage type <typeparamref name="T"/>; for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void BackwardErf<T>(AcceleratorStream s, ArrayView<T> dInput, ArrayView<T> dOutput, ArrayView<T> input) where T : unmanaged =>
+        Binary(Kernels<T>().BackwardErf, s, dInput, dOutput, input);
 
     /// <summary>Tanh GELU forward in BF16 storage; as <see cref="Forward(AcceleratorStream, ArrayView{float}, ArrayView{float})"/>.</summary>
     public void Forward(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<Bf16> input) => Unary(_bf16.Value.Forward, s, output, input);

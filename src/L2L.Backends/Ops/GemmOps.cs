@@ -226,6 +226,26 @@ public sealed class GemmOps
         Run(_fp16ToFp32.Value, stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
 
     /// <summary>
+    /// The product over the storage type <typeparamref name="T"/> (float, <see cref="Bf16"/> or <see cref="Half"/>): A, B, C
+    /// and the bias all of that type; FP32 runs the FP32 overload's kernels, the 16-bit types their overloads' kernels.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Gemm<T>(AcceleratorStream stream, ArrayView<T> c, ArrayView<T> a, ArrayView<T> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<T> bias = default, float alpha = 1f) where T : unmanaged =>
+        Run(StorageDispatch.Pick<T, Kernels<T, T>, Kernels<Bf16, Bf16>, Kernels<Half, Half>>(_fp32, _bf16, _fp16),
+            stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+
+    /// <summary>
+    /// The product of <typeparamref name="T"/> A and B into an FP32 C (and FP32 bias): the weight-gradient form that keeps
+    /// parameter gradients in FP32 across micro-batches whatever the storage type (for float, the FP32 overload).
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Gemm<T>(AcceleratorStream stream, ArrayView<float> c, ArrayView<T> a, ArrayView<T> b,
+        int m, int n, int k, GemmLayout layout, bool accumulate = false, ArrayView<float> bias = default, float alpha = 1f) where T : unmanaged =>
+        Run(StorageDispatch.Pick<T, Kernels<T, float>, Kernels<Bf16, float>, Kernels<Half, float>>(_fp32, _bf16ToFp32, _fp16ToFp32),
+            stream, c, a, b, bias, 1, m, n, k, layout, accumulate, alpha);
+
+    /// <summary>
     /// The FP32 <c>Gemm</c> without bias over <paramref name="batch"/> contiguous matrices: A_i at <c>i * m * k</c>,
     /// B_i at <c>i * k * n</c>, C_i at <c>i * m * n</c>, with the same layout and semantics per matrix.
     /// Views must hold exactly <c>batch</c> matrices each.
@@ -248,6 +268,14 @@ public sealed class GemmOps
     /// <summary><c>dBias (n, FP32) += scale * column sums of dOut (rows, n, FP16)</c>, widened and summed in FP32; deterministic.</summary>
     public void BiasBackward(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<Half> dOut, int rows, int n, float scale = 1f) =>
         BiasBackward(_biasBackwardFp16.Value, stream, dBias, dOut, rows, n, scale);
+
+    /// <summary><c>dBias (n, FP32) += scale * column sums of dOut (rows, n)</c> over the storage type <typeparamref name="T"/>; for float, the FP32 overload.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void BiasBackward<T>(AcceleratorStream stream, ArrayView<float> dBias, ArrayView<T> dOut, int rows, int n, float scale = 1f) where T : unmanaged =>
+        BiasBackward(StorageDispatch.Pick<T, Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>, int, int, int, float>,
+            Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Bf16>, int, int, int, float>,
+            Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Half>, int, int, int, float>>(_biasBackward, _biasBackwardBf16, _biasBackwardFp16),
+            stream, dBias, dOut, rows, n, scale);
 
     private void BiasBackward<T>(Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>, int, int, int, float> kernel,
         AcceleratorStream stream, ArrayView<float> dBias, ArrayView<T> dOut, int rows, int n, float scale) where T : unmanaged

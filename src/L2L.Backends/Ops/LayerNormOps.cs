@@ -105,6 +105,21 @@ public sealed class LayerNormOps
         ArrayView<float> mean, ArrayView<float> rstd, int n, int c, bool accumulateInput, float paramGradScale = 1f) =>
         Backward(_fp16.Value, s, dInput, dWeight, dBias, dOutput, input, weight, mean, rstd, n, c, accumulateInput, paramGradScale);
 
+    /// <summary>The forward over the storage type <typeparamref name="T"/> (statistics in FP32); for float, the FP32 overload's kernels.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Forward<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<float> mean, ArrayView<float> rstd,
+        ArrayView<T> input, ArrayView<T> weight, ArrayView<T> bias, int n, int c, float eps) where T : unmanaged =>
+        Forward(Kernels<T>(), s, output, mean, rstd, input, weight, bias, n, c, eps);
+
+    /// <summary>The backward over the storage type <typeparamref name="T"/>, with FP32 <c>dWeight</c>, <c>dBias</c>, <c>mean</c>, <c>rstd</c>; for float, the FP32 overload's kernels.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Backward<T>(AcceleratorStream s, ArrayView<T> dInput, ArrayView<float> dWeight, ArrayView<float> dBias,
+        ArrayView<T> dOutput, ArrayView<T> input, ArrayView<T> weight,
+        ArrayView<float> mean, ArrayView<float> rstd, int n, int c, bool accumulateInput, float paramGradScale = 1f) where T : unmanaged =>
+        Backward(Kernels<T>(), s, dInput, dWeight, dBias, dOutput, input, weight, mean, rstd, n, c, accumulateInput, paramGradScale);
+
+    private Typed<T> Kernels<T>() where T : unmanaged => StorageDispatch.Pick<T, Typed<T>, Typed<Bf16>, Typed<Half>>(_fp32, _bf16, _fp16);
+
     private void Forward<T>(Typed<T> k, AcceleratorStream s, ArrayView<T> output, ArrayView<float> mean, ArrayView<float> rstd,
         ArrayView<T> input, ArrayView<T> weight, ArrayView<T> bias, int n, int c, float eps) where T : unmanaged
     {

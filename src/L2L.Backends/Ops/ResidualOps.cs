@@ -26,7 +26,14 @@ public sealed class ResidualOps
         _scaledAdd = _accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, float, float>(ResidualKernels.ScaledAddKernel);
         _bf16 = new(() => new Typed<Bf16, Bf16Storage>(_accelerator));
         _fp16 = new(() => new Typed<Half, Fp16Storage>(_accelerator));
+        _bf16Set = new(() => Set<Bf16>.Of(_bf16.Value));
+        _fp16Set = new(() => Set<Half>.Of(_fp16.Value));
+        _fp32 = new Set<float>(_add, _accumulate, _accumulate, _scaledAdd);
     }
+
+    private readonly Set<float> _fp32;
+    private readonly Lazy<Set<Bf16>> _bf16Set;
+    private readonly Lazy<Set<Half>> _fp16Set;
 
     private readonly Lazy<Typed<Bf16, Bf16Storage>> _bf16;
     private readonly Lazy<Typed<Half, Fp16Storage>> _fp16;
@@ -36,13 +43,61 @@ public sealed class ResidualOps
         public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Add;
         public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Accumulate;
         public readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>> AccumulateIntoFloat;
+        public readonly Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>, float, float> ScaledAdd;
 
         public Typed(Accelerator a)
         {
             Add = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>>(ResidualKernels.ResidualForwardGenericKernel<T, S>);
             Accumulate = a.LoadKernel<ArrayView<T>, ArrayView<T>>(ResidualKernels.AccumulateGenericKernel<T, S, T, S>);
             AccumulateIntoFloat = a.LoadKernel<ArrayView<float>, ArrayView<T>>(ResidualKernels.AccumulateGenericKernel<float, Fp32Storage, T, S>);
+            ScaledAdd = a.LoadKernel<ArrayView<T>, ArrayView<T>, ArrayView<T>, float, float>(ResidualKernels.ScaledAddGenericKernel<T, S>);
         }
+    }
+
+    // The kernels of one storage type, FP32's being the FP32 overloads' own.
+    private sealed record Set<T>(
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>> Add,
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>> Accumulate,
+        Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<T>> AccumulateIntoFloat,
+        Action<AcceleratorStream, KernelConfig, ArrayView<T>, ArrayView<T>, ArrayView<T>, float, float> ScaledAdd) where T : unmanaged
+    {
+        public static Set<T> Of<S>(Typed<T, S> k) where S : struct, IStorage<T> => new(k.Add, k.Accumulate, k.AccumulateIntoFloat, k.ScaledAdd);
+    }
+
+    private Set<T> Kernels<T>() where T : unmanaged =>
+        StorageDispatch.Pick<T, Set<T>, Set<Bf16>, Set<Half>>(_fp32, _bf16Set, _fp16Set);
+
+    /// <summary><c>output = a + b</c> over the storage type <typeparamref name="T"/> (FP32 sum, rounded once); for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Add<T>(AcceleratorStream stream, ArrayView<T> output, ArrayView<T> a, ArrayView<T> b) where T : unmanaged
+    {
+        Check.SameLength(output, a, nameof(a));
+        Check.SameLength(output, b, nameof(b));
+        if (output.Length == 0) return;
+        Kernels<T>().Add(stream, Launch.Elementwise(_accelerator, output.Length), output, a, b);
+    }
+
+    /// <summary><c>target += source</c> over the storage type <typeparamref name="T"/> (FP32 sum, rounded once); for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Accumulate<T>(AcceleratorStream stream, ArrayView<T> target, ArrayView<T> source) where T : unmanaged =>
+        Accumulate(Kernels<T>().Accumulate, stream, target, source);
+
+    /// <summary><c>target (FP32) += source</c> of the storage type <typeparamref name="T"/> (widened exactly); for float, the FP32 overload's kernel.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void Accumulate<T>(AcceleratorStream stream, ArrayView<float> target, ArrayView<T> source) where T : unmanaged =>
+        Accumulate(Kernels<T>().AccumulateIntoFloat, stream, target, source);
+
+    /// <summary>
+    /// <c>output = wa * a + wb * b</c> over the storage type <typeparamref name="T"/> (formed in FP32, rounded once); for
+    /// float, the FP32 overload's kernel. <c>output</c> may alias an input.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void ScaledAdd<T>(AcceleratorStream stream, ArrayView<T> output, ArrayView<T> a, float wa, ArrayView<T> b, float wb) where T : unmanaged
+    {
+        Check.SameLength(output, a, nameof(a));
+        Check.SameLength(output, b, nameof(b));
+        if (output.Length == 0) return;
+        Kernels<T>().ScaledAdd(stream, Launch.Elementwise(_accelerator, output.Length), output, a, b, wa, wb);
     }
 
     /// <summary><c>output = a + b</c> in BF16 storage (FP32 sum, rounded once), all of one length; <c>output</c> may alias an input.</summary>

@@ -13,7 +13,14 @@ namespace L2L.Model.Bert;
 /// <c>dx = dy . W</c> (NN) and the weight gradient <c>dW += dy^T . x</c> (TN). GELU is the exact erf form.
 /// Attention is bidirectional; keys at the padding id are masked out through the inputs' key mask.
 /// </summary>
-public sealed class BertLayers : IModelLayers
+/// <remarks>
+/// Over the storage type <typeparamref name="T"/>: parameters, activations, the stream and its gradient are
+/// <typeparamref name="T"/>, parameter gradients FP32; each 16-bit kernel computes in FP32 and rounds its result once.
+/// What stays FP32 besides the gradients is listed on <see cref="BertBlockActivations{T}"/> and <see cref="BertScratch{T}"/>.
+/// With float every call runs the FP32 kernels.
+/// </remarks>
+/// <typeparam name="T">The storage type: float, <see cref="L2L.Kernels.Bf16"/> or <see cref="ILGPU.Half"/>.</typeparam>
+public sealed class BertLayers<T> : IModelLayers<T> where T : unmanaged
 {
     private readonly GemmOps _gemm;
     private readonly LayerNormOps _ln;
@@ -63,7 +70,7 @@ public sealed class BertLayers : IModelLayers
     private float ResidualRate => _dropout?.Rates.Residual ?? 0f;
 
     /// <summary><c>output = dropout(input)</c> with the mask of (layer, site) in the current step and micro-batch (also the backward on a gradient).</summary>
-    private void Dropout(AcceleratorStream s, ArrayView<float> output, ArrayView<float> input, float p, int layer, int site)
+    private void Dropout(AcceleratorStream s, ArrayView<T> output, ArrayView<T> input, float p, int layer, int site)
     {
         var d = _dropout!.Value;
         _dropoutOps.Apply(s, output, input, p, Kernels.DropoutKernels.Key(d.Seed, d.Step, layer, site), d.MicroBatch * input.Length);
@@ -71,6 +78,9 @@ public sealed class BertLayers : IModelLayers
 
     /// <inheritdoc/>
     public ModelLayout Layout { get; }
+
+    /// <inheritdoc/>
+    public Precision Precision { get; } = Precisions.Of<T>();
 
     private BertConfig Config => (BertConfig)Layout.Config;
 
@@ -82,17 +92,17 @@ public sealed class BertLayers : IModelLayers
 
     /// <inheritdoc/>
     public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
-        new BertBlockActivations(backend, shape, category, name);
+        new BertBlockActivations<T>(backend, shape, category, name);
 
     /// <inheritdoc/>
-    public IModelScratch CreateScratch(Backend backend, MicroBatch shape) => new BertScratch(backend, shape);
+    public IModelScratch CreateScratch(Backend backend, MicroBatch shape) => new BertScratch<T>(backend, shape);
 
     /// <summary>output (N, H) = LayerNorm(word[ids] + position[t] + token_type[types]).</summary>
-    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, MicroBatchInputs inputs,
-        ArrayView<float> output, IModelScratch modelScratch)
+    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<T> embedding, MicroBatchInputs inputs,
+        ArrayView<T> output, IModelScratch modelScratch)
     {
-        var scratch = (BertScratch)modelScratch;
-        var p = new LayerViews(Layout.Embedding, embedding);
+        var scratch = (BertScratch<T>)modelScratch;
+        var p = new LayerViews<T>(Layout.Embedding, embedding);
         EmbeddingSum(s, mb, p, inputs, scratch);
         _ln.Forward(s, output, scratch.EmbeddingMean.View, scratch.EmbeddingRstd.View, scratch.EmbeddingSum.View,
             p["LayerNorm.weight"], p["LayerNorm.bias"], mb.Tokens, Config.HiddenSize, Config.LayerNormEpsilon);
@@ -100,12 +110,12 @@ public sealed class BertLayers : IModelLayers
     }
 
     /// <summary>Recomputes the embedding sum and its LayerNorm statistics, then scatters the gradient into the three tables.</summary>
-    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<float> embeddingGrads,
-        MicroBatchInputs inputs, ArrayView<float> dOutput, IModelScratch modelScratch)
+    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<T> embedding, ArrayView<float> embeddingGrads,
+        MicroBatchInputs inputs, ArrayView<T> dOutput, IModelScratch modelScratch)
     {
-        var scratch = (BertScratch)modelScratch;
-        var p = new LayerViews(Layout.Embedding, embedding);
-        var g = new LayerViews(Layout.Embedding, embeddingGrads);
+        var scratch = (BertScratch<T>)modelScratch;
+        var p = new LayerViews<T>(Layout.Embedding, embedding);
+        var g = new LayerViews<float>(Layout.Embedding, embeddingGrads);
         int n = mb.Tokens, h = Config.HiddenSize;
         EmbeddingSum(s, mb, p, inputs, scratch);
         _ln.Forward(s, scratch.EmbeddingRows.View, scratch.EmbeddingMean.View, scratch.EmbeddingRstd.View, scratch.EmbeddingSum.View,
@@ -119,7 +129,7 @@ public sealed class BertLayers : IModelLayers
             mb.Batch, mb.SeqLen, h);
     }
 
-    private void EmbeddingSum(AcceleratorStream s, MicroBatch mb, LayerViews p, MicroBatchInputs inputs, BertScratch scratch)
+    private void EmbeddingSum(AcceleratorStream s, MicroBatch mb, LayerViews<T> p, MicroBatchInputs inputs, BertScratch<T> scratch)
     {
         int h = Config.HiddenSize;
         _embedding.Forward(s, scratch.EmbeddingSum.View, inputs.Ids.View, p["word_embeddings.weight"], p["position_embeddings.weight"], mb.Batch, mb.SeqLen, h);
@@ -132,11 +142,11 @@ public sealed class BertLayers : IModelLayers
     /// One post-LN encoder block: a = LN(x + dense(attention(q, k, v))); output = LN(a + dense(gelu(dense(a)))).
     /// Saves what the backward needs in <paramref name="activations"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
     /// </summary>
-    public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters,
-        ArrayView<float> input, ArrayView<float> output, IBlockActivations activations, MicroBatchInputs inputs)
+    public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<T> parameters,
+        ArrayView<T> input, ArrayView<T> output, IBlockActivations activations, MicroBatchInputs inputs)
     {
-        var act = (BertBlockActivations)activations;
-        var p = new LayerViews(layer, parameters);
+        var act = (BertBlockActivations<T>)activations;
+        var p = new LayerViews<T>(layer, parameters);
         int n = mb.Tokens, h = Config.HiddenSize, i = Config.IntermediateSize;
         var eps = Config.LayerNormEpsilon;
         var (wQkv, bQkv) = Qkv(layer, parameters);
@@ -159,14 +169,14 @@ public sealed class BertLayers : IModelLayers
     /// Backward of <see cref="BlockForward"/>. On entry <paramref name="dStream"/> (N, H) holds the gradient at the
     /// block's output; on return, at its input. Parameter gradients accumulate into <paramref name="grads"/>.
     /// </summary>
-    public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+    public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<T> parameters, ArrayView<float> grads,
+        ArrayView<T> input, ArrayView<T> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
         bool parameterGradients = true)
     {
-        var act = (BertBlockActivations)activations;
-        var scratch = (BertScratch)modelScratch;
-        var p = new LayerViews(layer, parameters);
-        var g = new LayerViews(layer, grads);
+        var act = (BertBlockActivations<T>)activations;
+        var scratch = (BertScratch<T>)modelScratch;
+        var p = new LayerViews<T>(layer, parameters);
+        var g = new LayerViews<float>(layer, grads);
         int n = mb.Tokens, h = Config.HiddenSize, i = Config.IntermediateSize;
         var dLn = scratch.DLn.View;
         var dFc = scratch.DWide.View.SubView(0, (long)n * i);
@@ -226,16 +236,16 @@ public sealed class BertLayers : IModelLayers
     }
 
     // The one place BERT calls attention: bidirectional, keys at the padding id masked out.
-    private void AttentionForward(AcceleratorStream s, MicroBatch mb, BertBlockActivations act, MicroBatchInputs inputs) =>
-        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, inputs.KeyMask!.View, mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
+    private void AttentionForward(AcceleratorStream s, MicroBatch mb, BertBlockActivations<T> act, MicroBatchInputs inputs) =>
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.AttentionAcc, act.Qkv.View, default, inputs.KeyMask!.View, mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
 
-    private void AttentionBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> dQkv, ArrayView<float> dAttY, BertBlockActivations act,
-        BertScratch scratch, MicroBatchInputs inputs) =>
+    private void AttentionBackward(AcceleratorStream s, MicroBatch mb, ArrayView<T> dQkv, ArrayView<T> dAttY, BertBlockActivations<T> act,
+        BertScratch<T> scratch, MicroBatchInputs inputs) =>
         _attention.Backward(s, dQkv, dAttY, act.Qkv.View, act.AttY.View, act.Lse.View, scratch.AttentionScratch.View, default, inputs.KeyMask!.View,
             mb.Batch, mb.SeqLen, Config.HiddenSize, Config.Heads, causal: false);
 
     /// <summary>The query, key and value weights as one (3H, H) matrix and their biases as one 3H vector (stored back to back).</summary>
-    private (ArrayView<float> Weight, ArrayView<float> Bias) Qkv(LayerLayout layer, ArrayView<float> block)
+    private (ArrayView<TE> Weight, ArrayView<TE> Bias) Qkv<TE>(LayerLayout layer, ArrayView<TE> block) where TE : unmanaged
     {
         long h = Config.HiddenSize;
         return (block.SubView(layer["attention.self.query.weight"].Offset, 3 * h * h), block.SubView(layer["attention.self.query.bias"].Offset, 3 * h));
@@ -245,15 +255,15 @@ public sealed class BertLayers : IModelLayers
     /// The MLM head and loss, forward and backward: logits = LN(gelu(dense(x))) . word_embeddings^T + bias, cross-entropy
     /// at labelled positions scaled by <paramref name="lossScale"/>, gradients into the head, the word embedding and <paramref name="dInput"/>.
     /// </summary>
-    public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> headGrads,
-        ArrayView<float> embedding, ArrayView<float> embeddingGrads, ArrayView<float> input, MicroBatchInputs inputs,
-        ArrayView<float> dInput, IModelScratch modelScratch, float lossScale)
+    public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<T> head, ArrayView<float> headGrads,
+        ArrayView<T> embedding, ArrayView<float> embeddingGrads, ArrayView<T> input, MicroBatchInputs inputs,
+        ArrayView<T> dInput, IModelScratch modelScratch, float lossScale)
     {
-        var scratch = (BertScratch)modelScratch;
-        var p = new LayerViews(Layout.Head, head);
-        var g = new LayerViews(Layout.Head, headGrads);
-        var word = new LayerViews(Layout.Embedding, embedding)["word_embeddings.weight"];
-        var dWord = new LayerViews(Layout.Embedding, embeddingGrads)["word_embeddings.weight"];
+        var scratch = (BertScratch<T>)modelScratch;
+        var p = new LayerViews<T>(Layout.Head, head);
+        var g = new LayerViews<float>(Layout.Head, headGrads);
+        var word = new LayerViews<T>(Layout.Embedding, embedding)["word_embeddings.weight"];
+        var dWord = new LayerViews<float>(Layout.Embedding, embeddingGrads)["word_embeddings.weight"];
         int n = mb.Tokens, h = Config.HiddenSize, v = Config.VocabSize;
         var logits = scratch.Logits.View;
         HeadLogits(s, n, p, word, input, scratch);
@@ -272,19 +282,19 @@ public sealed class BertLayers : IModelLayers
     }
 
     /// <summary>The head and loss forward only (evaluation): adds the summed loss of labelled positions to the loss total.</summary>
-    public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> embedding,
-        ArrayView<float> input, MicroBatchInputs inputs, IModelScratch modelScratch)
+    public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<T> head, ArrayView<T> embedding,
+        ArrayView<T> input, MicroBatchInputs inputs, IModelScratch modelScratch)
     {
-        var scratch = (BertScratch)modelScratch;
-        var p = new LayerViews(Layout.Head, head);
-        var word = new LayerViews(Layout.Embedding, embedding)["word_embeddings.weight"];
+        var scratch = (BertScratch<T>)modelScratch;
+        var p = new LayerViews<T>(Layout.Head, head);
+        var word = new LayerViews<T>(Layout.Embedding, embedding)["word_embeddings.weight"];
         int n = mb.Tokens;
         HeadLogits(s, n, p, word, input, scratch);
         _crossEntropy.Forward(s, scratch.Losses.View, scratch.Logits.View, inputs.Targets.View, n, Config.VocabSize, MicroBatchInputs.IgnoreIndex);
         AccumulateLoss(s, scratch);
     }
 
-    private void HeadLogits(AcceleratorStream s, int n, LayerViews p, ArrayView<float> word, ArrayView<float> input, BertScratch scratch)
+    private void HeadLogits(AcceleratorStream s, int n, LayerViews<T> p, ArrayView<T> word, ArrayView<T> input, BertScratch<T> scratch)
     {
         int h = Config.HiddenSize, v = Config.VocabSize;
         _gemm.Gemm(s, scratch.Transform.View, input, p["transform.dense.weight"], n, h, h, GemmLayout.NT, bias: p["transform.dense.bias"]);
@@ -294,7 +304,7 @@ public sealed class BertLayers : IModelLayers
         _gemm.Gemm(s, scratch.Logits.View, scratch.HeadLn.View, word, n, v, h, GemmLayout.NT, bias: p["bias"]);
     }
 
-    private void AccumulateLoss(AcceleratorStream s, BertScratch scratch)
+    private void AccumulateLoss(AcceleratorStream s, BertScratch<T> scratch)
     {
         _reduce.Sum(s, scratch.LossSlot.View, scratch.Losses.View, scratch.Partials.View);
         _residual.Accumulate(s, scratch.LossTotal.View, scratch.LossSlot.View);

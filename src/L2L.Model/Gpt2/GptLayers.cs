@@ -8,12 +8,20 @@ using L2L.Model.Gpt2;
 namespace L2L.Model.Device;
 
 /// <summary>
-/// GPT-2's layers over one micro-batch, enqueued on a stream. Parameter gradients accumulate
-/// (+=) so micro-batches sum; activation gradients are assigned, except the residual stream's,
-/// which is updated in place. Every method only enqueues work: nothing here synchronizes, and
+/// GPT-2's layers over one micro-batch, enqueued on a stream, over the storage type <typeparamref name="T"/>.
+/// Parameter gradients accumulate (+=) in FP32 so micro-batches sum; activation gradients are assigned, except the
+/// residual stream's, which is updated in place. Every method only enqueues work: nothing here synchronizes, and
 /// nothing allocates device memory except the two factories.
 /// </summary>
-public sealed class GptLayers : IModelLayers
+/// <remarks>
+/// With a 16-bit <typeparamref name="T"/> every kernel widens its 16-bit operands to FP32, computes and accumulates in
+/// FP32 and rounds each result once into 16 bits; weight and bias gradients are summed in FP32 straight into the FP32
+/// gradient block (the products read 16-bit operands and write FP32). What stays FP32 besides the gradients is listed on
+/// <see cref="BlockActivations{T}"/> and <see cref="LayerScratch{T}"/>. With float every call runs the FP32 kernels, so
+/// <c>GptLayers&lt;float&gt;</c> computes the very bits of the FP32 model.
+/// </remarks>
+/// <typeparam name="T">The storage type: float, <see cref="L2L.Kernels.Bf16"/> or <see cref="ILGPU.Half"/>.</typeparam>
+public sealed class GptLayers<T> : IModelLayers<T> where T : unmanaged
 {
     private readonly GemmOps _gemm;
     private readonly LayerNormOps _ln;
@@ -62,7 +70,7 @@ public sealed class GptLayers : IModelLayers
     /// <c>output = dropout(input)</c> with the mask of (layer, site) in the current step and micro-batch; the same
     /// call on a gradient is the backward. The micro-batch's elements are numbered from its place in the minibatch.
     /// </summary>
-    private void Dropout(AcceleratorStream s, ArrayView<float> output, ArrayView<float> input, float p, int layer, int site)
+    private void Dropout(AcceleratorStream s, ArrayView<T> output, ArrayView<T> input, float p, int layer, int site)
     {
         var d = _dropout!.Value;
         _dropoutOps.Apply(s, output, input, p, Kernels.DropoutKernels.Key(d.Seed, d.Step, layer, site), d.MicroBatch * input.Length);
@@ -70,6 +78,9 @@ public sealed class GptLayers : IModelLayers
 
     /// <summary>The parameter layout.</summary>
     public ModelLayout Layout { get; }
+
+    /// <inheritdoc/>
+    public Precision Precision { get; } = Precisions.Of<T>();
 
     private GptConfig Config => (GptConfig)Layout.Config;
 
@@ -96,15 +107,15 @@ public sealed class GptLayers : IModelLayers
 
     /// <inheritdoc/>
     public IBlockActivations CreateActivations(Backend backend, MicroBatch shape, MemoryCategory category = MemoryCategory.Workspace, string name = "block") =>
-        new BlockActivations(backend, shape, category, name);
+        new BlockActivations<T>(backend, shape, category, name);
 
     /// <inheritdoc/>
-    public IModelScratch CreateScratch(Backend backend, MicroBatch shape) => new LayerScratch(backend, shape);
+    public IModelScratch CreateScratch(Backend backend, MicroBatch shape) => new LayerScratch<T>(backend, shape);
 
     /// <summary>output (N, C) = wte[inputs] + wpe[position]. <paramref name="embedding"/> holds the embedding layer's block.</summary>
-    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, MicroBatchInputs inputs, ArrayView<float> output, IModelScratch scratch)
+    public void EmbeddingForward(AcceleratorStream s, MicroBatch mb, ArrayView<T> embedding, MicroBatchInputs inputs, ArrayView<T> output, IModelScratch scratch)
     {
-        var p = new LayerViews(Layout.Embedding, embedding);
+        var p = new LayerViews<T>(Layout.Embedding, embedding);
         _embedding.Forward(s, output, inputs.Ids.View, p["wte.weight"], p["wpe.weight"], mb.Batch, mb.SeqLen, Config.Channels);
         if (Config.UnitScaling)
         {
@@ -119,10 +130,10 @@ public sealed class GptLayers : IModelLayers
     /// uploaded plan of the micro-batch's ids. The embedding is linear, so nothing is recomputed. With embedding
     /// dropout on, <paramref name="dOutput"/> is masked in place first.
     /// </summary>
-    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> embedding, ArrayView<float> embeddingGrads,
-        MicroBatchInputs inputs, ArrayView<float> dOutput, IModelScratch scratch)
+    public void EmbeddingBackward(AcceleratorStream s, MicroBatch mb, ArrayView<T> embedding, ArrayView<float> embeddingGrads,
+        MicroBatchInputs inputs, ArrayView<T> dOutput, IModelScratch scratch)
     {
-        var g = new LayerViews(Layout.Embedding, embeddingGrads);
+        var g = new LayerViews<float>(Layout.Embedding, embeddingGrads);
         if (Config.UnitScaling)
         {
             var u = Scales(mb);
@@ -139,11 +150,11 @@ public sealed class GptLayers : IModelLayers
     /// resid_pdrop dropout (when on).
     /// Saves what the backward needs in <paramref name="activations"/>. <paramref name="output"/> must not alias <paramref name="input"/>.
     /// </summary>
-    public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters,
-        ArrayView<float> input, ArrayView<float> output, IBlockActivations activations, MicroBatchInputs inputs)
+    public void BlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<T> parameters,
+        ArrayView<T> input, ArrayView<T> output, IBlockActivations activations, MicroBatchInputs inputs)
     {
-        var act = (BlockActivations)activations;
-        var p = new LayerViews(layer, parameters);
+        var act = (BlockActivations<T>)activations;
+        var p = new LayerViews<T>(layer, parameters);
         int n = mb.Tokens, c = Config.Channels;
         if (Config.UnitScaling)
         {
@@ -152,7 +163,7 @@ public sealed class GptLayers : IModelLayers
         }
         _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"]);
-        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.AttentionAcc, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"]);
         if (ResidualRate > 0) Dropout(s, act.X1.View, act.X1.View, ResidualRate, layer.Index, AttentionOutputSite);
         _residual.Add(s, act.X1.View, act.X1.View, input);
@@ -169,14 +180,14 @@ public sealed class GptLayers : IModelLayers
     /// gradient at the block's output; on return, at its input (updated in place). Parameter
     /// gradients accumulate into <paramref name="grads"/> (the layer's gradient block).
     /// </summary>
-    public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<float> parameters, ArrayView<float> grads,
-        ArrayView<float> input, ArrayView<float> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
+    public void BlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, ArrayView<T> parameters, ArrayView<float> grads,
+        ArrayView<T> input, ArrayView<T> dStream, IBlockActivations activations, IModelScratch modelScratch, MicroBatchInputs inputs,
         bool parameterGradients = true)
     {
-        var act = (BlockActivations)activations;
-        var scratch = (LayerScratch)modelScratch;
-        var p = new LayerViews(layer, parameters);
-        var g = new LayerViews(layer, grads);
+        var act = (BlockActivations<T>)activations;
+        var scratch = (LayerScratch<T>)modelScratch;
+        var p = new LayerViews<T>(layer, parameters);
+        var g = new LayerViews<float>(layer, grads);
         int n = mb.Tokens, c = Config.Channels;
         var dLn = scratch.DLn.View;
         var dGelu = scratch.DWide.View.SubView(0, (long)n * 4 * c);
@@ -240,16 +251,16 @@ public sealed class GptLayers : IModelLayers
     /// (1 / labelled targets in the whole minibatch), the summed loss added to <c>scratch.LossTotal</c>,
     /// head and wte gradients accumulated, and the gradient at the head's input written to <paramref name="dInput"/>.
     /// </summary>
-    public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> headGrads,
-        ArrayView<float> embedding, ArrayView<float> embeddingGrads, ArrayView<float> input, MicroBatchInputs inputs,
-        ArrayView<float> dInput, IModelScratch modelScratch, float lossScale)
+    public void HeadForwardBackward(AcceleratorStream s, MicroBatch mb, ArrayView<T> head, ArrayView<float> headGrads,
+        ArrayView<T> embedding, ArrayView<float> embeddingGrads, ArrayView<T> input, MicroBatchInputs inputs,
+        ArrayView<T> dInput, IModelScratch modelScratch, float lossScale)
     {
-        var scratch = (LayerScratch)modelScratch;
+        var scratch = (LayerScratch<T>)modelScratch;
         var targets = inputs.Targets.View;
-        var p = new LayerViews(Layout.Head, head);
-        var g = new LayerViews(Layout.Head, headGrads);
-        var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
-        var dWte = new LayerViews(Layout.Embedding, embeddingGrads)["wte.weight"];
+        var p = new LayerViews<T>(Layout.Head, head);
+        var g = new LayerViews<float>(Layout.Head, headGrads);
+        var wte = new LayerViews<T>(Layout.Embedding, embedding)["wte.weight"];
+        var dWte = new LayerViews<float>(Layout.Embedding, embeddingGrads)["wte.weight"];
         int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
         var logits = scratch.Logits.View;
         if (Config.UnitScaling)
@@ -277,13 +288,13 @@ public sealed class GptLayers : IModelLayers
     }
 
     /// <summary>The head and loss forward only (evaluation): adds the summed loss to <c>scratch.LossTotal</c>.</summary>
-    public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<float> head, ArrayView<float> embedding,
-        ArrayView<float> input, MicroBatchInputs inputs, IModelScratch modelScratch)
+    public void HeadLoss(AcceleratorStream s, MicroBatch mb, ArrayView<T> head, ArrayView<T> embedding,
+        ArrayView<T> input, MicroBatchInputs inputs, IModelScratch modelScratch)
     {
-        var scratch = (LayerScratch)modelScratch;
+        var scratch = (LayerScratch<T>)modelScratch;
         var targets = inputs.Targets.View;
-        var p = new LayerViews(Layout.Head, head);
-        var wte = new LayerViews(Layout.Embedding, embedding)["wte.weight"];
+        var p = new LayerViews<T>(Layout.Head, head);
+        var wte = new LayerViews<T>(Layout.Embedding, embedding)["wte.weight"];
         int n = mb.Tokens, c = Config.Channels, v = Config.VocabSize;
         _ln.Forward(s, scratch.Lnf.View, scratch.MeanF.View, scratch.RstdF.View, input, p["ln_f.weight"], p["ln_f.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, scratch.Logits.View, scratch.Lnf.View, wte, n, v, c, GemmLayout.NT, alpha: Config.UnitScaling ? Scales(mb).Head.Output : 1f);
@@ -296,15 +307,15 @@ public sealed class GptLayers : IModelLayers
     /// b2·(αd·g·gelu(ln_2(x1)·αu·Wu + bu)·Wd + bd). The attention (s) and GELU (g) factors are folded into the products that read
     /// those outputs, so the saved activations are the plain ops' outputs.
     /// </summary>
-    private void UnitBlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews p, ArrayView<float> input, ArrayView<float> output,
-        BlockActivations act)
+    private void UnitBlockForward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews<T> p, ArrayView<T> input, ArrayView<T> output,
+        BlockActivations<T> act)
     {
         var u = Scales(mb);
         var (attnAdd, mlpAdd) = u.Residual(layer.Index - Layout.Blocks[0].Index);
         int n = mb.Tokens, c = Config.Channels;
         _ln.Forward(s, act.Ln1.View, act.Mean1.View, act.Rstd1.View, input, p["ln_1.weight"], p["ln_1.bias"], n, c, Config.LayerNormEpsilon);
         _gemm.Gemm(s, act.Qkv.View, act.Ln1.View, p["attn.c_attn.weight"], n, 3 * c, c, GemmLayout.NN, bias: p["attn.c_attn.bias"], alpha: u.QkvProjection.Output);
-        _attention.Forward(s, act.AttY.View, act.Lse.View, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
+        _attention.Forward(s, act.AttY.View, act.Lse.View, act.AttentionAcc, act.Qkv.View, default, default, mb.Batch, mb.SeqLen, c, Config.Heads, causal: true);
         _gemm.Gemm(s, act.X1.View, act.AttY.View, p["attn.c_proj.weight"], n, c, c, GemmLayout.NN, bias: p["attn.c_proj.bias"],
             alpha: u.AttentionProjection.Output * u.Attention);
         _residual.ScaledAdd(s, act.X1.View, input, attnAdd.Skip, act.X1.View, attnAdd.Branch);
@@ -319,8 +330,8 @@ public sealed class GptLayers : IModelLayers
     /// Backward of <see cref="UnitBlockForward"/>. Each branch receives the stream gradient unscaled; at each split the
     /// LayerNorm's input gradient (written over dLn) joins the skip path as dx = SkipGrad·dy + BranchGrad·dLn.
     /// </summary>
-    private void UnitBlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews p, LayerViews g, ArrayView<float> input,
-        ArrayView<float> dStream, BlockActivations act, LayerScratch scratch, bool parameterGradients)
+    private void UnitBlockBackward(AcceleratorStream s, MicroBatch mb, LayerLayout layer, LayerViews<T> p, LayerViews<float> g, ArrayView<T> input,
+        ArrayView<T> dStream, BlockActivations<T> act, LayerScratch<T> scratch, bool parameterGradients)
     {
         var u = Scales(mb);
         var (attnAdd, mlpAdd) = u.Residual(layer.Index - Layout.Blocks[0].Index);
@@ -368,7 +379,7 @@ public sealed class GptLayers : IModelLayers
         _residual.ScaledAdd(s, dStream, dStream, attnAdd.SkipGrad, dLn, attnAdd.BranchGrad);
     }
 
-    private void AccumulateLoss(AcceleratorStream s, LayerScratch scratch)
+    private void AccumulateLoss(AcceleratorStream s, LayerScratch<T> scratch)
     {
         _reduce.Sum(s, scratch.LossSlot.View, scratch.Losses.View, scratch.Partials.View);
         _residual.Accumulate(s, scratch.LossTotal.View, scratch.LossSlot.View);

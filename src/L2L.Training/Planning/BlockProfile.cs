@@ -34,7 +34,7 @@ public static class BlockProfile
         var one = config.WithLayers(1);
         var layout = new ModelLayout(one);
         var mb = new MicroBatch(one, microBatchSize, seqLen);
-        var layers = Models.CreateLayers(backend, layout);
+        var layers = Models.CreateLayers<float>(backend, layout);
         var s = backend.ComputeStream;
         using var owned = new ResourceList();
         DeviceBuffer<float> F(long length, string name)

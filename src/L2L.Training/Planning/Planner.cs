@@ -57,8 +57,8 @@ public static class Planner
             if (s.ResidentEmbedding)
                 list.AddRange([new("embedding.master", MemoryCategory.Optimizer, layout.Embedding.Length), new("head.master", MemoryCategory.Optimizer, layout.Head.Length)]);
         }
-        list.AddRange(Models.DescribeActivations(mb, precision: s.Precision));
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device), precision: s.Precision));
+        list.AddRange(Models.DescribeActivations(mb, s.Precision, s.Device));
+        list.AddRange(Models.DescribeScratch(mb, s.Precision, s.Device));
         list.Add(new("block-out", MemoryCategory.Workspace, a, e));
         if (s.Codec.Enabled)
         {
@@ -167,12 +167,12 @@ public static class Planner
         }
         list.AddRange(DeviceLayerOptimizer.Describe(s.Optimizer, layout.Layers));
         foreach (var block in layout.Blocks)
-            list.AddRange(Models.DescribeActivations(mb, MemoryCategory.Stash, $"{block.Name}.activations", s.Precision));
+            list.AddRange(Models.DescribeActivations(mb, s.Precision, s.Device, MemoryCategory.Stash, $"{block.Name}.activations"));
         list.AddRange([
             new("block-inputs", MemoryCategory.Stash, layout.Blocks.Count * a, e),
             new("head-input", MemoryCategory.Workspace, a, e),
             new("residual-grads", MemoryCategory.BoundaryGrads, a, e)]);
-        list.AddRange(Models.DescribeScratch(mb, ReduceOps.PartialsLength(s.Device), precision: s.Precision));
+        list.AddRange(Models.DescribeScratch(mb, s.Precision, s.Device));
         list.AddRange(MicroBatchInputs.Describe(mb, s.MicroBatches, Models.InputsOf(s.Config)).Device);
         list.AddRange([
             new("grad-norm.partials", MemoryCategory.Workspace, ReduceOps.PartialsLength(s.Device)),

@@ -76,7 +76,7 @@ public sealed class StepTimeModel(DeviceCalibration speeds)
         forward += attention / speeds.AttentionFlopsPerS;
         backward += 2.5 * attention / speeds.AttentionFlopsPerS;
         // Element-wise work: every saved activation written once and read once forward, about twice that backward.
-        var saved = Models.DescribeActivations(mb).Sum(b => b.Bytes);
+        var saved = Models.DescribeActivations(mb, Precision.Fp32, s.Device).Sum(b => b.Bytes);
         forward += Elementwise(2 * saved, 10);
         backward += Elementwise(4 * saved, 16);
         return _blocks[key] = (forward, backward);
