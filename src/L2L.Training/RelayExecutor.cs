@@ -426,7 +426,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             if (ResidentOnDevice)
             {
                 if (!deferred)
-                    StepResident(_layout.Head, _head, _headMaster, _headGrads.View, HeadSumSlot, step, 1f);
+                    StepResident(_layout.Head, _head, _headMaster, _headGrads.View, HeadSumSlot, step, _control.Unscale);
             }
             else
             {
@@ -512,7 +512,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
         if (!deferred && embeddingTrains)
         {
             if (ResidentOnDevice)
-                StepResident(_layout.Embedding, _embedding, _embeddingMaster, _embeddingGrads.View, EmbeddingSumSlot, step, 1f);
+                StepResident(_layout.Embedding, _embedding, _embeddingMaster, _embeddingGrads.View, EmbeddingSumSlot, step, _control.Unscale);
             else
                 BeginEager([EmbeddingIndex], step);
         }
@@ -531,10 +531,10 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             {
                 // Without a dynamic scale an overflow still skips the step's updates: the global norm (and any global
                 // clip coefficient) is not finite, so no layer can be updated correctly. The overflowed layers are reported.
-                var bad = _layout.Layers.Select(x => x.Index).Where(i => Update.GradientControl.LayerOverflowed(sums[i])).ToArray();
-                if (bad.Length > 0)
+                for (var i = 0; i < _layout.Layers.Count; i++)
                 {
-                    _overflowed.AddRange(bad);
+                    if (!Update.GradientControl.LayerOverflowed(sums[i])) continue;
+                    _overflowed.Add(i);
                     skipped = true;
                 }
             }
@@ -637,13 +637,14 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             foreach (var index in pending)
             {
                 var sum = _sumSquaresHost.Span[index];
-                if (_control.Scaler is null && Update.GradientControl.LayerOverflowed(sum))
+                // (Data parallel leaves the check to a single process: an overflowed layer would have to be skipped on every replica alike.)
+                if (_control.Scaler is null && _eps.Parallel is not { IsParallel: true } && Update.GradientControl.LayerOverflowed(sum))
                 {
                     _eps.DiscardGradients(index);
                     _overflowed.Add(index);
                     continue;
                 }
-                _eps.BeginUpdate(index, step, _control.LayerFactor(sum, 1f), _control.NextOptimizerStep(index));
+                _eps.BeginUpdate(index, step, _control.LayerFactor(sum, _control.Unscale), _control.NextOptimizerStep(index));
             }
         }
         pending.Clear();

@@ -63,6 +63,11 @@ public sealed record TrainOptions
     /// <summary>Dynamic loss scaling (needs deferred updates).</summary>
     public Update.LossScaleMode LossScale { get; init; } = Update.LossScaleMode.None;
     /// <summary>
+    /// A static loss scale (<c>--loss-scale N</c>): the loss gradient is multiplied by N on the device and the gradients
+    /// divided by N on the host before the update; a layer whose gradients overflowed is skipped and reported. Null: none.
+    /// </summary>
+    public float? StaticLossScale { get; init; }
+    /// <summary>
     /// <c>--dropout P</c>: sets the embedding and residual drop probabilities (and attention-probability dropout to 0,
     /// which is not implemented), overriding the config's; null keeps the config's rates.
     /// </summary>
@@ -179,6 +184,12 @@ public sealed record TrainOptions
             throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
         if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
+        if (StaticLossScale is { } n && (!(n > 0) || !float.IsFinite(n)))
+            throw new ArgumentException($"--loss-scale {n} must be a positive number.");
+        if (StaticLossScale is not null && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("--loss-scale is either a static number or dynamic, not both.");
+        if (StaticLossScale is not null && IsParallel)
+            throw new ArgumentException("--loss-scale N is not implemented for data parallel training (an overflowed layer cannot be skipped on every replica alike); use one device.");
         if (Precision == Backends.Precision.Fp16 && IsParallel)
             throw new ArgumentException("--precision fp16 with several devices or ranks is not supported (an overflowed layer cannot be skipped on every replica alike); use --precision bf16, or one device.");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))

@@ -9,8 +9,9 @@ using L2L.Training.Update;
 namespace L2L.Training.Planning;
 
 /// <summary>
-/// Everything a run's device, host and bus bytes depend on. Precision is per buffer (<see cref="BufferSpec.ElementSize"/>);
-/// the engine computes in FP32 only, so every activation and weight buffer is planned with 4-byte elements.
+/// Everything a run's device, host and bus bytes depend on. Precision is per buffer (<see cref="BufferSpec.ElementSize"/>):
+/// in bf16 or fp16 the weights, activations, stash and boundary gradients are planned with 2-byte elements, parameter
+/// gradients, statistics and optimizer state with 4.
 /// </summary>
 /// <param name="Config">The model.</param>
 /// <param name="MicroBatchSize">Sequences per micro-batch.</param>
@@ -25,6 +26,7 @@ namespace L2L.Training.Planning;
 /// <param name="OptimizerState">Relay: FP32 or BF16 host optimizer state.</param>
 /// <param name="Device">The device's limits (a few scratch lengths depend on them).</param>
 /// <param name="GradientSlots">The param server's gradient ring.</param>
+/// <param name="Precision">The device storage precision.</param>
 public sealed record PlanSettings(IModelConfig Config, int MicroBatchSize, int MicroBatches, int SeqLen, ExecutorKind Executor,
     StashPlacement Stash, StashCodecSettings Codec, OptimizerKind Optimizer, UpdateLocation EmbeddingUpdate, UpdateMode UpdateMode,
     StatePrecision OptimizerState, DeviceShape Device, int GradientSlots = EagerParamServer.DefaultGradientSlots, Precision Precision = Precision.Fp32)

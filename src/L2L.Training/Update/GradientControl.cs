@@ -26,8 +26,18 @@ public sealed class GradientControl
     /// Creates the control for a run's options over <paramref name="layers"/> layers, restoring the loss scale, the
     /// skipped-step count and each layer's update count from <paramref name="resume"/>.
     /// </summary>
-    public GradientControl(float? clipGradNorm, ClipMode clipMode, LossScaleMode lossScale, int layers, Model.TrainingState? resume = null)
+    /// <param name="clipGradNorm">The max norm of <c>--clip-grad-norm</c>, or null.</param>
+    /// <param name="clipMode">Global or per-layer clipping.</param>
+    /// <param name="lossScale">No scaling or dynamic scaling.</param>
+    /// <param name="layers">The model's layer count.</param>
+    /// <param name="resume">The checkpoint state to continue from.</param>
+    /// <param name="staticScale">A static loss scale (<c>--loss-scale N</c>), or null; not together with dynamic scaling.</param>
+    public GradientControl(float? clipGradNorm, ClipMode clipMode, LossScaleMode lossScale, int layers, Model.TrainingState? resume = null,
+        float? staticScale = null)
     {
+        if (staticScale is { } n && (!(n > 0) || !float.IsFinite(n) || lossScale == LossScaleMode.Dynamic))
+            throw new ArgumentException($"A static loss scale must be a positive number and cannot be combined with dynamic scaling, not {n}.");
+        StaticScale = staticScale;
         ClipGradNorm = clipGradNorm;
         ClipMode = clipMode;
         if (lossScale == LossScaleMode.Dynamic)
@@ -55,7 +65,7 @@ public sealed class GradientControl
 
     /// <summary>Creates the control that <paramref name="options"/> describe.</summary>
     public static GradientControl From(TrainOptions options, Model.TrainingState? resume) =>
-        new(options.ClipGradNorm, options.ClipMode, options.LossScale, new Model.ModelLayout(options.Config).Layers.Count, resume);
+        new(options.ClipGradNorm, options.ClipMode, options.LossScale, new Model.ModelLayout(options.Config).Layers.Count, resume, options.StaticLossScale);
 
     /// <summary>The max norm of <c>--clip-grad-norm</c>, or null.</summary>
     public float? ClipGradNorm { get; }
@@ -69,8 +79,20 @@ public sealed class GradientControl
     /// <summary>Steps skipped so far because their gradients overflowed (they did not advance the optimizer's step count).</summary>
     public long SkippedSteps { get; private set; }
 
-    /// <summary>The factor the loss gradient is multiplied by this step (the loss scale, or 1).</summary>
-    public float LossScale => Scaler?.Scale ?? 1f;
+    /// <summary>The static loss scale of <c>--loss-scale N</c>, or null.</summary>
+    public float? StaticScale { get; }
+
+    /// <summary>The factor the loss gradient is multiplied by this step (the dynamic or static loss scale, or 1).</summary>
+    public float LossScale => Scaler?.Scale ?? StaticScale ?? 1f;
+
+    /// <summary>The factor that undoes the loss scale on the gradients (1 without one).</summary>
+    public float Unscale => 1f / LossScale;
+
+    /// <summary>
+    /// Whether a layer's gradients overflowed: their sum of squares (reduced on the device, in FP32) is inf or NaN,
+    /// which it is whenever any element is. Such a layer must not be updated.
+    /// </summary>
+    public static bool LayerOverflowed(float sumOfSquares) => !float.IsFinite(sumOfSquares);
 
     /// <summary>Whether clipping needs the global norm before any update.</summary>
     public bool NeedsGlobalNorm => (ClipGradNorm is not null && ClipMode == ClipMode.Global) || Scaler is not null;
