@@ -35,10 +35,11 @@ public sealed class MixedPrecisionTests(BackendFixture fixture) : IDisposable
     /// forward and backward agree to the bit while the weights agree. They differ where FP32 does (device vs host
     /// optimizer, a last-bit difference in an FP32 master now and then), and such a difference can move a master across
     /// a 16-bit rounding boundary, so one weight of the working copy differs by one 16-bit ulp (2^-8 relative in bf16,
-    /// 2^-11 in fp16) and the later steps see slightly different activations. After three steps of a 2-layer model the
-    /// loss then moves by far less than that ulp times the loss (measured: see the assertion's message), so the losses
-    /// are held to 2e-3 relative and the FP32 masters to 1e-3 absolute (the learning rate 3e-3 bounds one AdamW step's
-    /// move at about 3e-3 per weight). The device and host stash run identical arithmetic in the same order: equal bits.
+    /// 2^-11 in fp16) and the later steps see slightly different activations and gradients. Tolerances: the losses to
+    /// 2e-3 relative (a few such ulps of the logits); the FP32 masters, almost all, to 1e-4, while any single weight may
+    /// differ by up to 2·η per step: where a gradient is near zero the perturbation can flip its sign, and an early AdamW
+    /// step moves a weight by about η whatever the gradient's size (SGD's moves are η·g, far smaller). At most 0.5% of the
+    /// weights may exceed 1e-4. The device and host stash run identical arithmetic in the same order: equal bits.
     /// </summary>
     [Theory]
     [MemberData(nameof(SixteenBit))]
@@ -52,9 +53,13 @@ public sealed class MixedPrecisionTests(BackendFixture fixture) : IDisposable
         Assert.All(conventional.Losses, l => Assert.InRange(l, 0.5, 10));
         TensorAssert.Close(conventional.Losses, relayDevice.Losses, 0, 2e-3, "relay (device stash) losses");
         TensorAssert.Close(conventional.Losses, relayHost.Losses, 0, 2e-3, "relay (host stash) losses");
+        var options = Options(precision, ExecutorKind.Relay, optimizer: optimizer);
+        var bound = 2 * options.Optimizer.LearningRate * options.Steps;
         var reference = TestData.ToDouble(TrainingHarness.Flatten(conventional.Weights));
-        TensorAssert.Close(reference, TrainingHarness.Flatten(relayDevice.Weights), 1e-3, 0, "relay (device stash) weights");
-        TensorAssert.Close(reference, TrainingHarness.Flatten(relayHost.Weights), 1e-3, 0, "relay (host stash) weights");
+        var relay = TrainingHarness.Flatten(relayDevice.Weights);
+        TensorAssert.Close(reference, relay, bound, 0, "relay (device stash) weights, each");
+        var off = reference.Zip(relay, (a, b) => Math.Abs(a - b)).Count(d => d > 1e-4);
+        Assert.True(off <= reference.Length / 200, $"{off} of {reference.Length} weights differ by more than 1e-4");
         TensorAssert.Equal(TrainingHarness.Flatten(relayDevice.Weights), TrainingHarness.Flatten(relayHost.Weights), "device vs host stash");
         Assert.Equal(relayDevice.Losses, relayHost.Losses);
         Assert.All(conventional.Metrics.Concat(relayDevice.Metrics), m => Assert.Null(m.OverflowedLayers));

@@ -13,10 +13,11 @@ public sealed class PlannerTests(BackendFixture fixture)
 {
     /// <summary>One configuration: a model, executor, stash placement and codec, batch split, optimizer and update placement.</summary>
     public sealed record Case(string Model, ExecutorKind Executor, StashPlacement Stash, StashCodec Codec, int Batch, int MicroBatches, int Seq,
-        OptimizerKind Optimizer = OptimizerKind.AdamW, Update.UpdateLocation? EmbeddingUpdate = null, Update.UpdateMode? Mode = null, int Group = 256)
+        OptimizerKind Optimizer = OptimizerKind.AdamW, Update.UpdateLocation? EmbeddingUpdate = null, Update.UpdateMode? Mode = null, int Group = 256,
+        Precision Precision = Precision.Fp32)
     {
         public override string ToString() =>
-            $"{Model} {Executor} {Stash} {Codec}/{Group} B{Batch} U{MicroBatches} T{Seq} {Optimizer} emb:{EmbeddingUpdate?.ToString() ?? "auto"} {Mode?.ToString() ?? ""}";
+            $"{Model} {Executor} {Stash} {Codec}/{Group} B{Batch} U{MicroBatches} T{Seq} {Optimizer} emb:{EmbeddingUpdate?.ToString() ?? "auto"} {Mode?.ToString() ?? ""} {Precision}";
     }
 
     private static IModelConfig ModelOf(string name) => name switch
@@ -70,7 +71,20 @@ public sealed class PlannerTests(BackendFixture fixture)
         new Case("gpt2-L1", R, D, StashCodec.None, 1, 1, 8),
         new Case("gpt2-L1", R, H, StashCodec.Int8, 2, 2, 8),
         new Case("gpt2-L1", C, D, StashCodec.None, 1, 1, 8, OptimizerKind.Sgd),
-        new Case("bert-base-L1", R, H, StashCodec.None, 1, 1, 8));
+        new Case("bert-base-L1", R, H, StashCodec.None, 1, 1, 8),
+        // 16 bits: 2-byte weights, activations, stash and boundary gradients, FP32 gradients (plus the relay's narrowed staging) and masters.
+        new Case("tiny2", R, D, StashCodec.None, 4, 2, 8, Precision: Precision.Bf16),
+        new Case("tiny2", R, H, StashCodec.None, 4, 2, 8, Precision: Precision.Fp16),
+        new Case("tiny2", R, H, StashCodec.None, 4, 2, 8, EmbeddingUpdate: Update.UpdateLocation.Host, Precision: Precision.Bf16),
+        new Case("tiny2", R, D, StashCodec.Int8, 4, 2, 8, Precision: Precision.Bf16),
+        new Case("tiny3", R, H, StashCodec.Adaptive, 4, 2, 8, Precision: Precision.Fp16),
+        new Case("tiny2", R, H, StashCodec.None, 4, 2, 8, OptimizerKind.Lamb, Precision: Precision.Bf16),
+        new Case("tiny2", R, D, StashCodec.None, 4, 2, 8, Mode: Update.UpdateMode.Deferred, Precision: Precision.Bf16),
+        new Case("tiny2", C, D, StashCodec.None, 4, 2, 8, Precision: Precision.Bf16),
+        new Case("tiny2", C, D, StashCodec.None, 2, 1, 8, OptimizerKind.Sgd, Precision: Precision.Fp16),
+        new Case("bert-tiny", R, H, StashCodec.None, 4, 2, 16, Precision: Precision.Bf16),
+        new Case("bert-tiny", C, D, StashCodec.None, 4, 2, 16, Precision: Precision.Fp16),
+        new Case("gpt2-tiny", R, D, StashCodec.None, 4, 2, 16, Precision: Precision.Fp16));
 
     private static TrainOptions OptionsOf(Case c) => new()
     {
@@ -88,6 +102,7 @@ public sealed class PlannerTests(BackendFixture fixture)
         UpdateMode = c.Mode,
         Seed = 3,
         OptimizerThreads = 2,
+        Precision = c.Precision,
     };
 
     [Theory]
