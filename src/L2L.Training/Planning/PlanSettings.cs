@@ -25,9 +25,10 @@ namespace L2L.Training.Planning;
 /// <param name="OptimizerState">Relay: FP32 or BF16 host optimizer state.</param>
 /// <param name="Device">The device's limits (a few scratch lengths depend on them).</param>
 /// <param name="GradientSlots">The param server's gradient ring.</param>
+/// <param name="Precision">Relay: what the param server sends and receives (a 16-bit copy of the weights and 16-bit gradients, or FP32).</param>
 public sealed record PlanSettings(IModelConfig Config, int MicroBatchSize, int MicroBatches, int SeqLen, ExecutorKind Executor,
     StashPlacement Stash, StashCodecSettings Codec, OptimizerKind Optimizer, UpdateLocation EmbeddingUpdate, UpdateMode UpdateMode,
-    StatePrecision OptimizerState, DeviceShape Device, int GradientSlots = EagerParamServer.DefaultGradientSlots)
+    StatePrecision OptimizerState, DeviceShape Device, int GradientSlots = EagerParamServer.DefaultGradientSlots, Precision Precision = Precision.Fp32)
 {
     /// <summary>The settings of a training run on a device of <paramref name="device"/>'s shape.</summary>
     public static PlanSettings From(TrainOptions options, DeviceShape device) =>

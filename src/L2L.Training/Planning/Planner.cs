@@ -91,7 +91,7 @@ public static class Planner
     private static IReadOnlyList<BufferSpec> RelayHost(PlanSettings s, ModelLayout layout)
     {
         int[] onDevice = s.ResidentEmbedding ? [layout.Embedding.Index, layout.Head.Index] : [];
-        return [.. EagerParamServer.DescribeHost(layout, s.StateFloatsPerParam, onDevice, s.GradientSlots, s.UpdateMode, s.OptimizerState), .. RelayExecutorHost(s, layout)];
+        return [.. EagerParamServer.DescribeHost(layout, s.StateFloatsPerParam, onDevice, s.GradientSlots, s.UpdateMode, s.OptimizerState, s.Precision), .. RelayExecutorHost(s, layout)];
     }
 
     private static BusTraffic RelayBus(PlanSettings s, ModelLayout layout)
