@@ -63,6 +63,11 @@ public sealed record TrainOptions
     /// <summary>Dynamic loss scaling (needs deferred updates).</summary>
     public Update.LossScaleMode LossScale { get; init; } = Update.LossScaleMode.None;
     /// <summary>
+    /// A static loss scale S (positive; null: none): the loss gradient is multiplied by S and every layer's gradients by
+    /// 1/S on the host; a layer whose gradients overflow is not updated and is reported (works with eager updates).
+    /// </summary>
+    public float? StaticLossScale { get; init; }
+    /// <summary>
     /// <c>--dropout P</c>: sets the embedding and residual drop probabilities (and attention-probability dropout to 0,
     /// which is not implemented), overriding the config's; null keeps the config's rates.
     /// </summary>
@@ -135,6 +140,12 @@ public sealed record TrainOptions
             throw new ArgumentException("--executor conventional runs on one device in one process; data parallel training needs --executor relay.");
         if (IsParallel && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic is not implemented for data parallel training: use --loss-scale none, or one device.");
+        if (StaticLossScale is { } fixedScale && (!(fixedScale > 0f) || !float.IsFinite(fixedScale)))
+            throw new ArgumentException($"--loss-scale {fixedScale} must be a positive number (or 'dynamic').");
+        if (StaticLossScale is not null && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("A loss scale is either a number (static) or 'dynamic', not both.");
+        if (IsParallel && StaticLossScale is not null)
+            throw new ArgumentException("A static --loss-scale is not implemented for data parallel training: drop --loss-scale, or use one device.");
         if (ShardOptimizer && ResolvedUpdateMode == Update.UpdateMode.Deferred)
             throw new ArgumentException("Deferred updates (global clipping's default) keep every layer's reduced gradients, which --shard-optimizer does not: drop one of them, or use --clip-mode layer.");
         if (ShardOptimizer && (OptimizerState == Optim.StatePrecision.Bf16 || Optimizer.Kind == OptimizerKind.Lamb))
