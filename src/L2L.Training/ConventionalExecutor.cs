@@ -165,8 +165,9 @@ internal sealed class ConventionalCore<T> : IConventionalCore where T : unmanage
         // Without a dynamic scale, a layer whose gradients overflowed is not updated (and is reported); under global
         // clipping the norm itself is then not finite, so no layer is.
         HashSet<int> overflowed = _control.Scaler is not null ? []
-            : updated.Where(l => GradientControl.LayerOverflowed(_sumSquaresHost[l.Index])).Select(l => l.Index).ToHashSet();
+            : updated.Where(l => _control.LayerOverflowed(_sumSquaresHost[l.Index])).Select(l => l.Index).ToHashSet();
         var skipAll = decision.Skip || (overflowed.Count > 0 && _control.ClipGradNorm is not null && _control.ClipMode == ClipMode.Global);
+        foreach (var i in overflowed) _control.ReportOverflow(i);
         if (!skipAll)
         {
             foreach (var layer in updated)
@@ -191,7 +192,7 @@ internal sealed class ConventionalCore<T> : IConventionalCore where T : unmanage
         var bus = new Planning.BusTraffic(0, 0, 0, 0, _inputs.UploadedBytes - uploadedBefore + sizeof(float) + _sumSquares.Bytes);
         return new StepResult(loss, bus.Total, GradNorm: decision.GradNorm, Skipped: skipAll,
             LossScale: _control.LossScale, SkippedSteps: _control.SkippedSteps, BlocksRun: blocksRun, BackwardLayers: backwardLayers, BusBytesByKind: bus,
-            OverflowedLayers: overflowed.Count > 0 ? overflowed.Order().Select(i => _layout.Layers[i].Name).ToArray() : null);
+            OverflowedLayers: _control.TakeOverflowedLayers().Order().Select(i => _layout.Layers[i].Name).ToArray() is { Length: > 0 } names ? names : null);
     }
 
     /// <summary>

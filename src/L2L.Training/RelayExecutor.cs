@@ -527,16 +527,16 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             var decision = _control.Decide(sums);
             gradNorm = decision.GradNorm;
             skipped = decision.Skip;
-            if (!skipped && _control.Scaler is null)
+            // Without a dynamic scale the layers whose gradients overflowed are reported and not updated; under global
+            // clipping the norm itself is then not finite, so no layer is (the step is skipped).
+            var overflowed = new HashSet<int>();
+            if (_control.Scaler is null && _eps.Parallel is not { IsParallel: true })
             {
-                // Without a dynamic scale an overflow still skips the step's updates: the global norm (and any global
-                // clip coefficient) is not finite, so no layer can be updated correctly. The overflowed layers are reported.
                 for (var i = 0; i < _layout.Layers.Count; i++)
-                {
-                    if (!Update.GradientControl.LayerOverflowed(sums[i])) continue;
-                    _overflowed.Add(i);
+                    if (_control.LayerOverflowed(sums[i])) overflowed.Add(i);
+                if (overflowed.Count > 0 && _control.ClipGradNorm is not null && _control.ClipMode == Update.ClipMode.Global)
                     skipped = true;
-                }
+                foreach (var i in overflowed) _control.ReportOverflow(i);
             }
             if (skipped)
             {
@@ -545,7 +545,9 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             else
             {
                 var ran = new HashSet<int>(active.Select(BlockIndex)) { EmbeddingIndex, HeadIndex };
-                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i)).ToArray();
+                var hostLayers = _layout.Layers.Select(x => x.Index).Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i) && !overflowed.Contains(i)).ToArray();
+                foreach (var i in overflowed.Where(i => !_eps.IsDeviceUpdated(i) && ran.Contains(i) && Trains(i)))
+                    _eps.DiscardGradients(i);
                 if (ResidentOnDevice && embeddingTrains)
                     StepResident(_layout.Embedding, _embedding, _embeddingMaster, _embeddingGrads.View, EmbeddingSumSlot, step, decision.Factor);
                 var squares = _sumSquaresHost;
@@ -565,11 +567,10 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
         if (!double.IsFinite(loss))
             throw new NonFiniteLossException(step, loss);
         var bus = Traffic - busBefore;
-        var overflowed = _overflowed.Select(i => _layout.Layers[i].Name).ToArray();
-        _overflowed.Clear();
+        var overflowedNames = _control.TakeOverflowedLayers().Order().Select(i => _layout.Layers[i].Name).ToArray();
         return new StepResult(loss, bus.Total, _copyWait, _eps.UpdateWaitSeconds - updateWaitBefore,
             gradNorm, skipped, _control.LossScale, _control.SkippedSteps, n, backwardLayers, BusBytesByKind: bus, StashBits: _compressed?.StepBits,
-            OverflowedLayers: overflowed.Length > 0 ? overflowed : null);
+            OverflowedLayers: overflowedNames.Length > 0 ? overflowedNames : null);
     }
 
     private const int EmbeddingSumSlot = 2, HeadSumSlot = 3;
@@ -638,10 +639,10 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             {
                 var sum = _sumSquaresHost.Span[index];
                 // (Data parallel leaves the check to a single process: an overflowed layer would have to be skipped on every replica alike.)
-                if (_control.Scaler is null && _eps.Parallel is not { IsParallel: true } && Update.GradientControl.LayerOverflowed(sum))
+                if (_control.Scaler is null && _eps.Parallel is not { IsParallel: true } && _control.LayerOverflowed(sum))
                 {
                     _eps.DiscardGradients(index);
-                    _overflowed.Add(index);
+                    _control.ReportOverflow(index);
                     continue;
                 }
                 _eps.BeginUpdate(index, step, _control.LayerFactor(sum, _control.Unscale), _control.NextOptimizerStep(index));
@@ -649,9 +650,6 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
         }
         pending.Clear();
     }
-
-    // Layers whose gradients overflowed this step and were not applied.
-    private readonly List<int> _overflowed = new();
 
     /// <summary>Whether a resident layer's sum of squares is checked on the host before its device update.</summary>
     private bool CheckResident => _control.Scaler is null && _precision.Is16Bit();
@@ -673,9 +671,9 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             _normBytes += sizeof(float);
             s.Synchronize();
             sum = one[0];
-            if (CheckResident && Update.GradientControl.LayerOverflowed(sum))
+            if (CheckResident && _control.LayerOverflowed(sum))
             {
-                _overflowed.Add(layer.Index);
+                _control.ReportOverflow(layer.Index);
                 return;
             }
         }

@@ -146,6 +146,12 @@ public sealed record TrainOptions
             throw new ArgumentException("--executor conventional runs on one device in one process; data parallel training needs --executor relay.");
         if (IsParallel && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic is not implemented for data parallel training: use --loss-scale none, or one device.");
+        if (StaticLossScale is { } fixedScale && (!(fixedScale > 0f) || !float.IsFinite(fixedScale)))
+            throw new ArgumentException($"--loss-scale {fixedScale} must be a positive number (or 'dynamic').");
+        if (StaticLossScale is not null && LossScale == Update.LossScaleMode.Dynamic)
+            throw new ArgumentException("A loss scale is either a number (static) or 'dynamic', not both.");
+        if (IsParallel && StaticLossScale is not null)
+            throw new ArgumentException("A static --loss-scale is not implemented for data parallel training: drop --loss-scale, or use one device.");
         if (ShardOptimizer && ResolvedUpdateMode == Update.UpdateMode.Deferred)
             throw new ArgumentException("Deferred updates (global clipping's default) keep every layer's reduced gradients, which --shard-optimizer does not: drop one of them, or use --clip-mode layer.");
         if (ShardOptimizer && (OptimizerState == Optim.StatePrecision.Bf16 || Optimizer.Kind == OptimizerKind.Lamb))
@@ -184,14 +190,8 @@ public sealed record TrainOptions
             throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
         if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
-        if (StaticLossScale is { } n && (!(n > 0) || !float.IsFinite(n)))
-            throw new ArgumentException($"--loss-scale {n} must be a positive number.");
-        if (StaticLossScale is not null && LossScale == Update.LossScaleMode.Dynamic)
-            throw new ArgumentException("--loss-scale is either a static number or dynamic, not both.");
-        if (StaticLossScale is not null && IsParallel)
-            throw new ArgumentException("--loss-scale N is not implemented for data parallel training (an overflowed layer cannot be skipped on every replica alike); use one device.");
-        if (Precision == Backends.Precision.Fp16 && IsParallel)
-            throw new ArgumentException("--precision fp16 with several devices or ranks is not supported (an overflowed layer cannot be skipped on every replica alike); use --precision bf16, or one device.");
+        if (Precision != Backends.Precision.Fp32 && IsParallel)
+            throw new ArgumentException($"--precision {Backends.Precisions.Name(Precision)} is not implemented for data parallel training (several devices or ranks reduce FP32 gradients): use --precision fp32, or one device.");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

@@ -54,7 +54,8 @@ public sealed class MixedPrecisionCliTests(BackendFixture fixture)
     [InlineData("--loss-scale lots", "--loss-scale lots is not a loss scale")]
     [InlineData("--loss-scale -4", "--loss-scale -4 is not a loss scale")]
     [InlineData("--loss-scale 0", "--loss-scale 0 is not a loss scale")]
-    [InlineData("--precision fp16 --devices cpu*2 --micro-batches 2", "--precision fp16 with several devices")]
+    [InlineData("--precision fp16 --devices cpu*2 --micro-batches 2", "--precision fp16 is not implemented for data parallel training")]
+    [InlineData("--precision bf16 --devices cpu*2 --micro-batches 2", "--precision bf16 is not implemented for data parallel training")]
     public void BadPrecisionOrLossScaleIsOneErrorLine(string args, string expected)
     {
         using var ws = Workspace.Create(fixture);

@@ -274,4 +274,34 @@ public sealed class ParamServer16Tests(BackendFixture fixture)
         Assert.All(copies, s => Assert.Equal((MemoryCategory.Params, 2), (s.Category, s.ElementSize)));
         Assert.Equal(fp32.Sum(s => s.Bytes) - Grads(fp32) / 2 + 2 * layout.TotalLength, specs.Sum(s => s.Bytes));
     }
+
+    [Theory]
+    [InlineData(Precision.Bf16, UpdateLocation.Device, UpdateMode.Eager)]
+    [InlineData(Precision.Fp16, UpdateLocation.Host, UpdateMode.Deferred)]
+    [InlineData(Precision.Fp32, UpdateLocation.Host, UpdateMode.Eager)]
+    public void ThePlansHostBytesAreThe16BitServersAndTheExecutors(Precision precision, UpdateLocation embeddingUpdate, UpdateMode mode)
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var config = new GptConfig(VocabSize: 512, MaxPositions: 16, Channels: 16, Layers: 2, Heads: 2);
+        var layout = new ModelLayout(config);
+        var options = new TrainOptions { Config = config, Batch = 4, MicroBatches = 2, SeqLen = 8, EmbeddingUpdate = embeddingUpdate, UpdateMode = mode };
+        var settings = Planning.PlanSettings.From(options, DeviceShape.Of(backend.Accelerator)) with { Precision = precision };
+        var plan = Planning.Planner.Plan(settings);
+        int[] onDevice = embeddingUpdate == UpdateLocation.Device ? [layout.Embedding.Index, layout.Head.Index] : [];
+        using var eps = Server(backend, layout, precision, mode: mode, onDevice: onDevice);
+        Assert.Equal(eps.HostBytes + Planning.Planner.RelayExecutorHost(settings, layout).Sum(s => s.Bytes), plan.HostBytes);
+    }
+
+    [Fact]
+    public void DataParallelRefuses16BitPrecisionWithOneLine()
+    {
+        var backend = fixture.Get(DeviceKind.Cpu);
+        var layout = new ModelLayout(Config);
+        var e = Assert.Throws<ArgumentException>(() => new EagerParamServer(backend, layout, Models.LayerInitializer(layout, 1),
+            new OptimizerSettings(OptimizerKind.AdamW, 1e-3f), new LearningRateSchedule(ScheduleKind.Constant, 1e-3f),
+            parallel: new Parallel.ParallelSetup([backend], new TwoRankStandIn()), precision: Precision.Bf16));
+        Assert.Contains("--precision fp32", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal(0, backend.Memory.PinnedHostBytes); // refused before anything was allocated
+    }
 }
