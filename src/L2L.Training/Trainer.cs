@@ -275,7 +275,7 @@ public sealed class Trainer : IDisposable
         ["copy_wait_fraction"] = m.CopyWaitFraction,
         ["update_wait_s"] = m.UpdateWaitSeconds,
         ["update_wait_fraction"] = m.UpdateWaitFraction,
-        ["grad_norm"] = m.GradNorm,
+        ["grad_norm"] = double.IsFinite(m.GradNorm) ? m.GradNorm : null!, // JSON has no inf or NaN: null when the gradients overflowed
         ["skipped_steps"] = m.SkippedSteps,
         ["loss_scale"] = m.LossScale,
         ["blocks_run"] = m.BlocksRun,

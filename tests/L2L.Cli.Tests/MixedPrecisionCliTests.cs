@@ -60,7 +60,7 @@ public sealed class MixedPrecisionCliTests(BackendFixture fixture)
     {
         using var ws = Workspace.Create(fixture);
         var before = ws.Snapshot();
-        var result = ws.Run(fixture, $"train --config @/tiny.json --batch 2 --seq 4 --steps 1 --device cpu {args}");
+        var result = ws.Run(fixture, $"train --config @/tiny.json --batch 2 --seq 4 --steps 1 {(args.Contains("--devices") ? "" : "--device cpu ")}{args}");
         Assert.NotEqual(0, result.ExitCode);
         var line = Assert.Single(result.ErrorLines);
         Assert.Contains(expected, line);

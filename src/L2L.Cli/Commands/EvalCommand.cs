@@ -22,9 +22,7 @@ internal static class EvalCommand
         var batches = new Option<int>("--batches") { Description = "Batches to evaluate (N); batch i is the window set of training step i.", DefaultValueFactory = _ => 10 };
         var device = new Option<string?>("--device") { Description = $"auto, cpu, cuda[:i] or opencl[:i] (default: {DeviceSpec.EnvironmentVariable} or auto)." };
         var dataFormat = DataSources.FormatOption();
-        var precision = PrecisionOption.Create();
-        precision.Description = "Device storage for the evaluation: fp32, bf16 or fp16 (default: the precision the checkpoint was trained in, else fp32).";
-        precision.DefaultValueFactory = null;
+        var precision = new Option<string>("--precision") { Description = "Device storage for the evaluation: fp32, bf16 or fp16 (default: the precision the checkpoint was trained in, else fp32)." };
         var command = new Command("eval", "Evaluate a checkpoint's mean cross-entropy over the labelled positions of N*B windows (every token for GPT-2); prints one JSON object.");
         foreach (var o in new Option[] { checkpoint, data, dataFormat, labels, seed, batch, seq, batches, device, precision })
             command.Options.Add(o);
@@ -55,7 +53,7 @@ internal static class EvalCommand
             var batchSource = BatchSources.ForEvaluation(cfg, source, labelSource, parse.GetValue(batch), seqLen, parse.GetValue(seed));
             using var lease = env.OpenBackend(DeviceSpec.Resolve(parse.GetValue(device)));
             var backend = lease.Backend;
-            var storage = parse.GetValue(precision) is { } typed ? PrecisionOption.Parse(typed) : TrainedPrecision(parse.GetValue(checkpoint)!);
+            var storage = Rules.Given(parse, precision) ? PrecisionOption.Parse(parse.GetValue(precision)!) : TrainedPrecision(parse.GetValue(checkpoint)!);
             using var evaluator = new Evaluator(backend, new ModelLayout(cfg), weights, parse.GetValue(batch), seqLen, storage);
             var result = evaluator.Evaluate(batchSource, parse.GetValue(batches));
             env.Out.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
