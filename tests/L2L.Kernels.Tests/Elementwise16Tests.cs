@@ -133,6 +133,25 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
     }
 
     [Theory]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
+    public void GenericCastsRoundToTheFormatAndWidenExactly(DeviceKind kind, Store16 format)
+    {
+        var backend = fixture.Get(kind);
+        var casts = backend.Get<CastOps>();
+        var s = backend.ComputeStream;
+        var x = TestData.Normal(5, 127, 3.0);
+        using var input = backend.Upload(x);
+        using var wide = backend.Zeros<float>(x.Length);
+        using var narrow = new Buffer16(backend, format, x.Length);
+        if (format == Store16.Bf16) { casts.FromFloat(s, narrow.Bf, input.View); casts.ToFloat<Bf16>(s, wide.View, narrow.Bf); }
+        else { casts.FromFloat(s, narrow.Fp, input.View); casts.ToFloat<ILGPU.Half>(s, wide.View, narrow.Fp); }
+        TensorAssert.Equal(Sixteen.Round(format, x), backend.Download(wide), $"{format} round trip");
+        using var copy = backend.Zeros<float>(x.Length);
+        casts.FromFloat<float>(s, copy.View, input.View);
+        TensorAssert.Equal(x, backend.Download(copy), "fp32 copy");
+    }
+
+    [Theory]
     [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
     public void GenericFp32EntryPointsRunTheFp32Kernels(DeviceKind kind)
     {
