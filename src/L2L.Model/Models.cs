@@ -54,6 +54,18 @@ public static class Models
     }
 
     /// <summary>
+    /// The device layers in <paramref name="precision"/>: an <see cref="IModelLayers{T}"/> of its storage type
+    /// (<see cref="Precisions.StorageType"/>), for callers that pick the precision at run time.
+    /// </summary>
+    public static IModelLayers CreateLayers(Backend backend, ModelLayout layout, Precision precision) => precision switch
+    {
+        Precision.Fp32 => CreateLayers<float>(backend, layout),
+        Precision.Bf16 => CreateLayers<L2L.Kernels.Bf16>(backend, layout),
+        Precision.Fp16 => CreateLayers<ILGPU.Half>(backend, layout),
+        _ => throw new ArgumentOutOfRangeException(nameof(precision), precision, "Unknown precision."),
+    };
+
+    /// <summary>
     /// What a block's forward keeps for its backward (<see cref="IModelLayers.CreateActivations"/>) in <paramref name="precision"/>
     /// on a device of <paramref name="device"/>'s shape, as buffer specs, without a device.
     /// </summary>

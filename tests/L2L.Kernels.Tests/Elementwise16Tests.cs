@@ -107,6 +107,75 @@ public sealed class Elementwise16Tests(BackendFixture fixture)
 
     [Theory]
     [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
+    public void ScaledAddMatchesReferenceAndRunsInPlace(DeviceKind kind, Store16 format)
+    {
+        var backend = fixture.Get(kind);
+        var ops = backend.Get<ResidualOps>();
+        var s = backend.ComputeStream;
+        foreach (var n in Lengths)
+        {
+            var a = Sixteen.Round(format, TestData.Normal(3 * n, n));
+            var b = Sixteen.Round(format, TestData.Normal(3 * n + 1, n, 10.0));
+            const float wa = 0.7071f, wb = -1.37f;
+            using var da = new Buffer16(backend, format, a);
+            using var db = new Buffer16(backend, format, b);
+            using var output = new Buffer16(backend, format, n);
+            if (format == Store16.Bf16) { ops.ScaledAdd(s, output.Bf, da.Bf, wa, db.Bf, wb); ops.ScaledAdd(s, da.Bf, da.Bf, wa, da.Bf, 0f); }
+            else { ops.ScaledAdd(s, output.Fp, da.Fp, wa, db.Fp, wb); ops.ScaledAdd(s, da.Fp, da.Fp, wa, da.Fp, 0f); }
+            // Two FP32 products and a sum (3 FP32 roundings of terms at most |wa a| + |wb b|), then one rounding into the format.
+            var expected = a.Zip(b, (x, y) => (double)wa * x + (double)wb * y).ToArray();
+            var fp32 = a.Zip(b, (x, y) => 3 * Sixteen.Fp32 * (Math.Abs((double)wa * x) + Math.Abs((double)wb * y))).ToArray();
+            var bound = Sixteen.Bound(format, expected, 0).Zip(fp32, (x, y) => x + y).ToArray();
+            Sixteen.AssertWithin(expected, output.Download(), bound, $"{format} scaled add n={n}");
+            var scaled = a.Select(x => (double)wa * x).ToArray();
+            Sixteen.AssertWithin(scaled, da.Download(), Sixteen.Bound(format, scaled, Sixteen.Fp32), $"{format} in-place scale n={n}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
+    public void GenericCastsRoundToTheFormatAndWidenExactly(DeviceKind kind, Store16 format)
+    {
+        var backend = fixture.Get(kind);
+        var casts = backend.Get<CastOps>();
+        var s = backend.ComputeStream;
+        var x = TestData.Normal(5, 127, 3.0);
+        using var input = backend.Upload(x);
+        using var wide = backend.Zeros<float>(x.Length);
+        using var narrow = new Buffer16(backend, format, x.Length);
+        if (format == Store16.Bf16) { casts.FromFloat(s, narrow.Bf, input.View); casts.ToFloat<Bf16>(s, wide.View, narrow.Bf); }
+        else { casts.FromFloat(s, narrow.Fp, input.View); casts.ToFloat<ILGPU.Half>(s, wide.View, narrow.Fp); }
+        TensorAssert.Equal(Sixteen.Round(format, x), backend.Download(wide), $"{format} round trip");
+        using var copy = backend.Zeros<float>(x.Length);
+        casts.FromFloat<float>(s, copy.View, input.View);
+        TensorAssert.Equal(x, backend.Download(copy), "fp32 copy");
+    }
+
+    [Theory]
+    [MemberData(nameof(Devices.All), MemberType = typeof(Devices))]
+    public void GenericFp32EntryPointsRunTheFp32Kernels(DeviceKind kind)
+    {
+        // The layers call the launchers' generic entry points; with float they must give the FP32 overloads' bits.
+        var backend = fixture.Get(kind);
+        var residual = backend.Get<ResidualOps>();
+        var gelu = backend.Get<GeluOps>();
+        var s = backend.ComputeStream;
+        const int n = 127;
+        using var a = backend.Upload(TestData.Normal(1, n));
+        using var b = backend.Upload(TestData.Normal(2, n));
+        using var plain = backend.Zeros<float>(n);
+        using var generic = backend.Zeros<float>(n);
+        residual.ScaledAdd(s, plain.View, a.View, 0.3f, b.View, 1.7f);
+        residual.ScaledAdd<float>(s, generic.View, a.View, 0.3f, b.View, 1.7f);
+        TensorAssert.Equal(backend.Download(plain), backend.Download(generic), "scaled add");
+        gelu.Forward(s, plain.View, a.View);
+        gelu.Forward<float>(s, generic.View, a.View);
+        TensorAssert.Equal(backend.Download(plain), backend.Download(generic), "gelu");
+        Assert.Throws<NotSupportedException>(() => gelu.Forward<int>(s, default, default));
+    }
+
+    [Theory]
+    [MemberData(nameof(Sixteen.Cases), MemberType = typeof(Sixteen))]
     public void ResidualOverflowAndRange(DeviceKind kind, Store16 format)
     {
         var backend = fixture.Get(kind);

@@ -31,6 +31,31 @@ public sealed class CastOps
     private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<Bf16>, ArrayView<float>>> _toBf16;
     private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Bf16>>> _fromBf16;
 
+    /// <summary>
+    /// <c>output = input</c> rounded to the storage type <typeparamref name="T"/> (to nearest even; for float, a copy), same
+    /// length: an FP32 buffer's working copy in the device precision.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void FromFloat<T>(AcceleratorStream s, ArrayView<T> output, ArrayView<float> input) where T : unmanaged
+    {
+        Check.SameLength(output, input, nameof(input));
+        if (typeof(T) == typeof(float)) { if (output.Length != 0) StorageDispatch.Same<T, float>(output).CopyFrom(s, input); }
+        else if (typeof(T) == typeof(Bf16)) ToBf16(s, StorageDispatch.Same<T, Bf16>(output), input);
+        else if (typeof(T) == typeof(Half)) ToHalf(s, StorageDispatch.Same<T, Half>(output), input);
+        else throw StorageDispatch.Unsupported<T>();
+    }
+
+    /// <summary><c>output = (float)input</c> from the storage type <typeparamref name="T"/> (exact; for float, a copy), same length.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void ToFloat<T>(AcceleratorStream s, ArrayView<float> output, ArrayView<T> input) where T : unmanaged
+    {
+        Check.SameLength(output, input, nameof(input));
+        if (typeof(T) == typeof(float)) { if (output.Length != 0) output.CopyFrom(s, StorageDispatch.Same<T, float>(input)); }
+        else if (typeof(T) == typeof(Bf16)) ToFloat(s, output, StorageDispatch.Same<T, Bf16>(input));
+        else if (typeof(T) == typeof(Half)) ToFloat(s, output, StorageDispatch.Same<T, Half>(input));
+        else throw StorageDispatch.Unsupported<T>();
+    }
+
     /// <summary><c>output = (bf16)input</c>, same length; round to nearest even, NaN stays NaN, the FP32 range is kept.</summary>
     public void ToBf16(AcceleratorStream s, ArrayView<Bf16> output, ArrayView<float> input)
     {
