@@ -36,7 +36,7 @@ internal static class EvalCommand
             Rules.AtLeast(seq, 1),
             Rules.AtLeast(batches, 1),
             Rules.Device(device),
-            PrecisionOption.Rule(precision),
+            Rules.Custom("--precision names a precision", p => Rules.Given(p, precision) ? PrecisionOption.Rule(precision).Check(p) : null),
         };
         command.SetAction(parse =>
         {
