@@ -50,7 +50,7 @@ public sealed class ValidationTests(BackendFixture fixture)
         { Train, "--stash disk", "--stash disk is not a known stash placement" },
         { Train, "--update-mode lazy", "--update-mode lazy is not a known update mode. Use one of: eager, deferred" },
         { Train, "--clip-grad-norm 1 --clip-mode all", "--clip-mode all is not a known clip mode. Use one of: global, layer" },
-        { Train, "--loss-scale static", "--loss-scale static is not a known loss scale mode. Use one of: none, dynamic" },
+        { Train, "--loss-scale static", "--loss-scale static is not a loss scale. Use none, dynamic, or a positive number" },
         { Train, "--optimizer-state fp16", "--optimizer-state fp16 is not a known optimizer state precision. Use one of: fp32, bf16" },
         { Train, "--embedding-update gpu", "--embedding-update gpu is not a known embedding update location. Use one of: auto, device, host" },
         { Train, "--data @/data.bin --data-format text", "--data-format text is not a known data format. Use one of: auto, llmc, bytes" },

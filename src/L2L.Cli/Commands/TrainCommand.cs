@@ -532,7 +532,6 @@ internal static class TrainCommand
         $"{o.Config.ModelType}, {o.Config.Layers} layers, {o.Config.Channels} channels, {o.Config.ParameterCount:N0} parameters | " +
         $"{o.Executor.ToString().ToLowerInvariant()}" + (o.Executor == ExecutorKind.Relay ? $" (stash {o.Stash.ToString().ToLowerInvariant()}, {o.ResolvedUpdateMode.ToString().ToLowerInvariant()} updates)" : "") +
         (o.ClipGradNorm is { } clip ? $" | clip {o.ClipMode.ToString().ToLowerInvariant()} norm {clip}" : "") +
-        $" | precision {o.Precision.Name()}" +
         (o.LossScale == L2L.Training.Update.LossScaleMode.Dynamic ? " | dynamic loss scale" : "") +
         (o.StaticLossScale is { } n ? $" | loss scale {n}" : "") +
         (o.OptimizerState == StatePrecision.Bf16 ? " | bf16 optimizer state" : "") +
@@ -541,7 +540,8 @@ internal static class TrainCommand
         (o.ResolvedDropout.Any ? $" | dropout embd {o.ResolvedDropout.Embedding} resid {o.ResolvedDropout.Residual}" : "") +
         $" | batch {o.Batch} = {o.MicroBatches} x {o.MicroBatchSize}, seq {o.SeqLen} | {EagerParamServer.OptimizerName(o.Optimizer.Kind)} lr {o.Optimizer.LearningRate} | data: {source.Description} | " +
         (o.IsParallel ? $"{DataParallelOptions.Describe(o.Devices, o.WorldSize)}{(o.ShardOptimizer ? ", sharded optimizer" : "")} (world_size {o.WorldSize}, devices {o.Devices}) | " : "") +
-        (backends.Count == 1 ? $"device: {backends[0].Description}" : $"devices: {string.Join("; ", backends.Select(b => b.Description))}");
+        (backends.Count == 1 ? $"device: {backends[0].Description}" : $"devices: {string.Join("; ", backends.Select(b => b.Description))}") +
+        $" | precision {o.Precision.Name()}";
 
     private static string Line(StepMetrics m) =>
         $"step {m.Step} loss {m.Loss:F4}{(m.ValLoss is { } v ? $" val {v:F4}" : "")} lr {m.LearningRate:G3} grad norm {m.GradNorm:G4} {m.TokensPerSecond:F0} tok/s device peak {MemoryTracker.Format(m.DevicePeakBytes)}" +
