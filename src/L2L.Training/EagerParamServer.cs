@@ -194,7 +194,7 @@ public sealed class EagerParamServer : IDisposable
             _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
             if (_parallel is not null)
                 _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i],
-                    deferred: mode == L2L.Training.Update.UpdateMode.Deferred);
+                    deferred: mode == L2L.Training.Update.UpdateMode.Deferred, precision: precision);
         }
         catch
         {
@@ -216,8 +216,8 @@ public sealed class EagerParamServer : IDisposable
         StatePrecision statePrecision, OptimizerKind optimizer, Precision precision)
     {
         var what = $"{parallel.DeviceCount} device(s) x {parallel.WorldSize} rank(s)";
-        if (precision.Is16Bit())
-            throw new ArgumentException($"Data parallel ({what}) reduces FP32 gradients; --precision {precision.Name()} is not implemented for several devices or ranks: use --precision fp32, or one device.");
+        if (precision.Is16Bit() && parallel.ShardOptimizer)
+            throw new ArgumentException($"--precision {precision.Name()} with --shard-optimizer is not implemented: use --precision fp32, or leave --shard-optimizer off.");
         if (deviceUpdated is { Count: > 0 })
             throw new ArgumentException($"Data parallel ({what}) updates every layer on the host, from every device's gradients; use --embedding-update host.");
         if (mode == L2L.Training.Update.UpdateMode.Deferred && parallel.ShardOptimizer)
@@ -265,7 +265,9 @@ public sealed class EagerParamServer : IDisposable
     /// read this server's weights, its gradients go to its own staging, and a layer is reduced and updated once every
     /// replica's gradients of it have arrived.
     /// </summary>
-    internal EagerParamServer Replica(int replica)
+    /// <param name="replica">The device's index in the data-parallel setup.</param>
+    /// <exception cref="InvalidOperationException">The server is not a data-parallel root.</exception>
+    public EagerParamServer Replica(int replica)
     {
         if (_reducer is null || _root is not null)
             throw new InvalidOperationException("Replica views exist only on a data-parallel param server.");
@@ -533,10 +535,12 @@ public sealed class EagerParamServer : IDisposable
         if (_reducer is not null)
         {
             CheckReplica();
-            var staging = _reducer.Stage(_replica, layer);
             var n = Layout.Layers[layer].Length;
-            staging.CopyFromDeviceAsync(copyStream, source.Cast<float>().SubView(0, n), 0, n);
-            Interlocked.Add(ref _gradientBusBytes, n * sizeof(float));
+            if (_precision.Is16Bit())
+                _reducer.Stage16(_replica, layer).CopyFromDeviceAsync(copyStream, source.Cast<ushort>().SubView(0, n), 0, n);
+            else
+                _reducer.Stage(_replica, layer).CopyFromDeviceAsync(copyStream, source.Cast<float>().SubView(0, n), 0, n);
+            Interlocked.Add(ref _gradientBusBytes, n * _precision.ElementSize());
             return;
         }
         WaitForUpdate(layer);
