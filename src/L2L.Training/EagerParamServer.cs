@@ -22,6 +22,10 @@ namespace L2L.Training;
 /// host-updated layer's gradients must stay until backward ends, so each such layer has its own gradient
 /// buffer instead of the ring; <see cref="BeginUpdatesInOrder"/> then runs the updates one after another in
 /// forward order, and a fetch waits only for its own layer's update.
+/// <para>At a 16-bit <see cref="Precision"/> (bf16, fp16) the masters and the optimizer state stay FP32; each layer also
+/// has a pinned 16-bit copy, written by the optimizer in the same pass as the update and uploaded by
+/// <see cref="EnqueueFetch{T}"/>, and the gradient buffers hold the 16-bit gradients <see cref="EnqueueGradients{T}"/>
+/// receives, which the optimizer widens as it loads them: half the bus bytes of FP32 for weights and gradients.</para>
 /// </remarks>
 public sealed class EagerParamServer : IDisposable
 {
