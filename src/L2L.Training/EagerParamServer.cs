@@ -22,6 +22,10 @@ namespace L2L.Training;
 /// host-updated layer's gradients must stay until backward ends, so each such layer has its own gradient
 /// buffer instead of the ring; <see cref="BeginUpdatesInOrder"/> then runs the updates one after another in
 /// forward order, and a fetch waits only for its own layer's update.
+/// <para>At a 16-bit <see cref="Precision"/> (bf16, fp16) the masters and the optimizer state stay FP32; each layer also
+/// has a pinned 16-bit copy, written by the optimizer in the same pass as the update and uploaded by
+/// <see cref="EnqueueFetch{T}"/>, and the gradient buffers hold the 16-bit gradients <see cref="EnqueueGradients{T}"/>
+/// receives, which the optimizer widens as it loads them: half the bus bytes of FP32 for weights and gradients.</para>
 /// </remarks>
 public sealed class EagerParamServer : IDisposable
 {
@@ -194,7 +198,7 @@ public sealed class EagerParamServer : IDisposable
             _slotOwner = Enumerable.Repeat(-1, _gradSlots.Length).ToArray();
             if (_parallel is not null)
                 _reducer = new GradientReducer(_parallel, layout, gradientSlots, threads ?? 0, ParallelUpdate, i => _weights[i],
-                    deferred: mode == L2L.Training.Update.UpdateMode.Deferred);
+                    deferred: mode == L2L.Training.Update.UpdateMode.Deferred, precision: precision);
         }
         catch
         {
@@ -216,8 +220,8 @@ public sealed class EagerParamServer : IDisposable
         StatePrecision statePrecision, OptimizerKind optimizer, Precision precision)
     {
         var what = $"{parallel.DeviceCount} device(s) x {parallel.WorldSize} rank(s)";
-        if (precision.Is16Bit())
-            throw new ArgumentException($"Data parallel ({what}) reduces FP32 gradients; --precision {precision.Name()} is not implemented for several devices or ranks: use --precision fp32, or one device.");
+        if (precision.Is16Bit() && parallel.ShardOptimizer)
+            throw new ArgumentException($"--precision {precision.Name()} with --shard-optimizer is not implemented: use --precision fp32, or leave --shard-optimizer off.");
         if (deviceUpdated is { Count: > 0 })
             throw new ArgumentException($"Data parallel ({what}) updates every layer on the host, from every device's gradients; use --embedding-update host.");
         if (mode == L2L.Training.Update.UpdateMode.Deferred && parallel.ShardOptimizer)
@@ -265,7 +269,9 @@ public sealed class EagerParamServer : IDisposable
     /// read this server's weights, its gradients go to its own staging, and a layer is reduced and updated once every
     /// replica's gradients of it have arrived.
     /// </summary>
-    internal EagerParamServer Replica(int replica)
+    /// <param name="replica">The device's index in the data-parallel setup.</param>
+    /// <exception cref="InvalidOperationException">The server is not a data-parallel root.</exception>
+    public EagerParamServer Replica(int replica)
     {
         if (_reducer is null || _root is not null)
             throw new InvalidOperationException("Replica views exist only on a data-parallel param server.");
@@ -533,10 +539,12 @@ public sealed class EagerParamServer : IDisposable
         if (_reducer is not null)
         {
             CheckReplica();
-            var staging = _reducer.Stage(_replica, layer);
             var n = Layout.Layers[layer].Length;
-            staging.CopyFromDeviceAsync(copyStream, source.Cast<float>().SubView(0, n), 0, n);
-            Interlocked.Add(ref _gradientBusBytes, n * sizeof(float));
+            if (_precision.Is16Bit())
+                _reducer.Stage16(_replica, layer).CopyFromDeviceAsync(copyStream, source.Cast<ushort>().SubView(0, n), 0, n);
+            else
+                _reducer.Stage(_replica, layer).CopyFromDeviceAsync(copyStream, source.Cast<float>().SubView(0, n), 0, n);
+            Interlocked.Add(ref _gradientBusBytes, n * _precision.ElementSize());
             return;
         }
         WaitForUpdate(layer);

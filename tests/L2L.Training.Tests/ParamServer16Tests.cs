@@ -293,14 +293,14 @@ public sealed class ParamServer16Tests(BackendFixture fixture)
     }
 
     [Fact]
-    public void DataParallelRefuses16BitPrecisionWithOneLine()
+    public void AShardedOptimizerRefuses16BitPrecisionWithOneLine()
     {
         var backend = fixture.Get(DeviceKind.Cpu);
         var layout = new ModelLayout(Config);
         var e = Assert.Throws<ArgumentException>(() => new EagerParamServer(backend, layout, Models.LayerInitializer(layout, 1),
             new OptimizerSettings(OptimizerKind.AdamW, 1e-3f), new LearningRateSchedule(ScheduleKind.Constant, 1e-3f),
-            parallel: new Parallel.ParallelSetup([backend], new TwoRankStandIn()), precision: Precision.Bf16));
-        Assert.Contains("--precision fp32", e.Message);
+            parallel: new Parallel.ParallelSetup([backend], new TwoRankStandIn(), ShardOptimizer: true), precision: Precision.Bf16));
+        Assert.Contains("--shard-optimizer", e.Message);
         Assert.DoesNotContain('\n', e.Message);
         Assert.Equal(0, backend.Memory.PinnedHostBytes); // refused before anything was allocated
     }

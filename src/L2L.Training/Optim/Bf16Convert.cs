@@ -36,6 +36,31 @@ public static class Bf16Convert
         }
     }
 
+    /// <summary>Widens <paramref name="source"/> to FP32 into <paramref name="destination"/> (same length; exact: the bits become the upper half).</summary>
+    public static unsafe void ToSingle(ReadOnlySpan<L2L.Kernels.Bf16> source, Span<float> destination)
+    {
+        if (destination.Length != source.Length)
+            throw new ArgumentException($"destination has {destination.Length} elements, source {source.Length}.", nameof(destination));
+        fixed (L2L.Kernels.Bf16* s = source)
+        fixed (float* d = destination)
+        {
+            var src = (ushort*)s;
+            nint i = 0;
+            nint n = source.Length;
+            if (Vector.IsHardwareAccelerated)
+            {
+                var w = Vector<float>.Count;
+                for (; i <= n - 2 * w; i += 2 * w)
+                {
+                    Vector.Widen(Vector.Load(src + i), out Vector<uint> lo, out Vector<uint> hi);
+                    Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16)).Store(d + i);
+                    Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16)).Store(d + i + w);
+                }
+            }
+            for (; i < n; i++) d[i] = BitConverter.UInt32BitsToSingle((uint)src[i] << 16);
+        }
+    }
+
     /// <summary>Narrows two vectors to BF16 and stores <c>2 * Vector&lt;float&gt;.Count</c> of them.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static unsafe void Store(ushort* destination, Vector<float> lo, Vector<float> hi) =>

@@ -17,6 +17,12 @@ namespace L2L.Training.Parallel;
 /// with sharding the sum is reduce-scattered, this rank's shard updated and the weights all-gathered, all on the thread.
 /// A layer's next fetch waits for its update.
 /// </summary>
+/// <remarks>
+/// At a 16-bit precision each replica stages its 16-bit gradients (half the host bytes), and the device-order sum
+/// widens them to FP32 first, into an FP32 sum buffer per layer in flight (a ring like a replica's, indexed by replica
+/// 0's slot): element by element <c>((w(g₀) + w(g₁)) + w(g₂)) + …</c>, the bits <see cref="OrderedSum"/> gives on the
+/// widened gradients. Everything after the sum (the cross-rank all-reduce, the norms, the update) is the FP32 path.
+/// </remarks>
 internal sealed unsafe class GradientReducer : IDisposable
 {
     /// <summary>Updates elements [lo, hi) of a layer from gradients of that range, first multiplied by <paramref name="factor"/> unless 1 (the server's optimizer).</summary>
@@ -34,13 +40,18 @@ internal sealed unsafe class GradientReducer : IDisposable
     private readonly BlockingCollection<Action> _jobs = new();
     private readonly Thread _thread;
     private readonly PinnedHostBuffer<float>? _shard, _gather;
+    private readonly Precision _precision;
+    private readonly Staging? _sums; // 16-bit precision: the FP32 sums of the replicas' widened gradients
     private readonly double[] _sumSquares;
     private long _collectiveTicks;
     private volatile Exception? _failure;
 
     public GradientReducer(ParallelSetup setup, ModelLayout layout, int gradientSlots, int threads, LayerUpdate update, Func<int, PinnedHostBuffer<float>> weights,
-        bool deferred = false)
+        bool deferred = false, Precision precision = Precision.Fp32)
     {
+        if (precision.Is16Bit() && setup.ShardOptimizer)
+            throw new ArgumentException($"--precision {precision.Name()} with --shard-optimizer is not implemented: use --precision fp32, or leave --shard-optimizer off.");
+        _precision = precision;
         _setup = setup;
         _layout = layout;
         _update = update;
@@ -60,7 +71,9 @@ internal sealed unsafe class GradientReducer : IDisposable
         try
         {
             for (var d = 0; d < _replicas.Length; d++)
-                _replicas[d] = new Staging(setup.Devices[d], layout, slotLength, gradientSlots, Staged);
+                _replicas[d] = new Staging(setup.Devices[d], layout, slotLength, gradientSlots, Staged, precision);
+            if (precision.Is16Bit())
+                _sums = new Staging(setup.Devices[0], layout, slotLength, gradientSlots, Staged, Precision.Fp32);
             if (setup.ShardOptimizer)
             {
                 var longest = layout.Layers.Max(l => ShardLayout.ShardLength(l.Length, r));
@@ -71,10 +84,11 @@ internal sealed unsafe class GradientReducer : IDisposable
         catch
         {
             foreach (var s in _replicas) s?.Dispose();
+            _sums?.Dispose();
             _shard?.Dispose();
             throw;
         }
-        HostBytes = sizeof(float) * (_replicas.Sum(s => s.Floats) + (_shard?.Length ?? 0) + (_gather?.Length ?? 0));
+        HostBytes = _replicas.Sum(s => s.Bytes) + (_sums?.Bytes ?? 0) + sizeof(float) * ((_shard?.Length ?? 0) + (_gather?.Length ?? 0));
         _thread = new Thread(Run) { IsBackground = true, Name = "l2l-collectives" };
         _thread.Start();
     }
@@ -99,16 +113,32 @@ internal sealed unsafe class GradientReducer : IDisposable
 
     private int R => _setup.WorldSize;
 
-    /// <summary>A pinned buffer for replica <paramref name="replica"/>'s gradients of <paramref name="layer"/>, once one is free.</summary>
+    /// <summary>A pinned FP32 buffer for replica <paramref name="replica"/>'s gradients of <paramref name="layer"/>, once one is free (fp32 only).</summary>
     public PinnedHostBuffer<float> Stage(int replica, int layer)
+    {
+        var slot = Acquire(replica, layer);
+        var staging = _replicas[replica];
+        return slot < 0 ? staging.Own[layer]! : staging.Slots[slot];
+    }
+
+    /// <summary>A pinned 16-bit buffer for replica <paramref name="replica"/>'s gradients of <paramref name="layer"/>, once one is free (16-bit precision only).</summary>
+    public PinnedHostBuffer<ushort> Stage16(int replica, int layer)
+    {
+        var slot = Acquire(replica, layer);
+        var staging = _replicas[replica];
+        return slot < 0 ? staging.Own16[layer]! : staging.Slots16[slot];
+    }
+
+    /// <summary>Takes a staging slot of <paramref name="replica"/> for <paramref name="layer"/> (waiting for one), or -1 for a layer with its own buffer.</summary>
+    private int Acquire(int replica, int layer)
     {
         // The previous step's update of this layer may still read replica 0's buffer.
         _done[layer].GetAwaiter().GetResult();
         var staging = _replicas[replica];
         lock (_gate)
         {
-            if (staging.Own[layer] is { } own)
-                return own;
+            if (staging.HasOwn(layer))
+                return -1;
             while (true)
             {
                 if (_failure is { } failure)
@@ -118,7 +148,7 @@ internal sealed unsafe class GradientReducer : IDisposable
                 {
                     staging.SlotOwner[free] = layer;
                     staging.SlotOfLayer[layer] = free;
-                    return staging.Slots[free];
+                    return free;
                 }
                 Monitor.Wait(_gate);
             }
@@ -185,14 +215,7 @@ internal sealed unsafe class GradientReducer : IDisposable
             {
                 var layer = layers[k];
                 var n = _layout.Layers[layer].Length;
-                var sum = _replicas[0].Buffer(layer);
-                if (_replicas.Length > 1)
-                {
-                    var sources = new nint[_replicas.Length];
-                    for (var d = 0; d < sources.Length; d++)
-                        sources[d] = (nint)Pointer(_replicas[d].Buffer(layer));
-                    OrderedSum.Sum((float*)sources[0], sources, n, maxThreads: _threads);
-                }
+                var sum = SumReplicas(layer, n);
                 if (R > 1)
                 {
                     var t0 = Stopwatch.GetTimestamp();
@@ -210,7 +233,7 @@ internal sealed unsafe class GradientReducer : IDisposable
                     try
                     {
                         var n = _layout.Layers[layers[k]].Length;
-                        _update(layers[k], step, optimizerSteps[k], factor, _replicas[0].Buffer(layers[k]).Slice(0, (int)n), 0, n);
+                        _update(layers[k], step, optimizerSteps[k], factor, SumBuffer(layers[k]).Slice(0, (int)n), 0, n);
                         done[k].SetResult();
                     }
                     catch (Exception e)
@@ -356,19 +379,14 @@ internal sealed unsafe class GradientReducer : IDisposable
     private void Reduce(int layer, long step, long optimizerStep, TaskCompletionSource done, TaskCompletionSource reduced)
     {
         var n = _layout.Layers[layer].Length;
-        var sum = _replicas[0].Buffer(layer);
         var ownerReleased = false;
         try
         {
-            if (_replicas.Length > 1)
-            {
-                var sources = new nint[_replicas.Length];
-                for (var d = 0; d < sources.Length; d++)
-                    sources[d] = (nint)Pointer(_replicas[d].Buffer(layer));
-                OrderedSum.Sum((float*)sources[0], sources, n, maxThreads: _threads);
-                for (var d = 1; d < _replicas.Length; d++)
-                    Release(d, layer);
-            }
+            // The sum lives in replica 0's buffer (or, 16-bit, in the FP32 sum buffer of replica 0's slot), so replica 0's
+            // slot is held until the update is done; the others are free once summed.
+            var sum = SumReplicas(layer, n);
+            for (var d = 1; d < _replicas.Length; d++)
+                Release(d, layer);
             if (!_setup.ShardOptimizer)
             {
                 if (R > 1)
@@ -442,6 +460,64 @@ internal sealed unsafe class GradientReducer : IDisposable
         }
     }
 
+    /// <summary>Where layer <paramref name="layer"/>'s summed gradients are: replica 0's staging, or (16-bit) the FP32 sum buffer of its slot.</summary>
+    private PinnedHostBuffer<float> SumBuffer(int layer) =>
+        _sums is null ? _replicas[0].Buffer(layer) : _sums.Own[layer] ?? _sums.Slots[_replicas[0].SlotOfLayer[layer]];
+
+    /// <summary>Sums every replica's gradients of <paramref name="layer"/> in device order (widened first at 16-bit precision) and returns the sum.</summary>
+    private PinnedHostBuffer<float> SumReplicas(int layer, long n)
+    {
+        var sum = SumBuffer(layer);
+        if (_sums is null)
+        {
+            if (_replicas.Length > 1)
+            {
+                var sources = new nint[_replicas.Length];
+                for (var d = 0; d < sources.Length; d++)
+                    sources[d] = (nint)Pointer(_replicas[d].Buffer(layer));
+                OrderedSum.Sum((float*)sources[0], sources, n, maxThreads: _threads);
+            }
+            return sum;
+        }
+        var chunks = (int)((n + OrderedSum.ChunkElements - 1) / OrderedSum.ChunkElements);
+        var options = new ParallelOptions { MaxDegreeOfParallelism = _threads > 0 ? _threads : Environment.ProcessorCount };
+        System.Threading.Tasks.Parallel.For(0, chunks, options, () => new float[OrderedSum.ChunkElements], (c, _, scratch) =>
+        {
+            var start = (long)c * OrderedSum.ChunkElements;
+            var length = (int)Math.Min(OrderedSum.ChunkElements, n - start);
+            var target = sum.Slice(start, length);
+            Widen(_replicas[0].Buffer16(layer).Slice(start, length), target);
+            var term = scratch.AsSpan(0, length);
+            for (var d = 1; d < _replicas.Length; d++)
+            {
+                Widen(_replicas[d].Buffer16(layer).Slice(start, length), term);
+                Add(target, term);
+            }
+            return scratch;
+        }, _ => { });
+        return sum;
+    }
+
+    /// <summary>Widens 16-bit gradients of the reducer's precision to FP32 (exact).</summary>
+    private void Widen(ReadOnlySpan<ushort> source, Span<float> target)
+    {
+        if (_precision == Precision.Bf16)
+            Optim.Bf16Convert.ToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<ushort, L2L.Kernels.Bf16>(source), target);
+        else
+            Optim.HalfConvert.ToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<ushort, System.Half>(source), target);
+    }
+
+    /// <summary><c>target += term</c> element by element (one IEEE add each, as <see cref="OrderedSum"/> does).</summary>
+    private static void Add(Span<float> target, ReadOnlySpan<float> term)
+    {
+        var w = System.Numerics.Vector<float>.Count;
+        var i = 0;
+        for (; i + w <= target.Length; i += w)
+            (new System.Numerics.Vector<float>(target.Slice(i, w)) + new System.Numerics.Vector<float>(term.Slice(i, w))).CopyTo(target.Slice(i, w));
+        for (; i < target.Length; i++)
+            target[i] += term[i];
+    }
+
     private static float* Pointer(PinnedHostBuffer<float> buffer)
     {
         fixed (float* p = buffer.Span) return p; // the buffer is native memory: it does not move
@@ -473,31 +549,43 @@ internal sealed unsafe class GradientReducer : IDisposable
         _thread.Join();
         try { WaitAll(); } catch (Exception) { /* release pinned memory regardless */ }
         foreach (var s in _replicas) s.Dispose();
+        _sums?.Dispose();
         _shard?.Dispose();
         _gather?.Dispose();
         _jobs.Dispose();
     }
 
-    /// <summary>One replica's pinned gradient staging: a ring of block-sized slots and own buffers for longer layers.</summary>
+    /// <summary>One replica's pinned gradient staging: a ring of block-sized slots and own buffers for longer layers, FP32 or 16-bit.</summary>
     private sealed class Staging : IDisposable
     {
-        public Staging(Backend backend, ModelLayout layout, long slotLength, int slots, Func<long, long> staged)
+        public Staging(Backend backend, ModelLayout layout, long slotLength, int slots, Func<long, long> staged, Precision precision)
         {
-            Own = new PinnedHostBuffer<float>?[layout.Layers.Count];
-            SlotOfLayer = Enumerable.Repeat(-1, layout.Layers.Count).ToArray();
+            var count = layout.Layers.Count;
+            var wide = !precision.Is16Bit();
+            Own = new PinnedHostBuffer<float>?[wide ? count : 0];
+            Own16 = new PinnedHostBuffer<ushort>?[wide ? 0 : count];
+            SlotOfLayer = Enumerable.Repeat(-1, count).ToArray();
             Slots = [];
+            Slots16 = [];
             SlotOwner = [];
+            ElementSize = precision.ElementSize();
             try
             {
                 foreach (var layer in layout.Layers)
                 {
-                    if (staged(layer.Length) > slotLength)
-                        Own[layer.Index] = backend.AllocatePinned<float>(staged(layer.Length));
+                    if (staged(layer.Length) <= slotLength)
+                        continue;
+                    if (wide) Own[layer.Index] = backend.AllocatePinned<float>(staged(layer.Length));
+                    else Own16[layer.Index] = backend.AllocatePinned<ushort>(staged(layer.Length));
                 }
-                Slots = new PinnedHostBuffer<float>[slotLength > 0 ? slots : 0];
+                var ring = slotLength > 0 ? slots : 0;
+                Slots = new PinnedHostBuffer<float>[wide ? ring : 0];
+                Slots16 = new PinnedHostBuffer<ushort>[wide ? 0 : ring];
                 for (var k = 0; k < Slots.Length; k++)
                     Slots[k] = backend.AllocatePinned<float>(slotLength);
-                SlotOwner = Enumerable.Repeat(-1, Slots.Length).ToArray();
+                for (var k = 0; k < Slots16.Length; k++)
+                    Slots16[k] = backend.AllocatePinned<ushort>(slotLength);
+                SlotOwner = Enumerable.Repeat(-1, ring).ToArray();
             }
             catch
             {
@@ -507,18 +595,28 @@ internal sealed unsafe class GradientReducer : IDisposable
         }
 
         public PinnedHostBuffer<float>[] Slots { get; }
+        public PinnedHostBuffer<ushort>[] Slots16 { get; }
         public int[] SlotOwner { get; }
         public int[] SlotOfLayer { get; }
         public PinnedHostBuffer<float>?[] Own { get; }
+        public PinnedHostBuffer<ushort>?[] Own16 { get; }
+        private int ElementSize { get; }
 
-        public long Floats => Slots.Sum(s => s.Length) + Own.Sum(o => o?.Length ?? 0);
+        /// <summary>Whether <paramref name="layer"/> has a buffer of its own (outside the ring).</summary>
+        public bool HasOwn(int layer) => Own.Length > 0 ? Own[layer] is not null : Own16[layer] is not null;
+
+        public long Bytes => ElementSize * (Slots.Sum(s => s.Length) + Slots16.Sum(s => s.Length) + Own.Sum(o => o?.Length ?? 0) + Own16.Sum(o => o?.Length ?? 0));
 
         public PinnedHostBuffer<float> Buffer(int layer) => Own[layer] ?? Slots[SlotOfLayer[layer]];
 
+        public PinnedHostBuffer<ushort> Buffer16(int layer) => Own16[layer] ?? Slots16[SlotOfLayer[layer]];
+
         public void Dispose()
         {
-            foreach (var s in Slots) s?.Dispose();
+            foreach (var s in Slots ?? []) s?.Dispose();
+            foreach (var s in Slots16 ?? []) s?.Dispose();
             foreach (var o in Own) o?.Dispose();
+            foreach (var o in Own16) o?.Dispose();
         }
     }
 }
