@@ -190,8 +190,10 @@ public sealed record TrainOptions
             throw new ArgumentException("--clip-grad-norm clips by the global norm, which is known only after backward: use --update-mode deferred (the default with clipping) or --clip-mode layer.");
         if (UpdateMode == Update.UpdateMode.Eager && LossScale == Update.LossScaleMode.Dynamic)
             throw new ArgumentException("--loss-scale dynamic must see every gradient before any update: use --update-mode deferred (the default with it).");
-        if (Precision != Backends.Precision.Fp32 && IsParallel)
-            throw new ArgumentException($"--precision {Backends.Precisions.Name(Precision)} is not implemented for data parallel training (several devices or ranks reduce FP32 gradients): use --precision fp32, or one device.");
+        if (Precision == Backends.Precision.Fp16 && IsParallel)
+            throw new ArgumentException("--precision fp16 is not implemented for data parallel training (an overflowed layer would have to be skipped on every device and rank alike): use --precision bf16, or one device.");
+        if (Precision.Is16Bit() && ShardOptimizer)
+            throw new ArgumentException($"--precision {Backends.Precisions.Name(Precision)} with --shard-optimizer is not implemented: use --precision fp32, or leave --shard-optimizer off.");
         if (EmbeddingUpdate == Update.UpdateLocation.Device && !Update.DeviceLayerOptimizer.Supports(Optimizer.Kind))
             throw new ArgumentException($"--embedding-update device needs an optimizer with a device kernel (sgd, adamw), not {Optimizer.Kind.ToString().ToLowerInvariant()}; use --embedding-update host.");
     }

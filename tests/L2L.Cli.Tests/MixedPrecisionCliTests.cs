@@ -58,7 +58,6 @@ public sealed class MixedPrecisionCliTests(BackendFixture fixture)
     [InlineData("--loss-scale -4", "--loss-scale -4 is not a loss scale")]
     [InlineData("--loss-scale 0", "--loss-scale 0 is not a loss scale")]
     [InlineData("--precision fp16 --devices cpu*2 --micro-batches 2", "--precision fp16 is not implemented for data parallel training")]
-    [InlineData("--precision bf16 --devices cpu*2 --micro-batches 2", "--precision bf16 is not implemented for data parallel training")]
     public void BadPrecisionOrLossScaleIsOneErrorLine(string args, string expected)
     {
         using var ws = Workspace.Create(fixture);
@@ -68,6 +67,16 @@ public sealed class MixedPrecisionCliTests(BackendFixture fixture)
         var line = Assert.Single(result.ErrorLines);
         Assert.Contains(expected, line);
         Assert.Equal(before, ws.Snapshot());
+    }
+
+    [Fact]
+    public void Bf16TrainsOnTwoDevices()
+    {
+        using var ws = Workspace.Create(fixture);
+        var result = ws.Run(fixture, "train --config @/tiny.json --batch 4 --micro-batches 2 --seq 4 --steps 2 --devices cpu*2 --precision bf16 --log @/two.jsonl");
+        Assert.True(result.ExitCode == 0, result.Error);
+        Assert.Contains("| precision bf16", Flat(result.Out));
+        Assert.All(File.ReadAllLines(ws["two.jsonl"]), line => Assert.Equal(2, JsonDocument.Parse(line).RootElement.GetProperty("devices").GetInt32()));
     }
 
     [Fact]

@@ -59,6 +59,33 @@ public sealed class ParallelDeviceTests(BackendFixture fixture, SecondCpuDevice 
         Assert.All(two.Results, r => Assert.Equal(0, r.CollectiveSeconds));
     }
 
+    /// <summary>
+    /// In bf16 each device narrows its own sum of its micro-batches' gradients to 16 bits and the host adds the two in
+    /// FP32, where one device narrows the whole sum once: the gradients differ by about one BF16 rounding (2^-9
+    /// relative), and later steps see weights that differ in a 16-bit ulp here and there. So, as for relay against
+    /// conventional in 16 bits: losses to 2e-3 relative; almost every weight to 1e-4, none by more than 2·η per step
+    /// (a near-zero gradient whose sign flips moves an early AdamW step by about η either way).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Placements))]
+    public void TwoDevicesMatchOneDeviceInBf16(StashPlacement placement)
+    {
+        var one = ParallelHarness.Train(One, Steps, placement, precision: Precision.Bf16);
+        var two = ParallelHarness.Train(Two, Steps, placement, precision: Precision.Bf16);
+        var again = ParallelHarness.Train(Two, Steps, placement, precision: Precision.Bf16);
+        var fp32 = ParallelHarness.Train(One, Steps, placement);
+        Assert.True(one.Losses[^1] < one.Losses[0], $"the loss should fall: {string.Join(", ", one.Losses)}");
+        Assert.NotEqual(fp32.Losses, one.Losses); // bf16 did run
+        TensorAssert.Close(one.Losses, two.Losses, 0, 2e-3, "bf16 losses, 2 devices vs 1");
+        var a = TestData.ToDouble(TrainingHarness.Flatten(one.Weights));
+        var b = TrainingHarness.Flatten(two.Weights);
+        TensorAssert.Close(a, b, 2 * 3e-3 * Steps, 0, "bf16 weights, 2 devices vs 1, each");
+        var off = a.Zip(b, (x, y) => Math.Abs(x - y)).Count(d => d > 1e-4);
+        Assert.True(off <= a.Length / 200, $"{off} of {a.Length} weights differ by more than 1e-4");
+        Assert.Equal(two.Losses, again.Losses);
+        TensorAssert.Equal(TrainingHarness.Flatten(two.Weights), TrainingHarness.Flatten(again.Weights), "2-device bf16 reruns");
+    }
+
     [Fact]
     public void ClippingUsesTheNormOfTheReducedGradients()
     {

@@ -32,7 +32,7 @@ public static class ParallelHarness
     /// </summary>
     public static ParallelRun Train(ParallelSetup setup, int steps, StashPlacement placement, int globalBatch = 8, int globalMicroBatches = 4,
         int seq = 8, TrainingState? resume = null, OptimizerKind optimizer = OptimizerKind.AdamW, GptConfig? config = null, float[][]? init = null,
-        float? layerClip = null, DropoutRates? dropout = null, float? globalClip = null)
+        float? layerClip = null, DropoutRates? dropout = null, float? globalClip = null, L2L.Backends.Precision precision = L2L.Backends.Precision.Fp32)
     {
         config ??= Tiny();
         var layout = new ModelLayout(config);
@@ -45,8 +45,8 @@ public static class ParallelHarness
         var schedule = new LearningRateSchedule(ScheduleKind.Constant, settings.LearningRate);
         var mode = globalClip is null ? Update.UpdateMode.Eager : Update.UpdateMode.Deferred;
         using var eps = init is not null
-            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, mode: mode, parallel: setup)
-            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, mode: mode, parallel: setup);
+            ? new EagerParamServer(setup.Devices[0], layout, init, settings, schedule, resume, threads: 2, mode: mode, parallel: setup, precision: precision)
+            : new EagerParamServer(setup.Devices[0], layout, Models.LayerInitializer(layout, 11), settings, schedule, resume, threads: 2, mode: mode, parallel: setup, precision: precision);
         var control = layerClip is null && globalClip is null ? null
             : new Update.GradientControl(layerClip ?? globalClip, layerClip is null ? Update.ClipMode.Global : Update.ClipMode.Layer,
                 Update.LossScaleMode.None, layout.Layers.Count, resume);
