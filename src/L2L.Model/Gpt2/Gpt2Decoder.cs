@@ -193,7 +193,7 @@ public sealed class Gpt2Decoder : IDisposable
                 throw new ArgumentOutOfRangeException(nameof(tokens), id, $"Token ids lie in 0..{cfg.VocabSize - 1} (the model's vocab_size).");
         var s = _backend.ComputeStream;
         _tokens.View.SubView(0, n).CopyFromCPU(s, tokens.ToArray());
-        var e = new LayerViews(_layout.Embedding, _embedding.View);
+        var e = new LayerViews<float>(_layout.Embedding, _embedding.View);
         var wpe = e["wpe.weight"];
         var x = _x.View.SubView(0, (long)n * c);
         var y = _y.View.SubView(0, (long)n * c);
@@ -219,11 +219,11 @@ public sealed class Gpt2Decoder : IDisposable
             {
                 parameters = _blocks.View.SubView(l * _blockLength, _blockLength);
             }
-            Block(s, l, new LayerViews(_layout.Blocks[l], parameters), n, pos, x, y);
+            Block(s, l, new LayerViews<float>(_layout.Blocks[l], parameters), n, pos, x, y);
             (x, y) = (y, x);
         }
 
-        var h = new LayerViews(_layout.Head, _head.View);
+        var h = new LayerViews<float>(_layout.Head, _head.View);
         var lastRow = x.SubView((long)(n - 1) * c, c);
         var lnf = _lnOut.View.SubView(0, c);
         _ln.Forward(s, lnf, _mean.View.SubView(0, 1), _rstd.View.SubView(0, 1), lastRow, h["ln_f.weight"], h["ln_f.bias"], 1, c, Epsilon);
@@ -244,7 +244,7 @@ public sealed class Gpt2Decoder : IDisposable
 
     // One pre-LN block over n rows at positions pos .. pos+n-1: keys and values go to layer l's cache; a single row
     // attends over the cache, several rows (a prefix from position 0) attend causally among themselves.
-    private void Block(AcceleratorStream s, int l, LayerViews p, int n, int pos, ArrayView<float> input, ArrayView<float> output)
+    private void Block(AcceleratorStream s, int l, LayerViews<float> p, int n, int pos, ArrayView<float> input, ArrayView<float> output)
     {
         var cfg = _layout.Config;
         int c = cfg.Channels, nh = cfg.Heads, maxT = MaxTokens;

@@ -98,16 +98,16 @@ public sealed class DeviceLayerOptimizer : IDisposable
         var t = optimizerStep ?? step + 1;
         var bc1 = (float)(1 - Math.Pow(_settings.Beta1, t));
         var bc2 = (float)(1 - Math.Pow(_settings.Beta2, t));
-        var p = new Model.Device.LayerViews(layer, parameters);
-        var g = new Model.Device.LayerViews(layer, grads);
+        var p = new Model.Device.LayerViews<float>(layer, parameters);
+        var g = new Model.Device.LayerViews<float>(layer, grads);
         foreach (var slot in layer.Tensors)
         {
             var wd = slot.Decay ? _settings.WeightDecay : 0f;
             if (_settings.Kind == OptimizerKind.AdamW)
             {
                 var (mb, vb) = _moments[layer.Index];
-                var m = new Model.Device.LayerViews(layer, mb.View);
-                var v = new Model.Device.LayerViews(layer, vb.View);
+                var m = new Model.Device.LayerViews<float>(layer, mb.View);
+                var v = new Model.Device.LayerViews<float>(layer, vb.View);
                 var (pw, gw, mw, vw, rate) = (p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName], lr * slot.LearningRateScale);
                 if (!withCopy)
                     _ops.AdamW(s, pw, gw, mw, vw, rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
