@@ -107,7 +107,7 @@ internal sealed class ConventionalCore<T> : IConventionalCore where T : unmanage
                 {
                     _masters[i] = F(layer.Name + ".master");
                     _masters[i].View.CopyFromCPU(s, weights[i]);
-                    StorageCasts.Narrow(_cast, s, _params[i].View, _masters[i].View);
+                    _cast.FromFloat(s, _params[i].View, _masters[i].View);
                 }
                 else
                 {

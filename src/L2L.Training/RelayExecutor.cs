@@ -168,8 +168,8 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
                     var cs = backend.ComputeStream;
                     _embeddingMaster.View.CopyFromCPU(cs, eps.Weights(EmbeddingIndex).ToArray());
                     _headMaster!.View.CopyFromCPU(cs, eps.Weights(HeadIndex).ToArray());
-                    StorageCasts.Narrow(_cast, cs, _embedding.View, _embeddingMaster.View);
-                    StorageCasts.Narrow(_cast, cs, _head.View, _headMaster.View);
+                    _cast.FromFloat(cs, _embedding.View, _embeddingMaster.View);
+                    _cast.FromFloat(cs, _head.View, _headMaster.View);
                     cs.Synchronize();
                 }
             }
@@ -607,7 +607,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
         {
             var s = _backend.ComputeStream;
             var narrowed = _gradsOut.View.SubView(0, length);
-            StorageCasts.Narrow(_cast, s, narrowed, grads.SubView(0, length));
+            _cast.FromFloat(s, narrowed, grads.SubView(0, length));
             SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), narrowed);
             s.Synchronize();
             _eps.EnqueueGradients(layer, _backend.CopyStream, narrowed);
