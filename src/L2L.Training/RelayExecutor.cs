@@ -608,7 +608,7 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
             var s = _backend.ComputeStream;
             var narrowed = _gradsOut.View.SubView(0, length);
             _cast.FromFloat(s, narrowed, grads.SubView(0, length));
-            SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), narrowed);
+            _reduce.SumOfSquares(s, _sumSquares.View.SubView(sumSlot, 1), narrowed, _partials.View);
             s.Synchronize();
             _eps.EnqueueGradients(layer, _backend.CopyStream, narrowed);
         }
@@ -618,13 +618,6 @@ internal sealed class RelayCore<T> : IRelayCore where T : unmanaged
         }
         _sumSquaresHost.CopyFromDeviceAsync(_backend.CopyStream, _sumSquares.View.SubView(sumSlot, 1), layer, 1);
         _normBytes += sizeof(float);
-    }
-
-    private void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<T> values)
-    {
-        if (typeof(T) == typeof(Kernels.Bf16)) _reduce.SumOfSquares(s, result, values.Cast<Kernels.Bf16>(), _partials.View);
-        else if (typeof(T) == typeof(ILGPU.Half)) _reduce.SumOfSquares(s, result, values.Cast<ILGPU.Half>(), _partials.View);
-        else _reduce.SumOfSquares(s, result, values.Cast<float>(), _partials.View);
     }
 
     /// <summary>

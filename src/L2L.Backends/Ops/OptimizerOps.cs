@@ -64,6 +64,26 @@ public sealed class OptimizerOps
     public void Sgd(AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, ArrayView<Half> copy, float lr, float weightDecay) =>
         Sgd(_fp16.Value, s, param, grad, copy, lr, weightDecay);
 
+    /// <summary>
+    /// The AdamW step with a 16-bit copy of the updated weights, for a copy of storage type <typeparamref name="T"/>
+    /// (<see cref="Bf16"/> or <see cref="Half"/>); as the typed overloads. FP32 weights need no copy: use the overload without one.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a 16-bit storage type.</exception>
+    public void AdamW<T>(AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, ArrayView<T> copy,
+        float lr, float beta1, float beta2, float eps, float weightDecay, float biasCorrection1, float biasCorrection2) where T : unmanaged =>
+        AdamW(Copying<T>(), s, param, grad, m, v, copy, lr, beta1, beta2, eps, weightDecay, biasCorrection1, biasCorrection2);
+
+    /// <summary>The SGD step with a 16-bit copy of storage type <typeparamref name="T"/> (<see cref="Bf16"/> or <see cref="Half"/>); as the typed overloads.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a 16-bit storage type.</exception>
+    public void Sgd<T>(AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, ArrayView<T> copy, float lr, float weightDecay) where T : unmanaged =>
+        Sgd(Copying<T>(), s, param, grad, copy, lr, weightDecay);
+
+    /// <summary>The copying kernels of a 16-bit storage type.</summary>
+    private Typed<T> Copying<T>() where T : unmanaged =>
+        typeof(T) == typeof(Bf16) ? (Typed<T>)(object)_bf16.Value
+        : typeof(T) == typeof(Half) ? (Typed<T>)(object)_fp16.Value
+        : throw StorageDispatch.Unsupported<T>();
+
     private void AdamW<T>(Typed<T> k, AcceleratorStream s, ArrayView<float> param, ArrayView<float> grad, ArrayView<float> m, ArrayView<float> v, ArrayView<T> copy,
         float lr, float beta1, float beta2, float eps, float weightDecay, float biasCorrection1, float biasCorrection2) where T : unmanaged
     {

@@ -50,6 +50,16 @@ public sealed class ReduceOps
     public void SumOfSquares(AcceleratorStream s, ArrayView<float> result, ArrayView<Half> input, ArrayView<float> partials) =>
         Reduce(s, _fp16.Value.SumOfSquares, result, input, partials);
 
+    /// <summary>The FP32 sum of squares of an input in the storage type <typeparamref name="T"/> (float, BF16 or FP16); as the typed overloads.</summary>
+    /// <exception cref="NotSupportedException"><typeparamref name="T"/> is not a storage type.</exception>
+    public void SumOfSquares<T>(AcceleratorStream s, ArrayView<float> result, ArrayView<T> input, ArrayView<float> partials) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float)) SumOfSquares(s, result, StorageDispatch.Same<T, float>(input), partials);
+        else if (typeof(T) == typeof(Bf16)) SumOfSquares(s, result, StorageDispatch.Same<T, Bf16>(input), partials);
+        else if (typeof(T) == typeof(Half)) SumOfSquares(s, result, StorageDispatch.Same<T, Half>(input), partials);
+        else throw StorageDispatch.Unsupported<T>();
+    }
+
     /// <summary>The FP32 sum of a BF16 input; as the FP32 overload.</summary>
     public void Sum(AcceleratorStream s, ArrayView<float> result, ArrayView<Bf16> input, ArrayView<float> partials) =>
         Reduce(s, _bf16.Value.Sum, result, input, partials);

@@ -111,20 +111,16 @@ public sealed class DeviceLayerOptimizer : IDisposable
                 var (pw, gw, mw, vw, rate) = (p[slot.LocalName], g[slot.LocalName], m[slot.LocalName], v[slot.LocalName], lr * slot.LearningRateScale);
                 if (!withCopy)
                     _ops.AdamW(s, pw, gw, mw, vw, rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
-                else if (typeof(T) == typeof(Kernels.Bf16))
-                    _ops.AdamW(s, pw, gw, mw, vw, copy.SubView(slot.Offset, slot.Length).Cast<Kernels.Bf16>(), rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
                 else
-                    _ops.AdamW(s, pw, gw, mw, vw, copy.SubView(slot.Offset, slot.Length).Cast<ILGPU.Half>(), rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
+                    _ops.AdamW(s, pw, gw, mw, vw, copy.SubView(slot.Offset, slot.Length), rate, _settings.Beta1, _settings.Beta2, _settings.Epsilon, wd, bc1, bc2);
             }
             else
             {
                 var (pw, gw, rate) = (p[slot.LocalName], g[slot.LocalName], lr * slot.LearningRateScale);
                 if (!withCopy)
                     _ops.Sgd(s, pw, gw, rate, wd);
-                else if (typeof(T) == typeof(Kernels.Bf16))
-                    _ops.Sgd(s, pw, gw, copy.SubView(slot.Offset, slot.Length).Cast<Kernels.Bf16>(), rate, wd);
                 else
-                    _ops.Sgd(s, pw, gw, copy.SubView(slot.Offset, slot.Length).Cast<ILGPU.Half>(), rate, wd);
+                    _ops.Sgd(s, pw, gw, copy.SubView(slot.Offset, slot.Length), rate, wd);
             }
         }
     }
