@@ -171,8 +171,12 @@ internal sealed class EvaluatorCore<T> : IDisposable where T : unmanaged
         }
         s.Synchronize(); // the staging array is reused
         var staged = _staging.AsSpan(0, weights.Length);
-        StorageCasts.Narrow<T>(weights, staged);
-        target.SubView(0, weights.Length).CopyFromCPU(s, staged.ToArray());
+        // The host optimizers' narrowing, which rounds to nearest even exactly as the device's cast kernels do.
+        if (typeof(T) == typeof(Kernels.Bf16))
+            Optim.Bf16Convert.ToBf16(weights, System.Runtime.InteropServices.MemoryMarshal.Cast<T, Kernels.Bf16>(staged));
+        else
+            Optim.HalfConvert.ToHalf(weights, System.Runtime.InteropServices.MemoryMarshal.Cast<T, System.Half>(staged));
+        target.SubView(0, weights.Length).CopyFromCPU(s, (ReadOnlySpan<T>)staged);
         s.Synchronize();
     }
 
