@@ -4,7 +4,7 @@ using System.Runtime.CompilerServices;
 
 namespace L2L.Training.Optim;
 
-internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int threads) : HostOptimizerBase(settings, threads)
+internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int threads) : HostOptimizerBase(settings, threads), ISliceKernel<AdamWOptimizer.Constants>
 {
     public override OptimizerKind Kind => OptimizerKind.AdamW;
 
@@ -48,20 +48,10 @@ internal sealed unsafe class AdamWOptimizer(OptimizerSettings settings, int thre
         job.RunAndRelease(ChunkCount(slice.Length), Threads);
     }
 
-    internal static void Run(in Slice s, in Constants c, nint start, nint end)
-    {
-        switch (s.GradFormat, s.CopyIsBf16)
-        {
-            case (GradFormat.Single, false): Kernel<SingleGrads, HalfCopy>(s, c, start, end); break;
-            case (GradFormat.Half, false): Kernel<HalfGrads, HalfCopy>(s, c, start, end); break;
-            case (GradFormat.Bf16, false): Kernel<Bf16Grads, HalfCopy>(s, c, start, end); break;
-            case (GradFormat.Single, true): Kernel<SingleGrads, Bf16Copy>(s, c, start, end); break;
-            case (GradFormat.Half, true): Kernel<HalfGrads, Bf16Copy>(s, c, start, end); break;
-            default: Kernel<Bf16Grads, Bf16Copy>(s, c, start, end); break;
-        }
-    }
+    internal static void Run(in Slice s, in Constants c, nint start, nint end) => SliceDispatch.Run<AdamWOptimizer, Constants>(s, c, start, end);
 
-    private static void Kernel<TGrad, TCopy>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter
+    /// <inheritdoc/>
+    public static void Kernel<TGrad, TCopy>(in Slice s, in Constants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter
     {
         // Pointers in locals: a store through one of them could alias the struct, which would force reloads.
         float* param = s.Param, mom = s.M, vel = s.V;

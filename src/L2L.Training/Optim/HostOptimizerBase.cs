@@ -49,6 +49,32 @@ internal unsafe interface IGradReader
     static abstract float Load(void* grad, nint i, float factor);
 }
 
+/// <summary>An optimizer's element loop over part of a slice, specialised per gradient reader and copy writer.</summary>
+/// <typeparam name="TConstants">The optimizer's per-tensor constants.</typeparam>
+internal interface ISliceKernel<TConstants> where TConstants : struct
+{
+    static abstract void Kernel<TGrad, TCopy>(in Slice s, in TConstants c, nint start, nint end) where TGrad : struct, IGradReader where TCopy : struct, ICopyWriter;
+}
+
+/// <summary>Picks the specialisation of an optimizer's element loop for a slice's gradient format and copy format.</summary>
+internal static class SliceDispatch
+{
+    /// <summary>Runs <typeparamref name="TKernel"/>'s loop over elements [<paramref name="start"/>, <paramref name="end"/>) of <paramref name="s"/>.</summary>
+    public static void Run<TKernel, TConstants>(in Slice s, in TConstants c, nint start, nint end)
+        where TKernel : ISliceKernel<TConstants> where TConstants : struct
+    {
+        switch (s.GradFormat, s.CopyIsBf16)
+        {
+            case (GradFormat.Single, false): TKernel.Kernel<SingleGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Half, false): TKernel.Kernel<HalfGrads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Bf16, false): TKernel.Kernel<Bf16Grads, HalfCopy>(s, c, start, end); break;
+            case (GradFormat.Single, true): TKernel.Kernel<SingleGrads, Bf16Copy>(s, c, start, end); break;
+            case (GradFormat.Half, true): TKernel.Kernel<HalfGrads, Bf16Copy>(s, c, start, end); break;
+            default: TKernel.Kernel<Bf16Grads, Bf16Copy>(s, c, start, end); break;
+        }
+    }
+}
+
 internal readonly unsafe struct SingleGrads : IGradReader
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
